@@ -1,0 +1,3 @@
+"""sorter: an edge-device batch sorter for produce."""
+
+__version__ = "0.1.0"

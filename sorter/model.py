@@ -1,0 +1,185 @@
+"""Load a model bundle, pick the TFLite interpreter, and score batches of images."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sorter.card import ModelCard, card_path, load_card, sha256_file
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "fruit-lite0-int8.tflite"
+_BACKENDS = (
+    ("ai-edge-litert", "ai_edge_litert.interpreter"),
+    ("tflite-runtime", "tflite_runtime.interpreter"),
+    ("tensorflow.lite", "tensorflow.lite"),
+)
+
+
+class ModelError(RuntimeError):
+    """A bundle that cannot be used: missing, unreadable, or disagreeing with its card."""
+
+
+def interpreter_backend() -> tuple[str, Any]:
+    """The first interpreter that imports; TensorFlow only as a last resort (it is heavy)."""
+    for name, module in _BACKENDS:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        return name, mod.Interpreter
+    raise ModelError("no TFLite interpreter: pip install ai-edge-litert")
+
+
+def default_threads() -> int:
+    """LiteRT defaults to one thread; use every core we are allowed to run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_model(path: Path | str | None) -> Path:
+    model = Path(path) if path else Path(os.environ.get("SORTER_MODEL", DEFAULT_MODEL))
+    if model.is_dir():
+        found = sorted(model.glob("*.tflite"))
+        if len(found) != 1:
+            raise ModelError(f"{model} holds {len(found)} .tflite files; name one")
+        model = found[0]
+    return model
+
+
+@dataclass
+class Prediction:
+    label: str
+    confidence: float
+    scores: dict[str, float]
+
+
+class Classifier:
+    """One TFLite interpreter with its card; thread-safe through a lock."""
+
+    def __init__(self, path: Path | str | None = None, num_threads: int | None = None, max_batch: int = 8):
+        self.path = resolve_model(path)
+        if not self.path.exists():
+            raise ModelError(f"model {self.path} not found (set --model or SORTER_MODEL)")
+        try:
+            self.card: ModelCard = load_card(self.path)
+        except FileNotFoundError as exc:
+            raise ModelError(str(exc)) from exc
+        except ValueError as exc:
+            raise ModelError(f"model card {card_path(self.path)} is invalid: {exc}") from exc
+        self.sha256 = sha256_file(self.path)
+        self.backend, interpreter_cls = interpreter_backend()
+        self.num_threads = num_threads or default_threads()
+        try:
+            self._interp = interpreter_cls(model_path=str(self.path), num_threads=self.num_threads)
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"{self.path} is not a loadable TFLite model: {exc}") from exc
+        self._lock = threading.Lock()
+        self._inp = self._interp.get_input_details()[0]
+        self._out = self._interp.get_output_details()[0]
+        self.max_batch = max_batch
+        self.batch_capable = True
+        self._batch = 0
+        self._check_card()
+
+    @property
+    def labels(self) -> list[str]:
+        return self.card.labels
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.card.input.height, self.card.input.width
+
+    @property
+    def model_id(self) -> str:
+        return self.card.name
+
+    def _check_card(self) -> None:
+        """Refuse a bundle whose card and tensors disagree: that would mislabel every item."""
+        shape = list(self._inp["shape"])
+        want = [self.card.input.height, self.card.input.width, self.card.input.channels]
+        problems = []
+        if shape[1:] != want:
+            problems.append(f"input shape {shape[1:]} vs card {want}")
+        dtype = np.dtype(self._inp["dtype"]).name
+        if dtype != self.card.input.dtype:
+            problems.append(f"input dtype {dtype} vs card {self.card.input.dtype}")
+        n_out = int(self._out["shape"][-1])
+        if n_out != len(self.card.labels):
+            problems.append(f"{n_out} outputs vs {len(self.card.labels)} labels")
+        if self.card.model_sha256 and self.card.model_sha256 != self.sha256:
+            problems.append("file hash differs from the card's model_sha256")
+        if problems:
+            raise ModelError(f"{self.path.name}: card and model disagree: " + "; ".join(problems))
+
+    def _resize(self, n: int) -> None:
+        if n == self._batch:
+            return
+        try:
+            self._interp.resize_tensor_input(self._inp["index"], [n, *self._inp["shape"][1:]], strict=False)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError):
+            if n == 1:
+                raise
+            self.batch_capable = False
+            self._resize(1)
+            return
+        self._inp = self._interp.get_input_details()[0]
+        self._out = self._interp.get_output_details()[0]
+        self._batch = n
+
+    def _quantize(self, batch: np.ndarray) -> np.ndarray:
+        dtype = np.dtype(self._inp["dtype"])
+        if dtype == np.uint8:
+            return batch.astype(np.uint8, copy=False)
+        scale, zero = self._inp["quantization"]
+        if dtype == np.int8 and scale:
+            return np.clip(np.round(batch / scale + zero), -128, 127).astype(np.int8)
+        return batch.astype(dtype)
+
+    def _dequantize(self, raw: np.ndarray) -> np.ndarray:
+        scale, zero = self._out["quantization"]
+        out = (raw.astype(np.float32) - zero) * scale if scale else raw.astype(np.float32)
+        if self.card.output == "logits":
+            out = np.exp(out - out.max(axis=-1, keepdims=True))
+            out /= out.sum(axis=-1, keepdims=True)
+        return out
+
+    def _invoke(self, batch: np.ndarray) -> np.ndarray:
+        self._resize(len(batch))
+        self._interp.set_tensor(self._inp["index"], self._quantize(batch))
+        self._interp.invoke()
+        return self._dequantize(self._interp.get_tensor(self._out["index"]))
+
+    def scores(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities for an (N, H, W, 3) uint8 array; splits into allowed batches."""
+        if images.ndim == 3:
+            images = images[None]
+        step = self.max_batch if self.batch_capable else 1
+        parts = []
+        with self._lock:
+            for start in range(0, len(images), step):
+                chunk = images[start : start + step]
+                if not self.batch_capable:
+                    parts.extend(self._invoke(img[None]) for img in chunk)
+                    continue
+                parts.append(self._invoke(chunk))
+                if not self.batch_capable:
+                    step = 1
+        return np.concatenate(parts, axis=0)
+
+    def predict(self, images: np.ndarray) -> list[Prediction]:
+        probs = self.scores(images)
+        preds = []
+        for row in probs:
+            best = int(np.argmax(row))
+            scores = {lbl: round(float(p), 6) for lbl, p in zip(self.labels, row)}
+            preds.append(Prediction(self.labels[best], float(row[best]), scores))
+        return preds
