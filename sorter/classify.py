@@ -61,7 +61,7 @@ def classify_files(files: list[Path], classifier: Classifier, rules: VerdictRule
         if images:
             import numpy as np
 
-            for result, pred in zip(ok, classifier.predict(np.stack(images))):
+            for result, pred in zip(ok, classifier.predict(np.stack(images)), strict=True):
                 result.label, result.confidence, result.scores = pred.label, round(pred.confidence, 6), pred.scores
                 result.verdict = rules.decide(pred.label, pred.confidence)
         yield from results

@@ -17,7 +17,8 @@ from sorter import __version__
 app = typer.Typer(help="Edge-device batch sorter for produce.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 err = Console(stderr=True)
-ModelOpt = typer.Option(None, "--model", "-m", help="Model bundle (.tflite with its .card.json); default: the shipped one.")
+ModelOpt = typer.Option(None, "--model", "-m",
+                        help="Model bundle (.tflite with its .card.json); default: the shipped one.")
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML configuration file.")
 
 

@@ -7,8 +7,8 @@ import struct
 from dataclasses import dataclass
 
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 30))
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
 MAX_PIXELS = 80_000_000  # a 9000×9000 photo; above this the decode alone could exhaust an edge box
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jp2"})

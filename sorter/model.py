@@ -180,6 +180,6 @@ class Classifier:
         preds = []
         for row in probs:
             best = int(np.argmax(row))
-            scores = {lbl: round(float(p), 6) for lbl, p in zip(self.labels, row)}
+            scores = {lbl: round(float(p), 6) for lbl, p in zip(self.labels, row, strict=True)}
             preds.append(Prediction(self.labels[best], float(row[best]), scores))
         return preds

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sorter.card import InputSpec, ModelCard, sha256_file, write_card  # noqa: E402
+from sorter.card import InputSpec, ModelCard, sha256_file, write_card
 
 LABELS = ["freshred", "freshgreen", "rottenblue"]
 SIZE = 32

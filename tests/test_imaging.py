@@ -1,0 +1,107 @@
+"""Decoding: every format and pixel mode to uint8 RGB, orientation, pixel bombs, broken bytes."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from sorter.imaging import Header, ImageError, _reduction, decode, sniff
+
+SIZE = (32, 32)
+
+
+def _pil_bytes(img: Image.Image, fmt: str, **kw) -> bytes:
+    bio = io.BytesIO()
+    img.save(bio, fmt, **kw)
+    return bio.getvalue()
+
+
+@pytest.mark.parametrize(("mode", "fmt", "colour"), [
+    ("RGB", "JPEG", (200, 30, 40)),
+    ("RGB", "PNG", (200, 30, 40)),
+    ("RGB", "WEBP", (200, 30, 40)),
+    ("RGB", "BMP", (200, 30, 40)),
+    ("RGBA", "PNG", (200, 30, 40, 255)),
+    ("L", "PNG", 120),
+    ("P", "PNG", 3),
+    ("CMYK", "JPEG", (0, 200, 200, 0)),
+])
+def test_formats_and_modes_become_rgb(mode, fmt, colour):
+    img = Image.new(mode, (50, 40), colour)
+    expected = np.array(img.convert("RGB"))[0, 0].astype(int)
+    out = decode(_pil_bytes(img, fmt, **({"lossless": True} if fmt == "WEBP" else {})), SIZE)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    assert np.abs(out.reshape(-1, 3).mean(0) - expected).max() < 6
+
+
+def test_sixteen_bit_png_scaled_to_eight_bits():
+    img = np.full((20, 20, 3), 40000, np.uint16)
+    buf = cv2.imencode(".png", img)[1]
+    out = decode(buf.tobytes(), SIZE)
+    assert out.dtype == np.uint8 and abs(int(out[0, 0, 0]) - 40000 // 257) <= 1
+
+
+def test_exif_orientation_is_honoured():
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    img.paste((0, 0, 255), (20, 0, 40, 20))  # left red, right blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    out = decode(_pil_bytes(img, "JPEG", exif=exif.tobytes(), quality=95), (40, 20))
+    top, bottom = out[2, 10], out[-3, 10]
+    assert top[0] > 200 and top[2] < 50, "after rotation the red half must be on top"
+    assert bottom[2] > 200 and bottom[0] < 50
+
+
+def test_small_images_are_upsampled():
+    out = decode(_pil_bytes(Image.new("RGB", (8, 8), (10, 200, 10)), "PNG"), (64, 64))
+    assert out.shape == (64, 64, 3) and tuple(out[30, 30]) == (10, 200, 10)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+def test_pixel_bomb_refused_from_the_header():
+    with pytest.raises(ImageError) as info:
+        decode(_png_header(100_000, 100_000) + b"\0" * 100, SIZE)
+    assert info.value.reason == "pixel-bomb"
+    assert sniff(_png_header(640, 480)) == Header("png", 640, 480)
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (b"", "empty"),
+    (b"hello, I am a text file pretending to be a JPEG", "not-an-image"),
+    (b"\xff\xd8\xff\xe0\x00\x10JFIF", "truncated"),
+])
+def test_bad_bytes_give_a_reason(data, reason):
+    with pytest.raises(ImageError) as info:
+        decode(data, SIZE)
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_truncated_files_are_refused(ext):
+    img = np.random.default_rng(0).integers(0, 255, (120, 160, 3)).astype(np.uint8)
+    data = cv2.imencode(ext, img)[1].tobytes()
+    with pytest.raises(ImageError) as info:
+        decode(data[: len(data) // 2], SIZE)
+    assert info.value.reason in {"undecodable", "truncated"}
+
+
+def test_large_jpeg_decoded_at_reduced_scale_without_visible_loss():
+    yy, xx = np.mgrid[0:1600, 0:2400]
+    img = np.stack([(xx // 10) % 256, (yy // 10) % 256, ((xx + yy) // 20) % 256], -1).astype(np.uint8)
+    data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    assert _reduction(sniff(data), (224, 224)) == 2
+    assert _reduction(sniff(data), (150, 150)) == 4
+    reduced = decode(data, (224, 224)).astype(int)
+    full = cv2.cvtColor(cv2.resize(img, (224, 224), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+    assert np.abs(reduced - full.astype(int)).mean() < 3

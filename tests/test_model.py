@@ -1,0 +1,83 @@
+"""The runtime model: a real TFLite interpreter on real (tiny) bundles, checked against their cards."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from sorter.card import card_path, load_card
+from sorter.model import Classifier, ModelError, default_threads
+from tests.conftest import COLOR_FLOAT, COLOR_INT8
+
+
+def _solid(rgb, n=1, size=32):
+    img = np.zeros((n, size, size, 3), np.uint8)
+    img[:] = rgb
+    return img
+
+
+@pytest.mark.parametrize("path", [COLOR_INT8, COLOR_FLOAT])
+def test_predictions_follow_the_dominant_colour(path):
+    clf = Classifier(path)
+    preds = clf.predict(np.concatenate([_solid((250, 0, 0)), _solid((0, 250, 0)), _solid((0, 0, 250))]))
+    assert [p.label for p in preds] == ["freshred", "freshgreen", "rottenblue"]
+    assert all(p.confidence > 0.98 for p in preds)
+    assert set(preds[0].scores) == {"freshred", "freshgreen", "rottenblue"}
+    tie = clf.predict(_solid((128, 128, 128)))[0]
+    assert abs(tie.confidence - 1 / 3) < 0.01
+
+
+def test_batches_give_the_same_scores_as_single_images():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (11, 32, 32, 3), dtype=np.uint8)
+    batched = Classifier(COLOR_FLOAT, max_batch=4).scores(images)
+    single = np.concatenate([Classifier(COLOR_FLOAT, max_batch=1).scores(img) for img in images])
+    np.testing.assert_allclose(batched, single, atol=1e-6)
+    assert batched.shape == (11, 3)
+
+
+def test_threads_default_to_the_core_count():
+    assert Classifier(COLOR_INT8).num_threads == default_threads() >= 1
+    assert Classifier(COLOR_INT8, num_threads=1).num_threads == 1
+
+
+def _copy_bundle(tmp_path, src=COLOR_INT8):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    dst = tmp_path / src.name
+    shutil.copy(src, dst)
+    shutil.copy(card_path(src), card_path(dst))
+    return dst
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("labels", ["a", "b"], "2 labels"),
+    ("input", {"height": 64, "width": 64, "channels": 3, "dtype": "uint8"}, "input shape"),
+    ("input", {"height": 32, "width": 32, "channels": 3, "dtype": "float32"}, "input dtype"),
+    ("model_sha256", "0" * 64, "hash"),
+])
+def test_card_that_disagrees_with_the_tensors_is_refused(tmp_path, field, value, message):
+    model = _copy_bundle(tmp_path)
+    card = json.loads(card_path(model).read_text())
+    card[field] = value
+    card_path(model).write_text(json.dumps(card))
+    with pytest.raises(ModelError, match=message) as info:
+        Classifier(model)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_model_card_and_garbage_are_clear_errors(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        Classifier(tmp_path / "nope.tflite")
+    model = _copy_bundle(tmp_path)
+    card_path(model).unlink()
+    with pytest.raises(ModelError, match="card"):
+        Classifier(model)
+    garbage = _copy_bundle(tmp_path / "g")
+    garbage.write_bytes(b"definitely not a flatbuffer" * 10)
+    card = load_card(garbage).model_copy(update={"model_sha256": None})
+    card_path(garbage).write_text(card.model_dump_json())
+    with pytest.raises(ModelError, match="not a loadable"):
+        Classifier(garbage)
