@@ -116,6 +116,90 @@ def doctor(model: Path | None = ModelOpt,
     raise typer.Exit(0 if ok else 1)
 
 
+def _setup_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+
+
+@app.command()
+def watch(incoming: Path = typer.Argument(..., help="Folder to watch; files already there are processed first."),
+          out: Path | None = typer.Option(None, "--out", "-o",
+                                          help="Where sorted files go (fresh/<label>, rotten/<label>, uncertain, "
+                                               "rejected, duplicates); default: config `out`, else "
+                                               "INCOMING/../sorted."),
+          db: Path | None = typer.Option(None, "--db", help="Results database; default: config `db`."),
+          once: bool = typer.Option(False, "--once", help="Process the backlog, then exit (cron/batch use)."),
+          dry_run: bool = typer.Option(False, "--dry-run", help="Classify and record, but move nothing."),
+          model: Path | None = ModelOpt, config: Path | None = ConfigOpt) -> None:
+    """Sort files dropped into INCOMING; SIGINT/SIGTERM finish the batch in flight and exit 0."""
+    import signal
+    import threading
+
+    from sorter.classify import rules_for
+    from sorter.watch import Watcher
+
+    _setup_logging()
+    if not incoming.is_dir():
+        fail(f"{incoming} is not a folder")
+    settings, clf = load_classifier(model, config)
+    target = out or settings.out or incoming.resolve().parent / "sorted"
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    rules = rules_for(clf, settings.default_min_confidence, settings.min_confidence)
+    try:
+        watcher = Watcher(incoming, target, db or settings.db, clf, rules, settings, dry_run=dry_run)
+    except Exception as exc:  # the database cannot be opened: say so in one line
+        fail(f"cannot open database {db or settings.db}: {exc}")
+    summary = watcher.run(stop, once=once)
+    err.print(f"routed {summary.routed}, duplicates {summary.duplicates}, rejected {summary.rejected}, "
+              f"held {summary.held}, recovered {summary.recovered}", highlight=False)
+
+
+db_app = typer.Typer(help="Inspect and maintain the results database.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+DbOpt = typer.Option(Path("sorter.db"), "--db", help="Results database (opened read-only where possible).")
+
+
+@db_app.command("stats")
+def db_stats(db: Path = DbOpt, as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Counts by verdict, label, error and state, and the time range covered."""
+    from sorter.store import stats
+
+    try:
+        figures = stats(db)
+    except (FileNotFoundError, OSError) as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(figures, indent=2))
+        return
+    typer.echo(f"items: {figures['items']} (duplicates {figures['duplicates']}), "
+               f"from {figures['first']} to {figures['last']}")
+    for key in ("by_verdict", "by_label", "by_error", "by_state"):
+        table = Table(key.removeprefix("by_"), "count")
+        for name, count in figures[key].items():
+            table.add_row(name, str(count))
+        Console().print(table)
+
+
+@db_app.command("prune")
+def db_prune(db: Path = DbOpt,
+             older_than: str = typer.Option(..., "--older-than", help="Age such as 90d, 12h, 2w."),
+             dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be deleted.")) -> None:
+    """Delete finished rows older than the given age in small batches, then VACUUM."""
+    from sorter.store import parse_age, prune
+
+    try:
+        result = prune(db, parse_age(older_than), dry_run=dry_run)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(f"{verb} {result.matched if dry_run else result.deleted} rows"
+               + (" and vacuumed" if result.vacuumed else ""))
+
+
 def _forward(verb: str) -> None:
     """Register `sorter VERB` as a pass-through to training/, imported only when called."""
 

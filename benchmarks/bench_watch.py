@@ -1,0 +1,173 @@
+"""Benchmark `sorter watch --once` against the interpreter alone, plus decode cost, RSS and start-up.
+
+Run: python benchmarks/bench_watch.py [--model M] [--count 1000] [--src ../shared/data/fruit_dev]
+Each photo is copied with a unique JPEG COM segment, so every file has distinct bytes (no
+duplicates) and identical pixels. Two sets: ≤224 px re-encodes and 1000 px upscaled copies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from sorter.imaging import decode  # noqa: E402
+from sorter.model import Classifier, default_threads  # noqa: E402
+
+SORTER = Path(sys.executable).parent / "sorter"
+
+
+def with_comment(jpeg: bytes, text: str) -> bytes:
+    """Insert a COM segment after SOI: new bytes (new hash), same pixels."""
+    body = text.encode()
+    return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(body) + 2) + body + jpeg[2:]
+
+
+def make_set(photos: list[Path], count: int, side: int, folder: Path) -> list[bytes]:
+    """`count` distinct JPEGs with the longer side `side` px, written to folder and returned."""
+    folder.mkdir(parents=True)
+    encoded = []
+    for path in photos[: min(len(photos), 200)]:
+        img = cv2.imread(str(path))
+        if img is None:
+            continue
+        scale = side / max(img.shape[:2])
+        img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)),
+                         interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+        encoded.append(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+    out, old = [], time.time() - 3600
+    for i in range(count):
+        data = with_comment(encoded[i % len(encoded)], f"bench-{i}")
+        target = folder / f"img{i:05d}.jpg"
+        target.write_bytes(data)
+        os.utime(target, (old, old))  # settled: no stability wait
+        out.append(data)
+    return out
+
+
+def decode_cost(data: list[bytes], size: tuple[int, int]) -> tuple[float, np.ndarray]:
+    start = time.perf_counter()
+    images = [decode(d, size) for d in data]
+    return (time.perf_counter() - start) / len(data), np.stack(images)
+
+
+def inference_rate(clf: Classifier, images: np.ndarray, batch: int) -> float:
+    clf.predict(images[:batch])  # warm-up and tensor allocation
+    start = time.perf_counter()
+    for i in range(0, len(images), batch):
+        clf.predict(images[i : i + batch])
+    return len(images) / (time.perf_counter() - start)
+
+
+def _env(threads: int, batch: int) -> dict[str, str]:
+    return {**os.environ, "SORTER_THREADS": str(threads), "SORTER_BATCH_SIZE": str(batch),
+            "SORTER_STABLE_SECONDS": "0"}
+
+
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .* routed ")
+
+
+def daemon_run(model: Path, work: Path, incoming: Path, threads: int, batch: int) -> dict[str, float]:
+    """`sorter watch --once`: wall time, steady rate (first to last routed line), peak RSS (MB)."""
+    log = work / f"{incoming.name}.log"
+    cmd = [str(SORTER), "watch", str(incoming), "--out", str(work / f"{incoming.name}-out"),
+           "--db", str(work / f"{incoming.name}.db"), "--model", str(model), "--once"]
+    start = time.perf_counter()
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, stderr=err, env=_env(threads, batch))
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"sorter watch failed:\n{log.read_text()[-2000:]}")
+    stamps = [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
+              for line in log.read_text().splitlines() if (m := _STAMP.match(line))]
+    n = len(stamps)
+    span = (stamps[-1] - stamps[0]).total_seconds() if n > 1 else wall
+    return {"wall": wall, "steady": (n - 1) / span if span > 0 else float("nan"),
+            "end_to_end": n / wall, "rss_mb": usage.ru_maxrss / 1024, "routed": n}
+
+
+def time_to_ready(model: Path, work: Path, tries: int = 3) -> float:
+    """Median seconds from exec to the 'ready' log line of `sorter watch` on an empty folder."""
+    times = []
+    for i in range(tries):
+        empty = work / f"empty{i}"
+        empty.mkdir()
+        log = work / f"ready{i}.log"
+        start = time.perf_counter()
+        with open(log, "w") as err:
+            proc = subprocess.Popen([str(SORTER), "watch", str(empty), "--out", str(work / "ready-out"),
+                                     "--db", str(work / f"ready{i}.db"), "--model", str(model)],
+                                    stderr=err, env=_env(1, 8))
+        while "ready" not in log.read_text():
+            if proc.poll() is not None:
+                raise SystemExit(f"sorter watch exited early:\n{log.read_text()}")
+            time.sleep(0.01)
+        times.append(time.perf_counter() - start)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "fruit-lite0-int8.tflite")
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--src", type=Path, default=ROOT.parent / "shared" / "data" / "fruit_dev")
+    parser.add_argument("--threads", type=int, default=default_threads())
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--keep", action="store_true", help="Keep the work folder.")
+    args = parser.parse_args()
+    photos = sorted(p for p in args.src.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    if not photos:
+        raise SystemExit(f"no photos under {args.src}")
+    clf = Classifier(args.model, num_threads=args.threads, max_batch=args.batch)
+    work = Path(tempfile.mkdtemp(prefix="bench-watch-"))
+    rows = []
+    try:
+        for label, side in (("224 px", 224), ("1000 px", 1000)):
+            incoming = work / f"in{side}"
+            data = make_set(photos, args.count, side, incoming)
+            per_image, images = decode_cost(data, clf.input_size)
+            alone = inference_rate(clf, images, args.batch)
+            run = daemon_run(args.model, work, incoming, args.threads, args.batch)
+            rows.append((label, run, alone, per_image))
+        ready = time_to_ready(args.model, work)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print_table(args, clf, rows, ready)
+
+
+def print_table(args: argparse.Namespace, clf: Classifier, rows: list, ready: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"sorter watch --once: {args.count} images, model {clf.path.name} "
+                        f"({clf.input_size[1]}×{clf.input_size[0]}), {args.threads} threads, batch {args.batch}")
+    for col in ("images", "watch img/s (steady)", "watch img/s (end-to-end)", "inference alone img/s",
+                "ratio (target ≥0.90)", "decode ms/img", "peak RSS MB (<250)"):
+        table.add_column(col, justify="right")
+    for label, run, alone, per_image in rows:
+        table.add_row(label, f"{run['steady']:.0f}", f"{run['end_to_end']:.0f}", f"{alone:.0f}",
+                      f"{run['steady'] / alone:.2f}", f"{per_image * 1000:.2f}", f"{run['rss_mb']:.0f}")
+    Console().print(table)
+    print(f"time to 'ready' (median of 3): {ready:.2f} s (target < 2 s)")
+
+
+if __name__ == "__main__":
+    main()

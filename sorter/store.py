@@ -1,0 +1,249 @@
+"""Results database: schema migrations, one writer thread, read-only readers, stats and pruning.
+
+Why one writer: SQLite allows one writer at a time; funnelling every write through a single
+thread (a queue of jobs) means the daemon never races itself, and WAL plus a busy timeout
+lets read-only readers (`sorter db`, reports) run alongside without "database is locked".
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+BUSY_TIMEOUT_MS = 10_000
+T = TypeVar("T")
+migrations = Migrations("sorter")
+
+ITEM_COLUMNS = {
+    "id": int, "sha256": str, "source_path": str, "destination": str, "label": str,
+    "confidence": float, "verdict": str, "scores": str, "model_id": str, "model_sha256": str,
+    "source": str, "received_at": str, "routed_at": str, "duplicate_of": int, "error": str,
+    "state": str,
+}
+# A row is `intent` until its file reached `destination`, then `done`; `held` = recorded but the
+# file could not be moved (left in INCOMING, retried later); `dry-run` rows never moved anything.
+STATES = ("intent", "done", "held", "dry-run")
+
+
+@migrations()
+def m001_items(db: Database) -> None:
+    """The items table: one row per dropped file, keyed for exactly-once by content hash."""
+    db["items"].create(ITEM_COLUMNS, pk="id", not_null={"state", "received_at", "source"})
+    db["items"].create_index(["received_at"])
+    db["items"].create_index(["sha256"])
+    db.execute("CREATE UNIQUE INDEX items_first_sha256 ON items(sha256) "
+               "WHERE duplicate_of IS NULL AND state != 'dry-run'")
+    db["items"].create_index(["state"])
+
+
+def now_iso() -> str:
+    """UTC ISO-8601 with milliseconds: sorts as text, reads well in Datasette."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def open_writer(path: Path | str) -> Database:
+    """Open (creating) the database for writing: WAL, busy timeout, migrations applied."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000,
+                           isolation_level=None)
+    db = Database(conn)
+    db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    db.enable_wal()
+    db.execute("PRAGMA synchronous=FULL")  # two commits per batch: affordable, and power-loss safe
+    migrations.apply(db)
+    return db
+
+
+def open_reader(path: Path | str) -> sqlite3.Connection:
+    """A read-only connection (URI mode=ro): it can never take the write lock."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"database {path} not found")
+    uri = f"file:{Path(path).resolve()}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+class Writer:
+    """The single writer thread; `call(fn)` runs fn(db) on it and returns the result."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self._jobs: queue.Queue[tuple[Callable[[Database], Any], Future] | None] = queue.Queue()
+        ready: Future = Future()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="db-writer", daemon=True)
+        self._thread.start()
+        ready.result()
+
+    def _run(self, ready: Future) -> None:
+        try:
+            db = open_writer(self.path)
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        while (job := self._jobs.get()) is not None:
+            fn, fut = job
+            try:
+                fut.set_result(fn(db))
+            except BaseException as exc:
+                fut.set_exception(exc)
+        db.close()
+
+    def submit(self, fn: Callable[[Database], T]) -> Future:
+        fut: Future = Future()
+        self._jobs.put((fn, fut))
+        return fut
+
+    def call(self, fn: Callable[[Database], T]) -> T:
+        return self.submit(fn).result()
+
+    def close(self) -> None:
+        """Finish queued jobs, then stop the thread and close the connection."""
+        self._jobs.put(None)
+        self._thread.join()
+
+
+# ---- item queries and writes (each runs on the writer thread, given its db) ----
+
+def first_rows(db: Database, shas: list[str]) -> dict[str, dict]:
+    """The first (non-duplicate, real) row for each content hash that has one."""
+    found: dict[str, dict] = {}
+    for sha in set(shas):
+        rows = list(db.query("SELECT * FROM items WHERE sha256 = ? AND duplicate_of IS NULL "
+                             "AND state != 'dry-run'", [sha]))
+        if rows:
+            found[sha] = rows[0]
+    return found
+
+
+def held_rows(db: Database, paths: list[str]) -> dict[str, dict]:
+    """Rows left `held` (recorded, not moved) for these source paths: a retry reuses them."""
+    found: dict[str, dict] = {}
+    for path in set(paths):
+        for row in db.query("SELECT * FROM items WHERE source_path = ? AND state = 'held'", [path]):
+            found[path] = row
+    return found
+
+
+def write_intents(db: Database, rows: list[dict]) -> list[int]:
+    """Insert (or, for rows with an `id`, update) intent rows in one transaction; ids in order.
+
+    A row's `duplicate_of` is resolved here, inside the transaction, so two copies of the same
+    bytes in one batch still make one first row and one duplicate.
+    """
+    ids = []
+    with db.atomic():
+        for row in rows:
+            row = dict(row)
+            if row.get("id") is not None:
+                db["items"].update(row["id"], row)
+                ids.append(row["id"])
+                continue
+            if row.get("sha256"):
+                first = first_rows(db, [row["sha256"]]).get(row["sha256"])
+                row["duplicate_of"] = first["id"] if first else None
+            ids.append(db["items"].insert(row).last_pk)
+    return ids
+
+
+def mark_done(db: Database, updates: list[dict]) -> None:
+    """Record the outcome of a batch's moves in one transaction (`id` plus changed columns)."""
+    with db.atomic():
+        for update in updates:
+            db["items"].update(update["id"], {k: v for k, v in update.items() if k != "id"})
+
+
+def unfinished(db: Database) -> list[dict]:
+    return list(db.query("SELECT * FROM items WHERE state = 'intent' ORDER BY id"))
+
+
+def held(db: Database) -> list[dict]:
+    return list(db.query("SELECT * FROM items WHERE state = 'held' ORDER BY id"))
+
+
+# ---- readers: stats and prune ----
+
+def stats(path: Path | str) -> dict[str, Any]:
+    """Counts by verdict, label, error and state, duplicates and the time range, read-only."""
+    conn = open_reader(path)
+    try:
+        def counts(column: str, where: str = "1") -> dict[str, int]:
+            sql = f"SELECT {column} AS k, COUNT(*) AS n FROM items WHERE {where} GROUP BY k ORDER BY n DESC"
+            return {str(r["k"]): r["n"] for r in conn.execute(sql)}
+
+        first, last, total = conn.execute(
+            "SELECT MIN(received_at), MAX(received_at), COUNT(*) FROM items").fetchone()
+        dups = conn.execute("SELECT COUNT(*) FROM items WHERE duplicate_of IS NOT NULL").fetchone()[0]
+        return {
+            "items": total, "duplicates": dups, "first": first, "last": last,
+            "by_verdict": counts("verdict", "verdict IS NOT NULL AND duplicate_of IS NULL"),
+            "by_label": counts("label", "label IS NOT NULL AND duplicate_of IS NULL"),
+            "by_error": counts("error", "error IS NOT NULL"),
+            "by_state": counts("state"),
+        }
+    finally:
+        conn.close()
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_age(text: str) -> timedelta:
+    """'90d', '12h', '2w', '30m', '45s' → timedelta; ValueError otherwise."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"'{text}' is not a duration like 90d, 12h, 2w")
+    return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+
+
+@dataclass
+class PruneResult:
+    matched: int
+    deleted: int
+    vacuumed: bool
+
+
+def prune(path: Path | str, older_than: timedelta, dry_run: bool = False,
+          batch_size: int = 1000) -> PruneResult:
+    """Delete finished rows received before now - older_than in small transactions, then VACUUM.
+
+    Small batches keep each write lock short so a running daemon is never starved;
+    unfinished (`intent`/`held`) rows are kept, recovery still needs them.
+    """
+    cutoff = (datetime.now(UTC) - older_than).isoformat(timespec="milliseconds")
+    where = "received_at < ? AND state IN ('done', 'dry-run')"
+    reader = open_reader(path)
+    try:
+        matched = reader.execute(f"SELECT COUNT(*) FROM items WHERE {where}", [cutoff]).fetchone()[0]
+    finally:
+        reader.close()
+    if dry_run or not matched:
+        return PruneResult(matched, 0, False)
+    db = open_writer(path)
+    deleted = 0
+    try:
+        while True:
+            with db.atomic():
+                cur = db.execute(f"DELETE FROM items WHERE id IN (SELECT id FROM items WHERE {where} "
+                                 f"LIMIT {int(batch_size)})", [cutoff])
+            if not cur.rowcount:
+                break
+            deleted += cur.rowcount
+        db.execute("VACUUM")
+    finally:
+        db.close()
+    return PruneResult(matched, deleted, True)

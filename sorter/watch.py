@@ -1,0 +1,472 @@
+"""Folder source: recover unfinished moves, scan the backlog, follow watchdog events, route batches.
+
+Threads: the watchdog observer offers paths to an `Intake` (deduplicated, so the two or three
+events a copy produces count once); decode workers read each file once (hash + decode the
+same bytes) into a bounded queue; the calling thread gathers batches (N items or T ms), runs
+the model and routes; one store thread writes. Per batch: record intents → move → record done,
+so a SIGKILL at any instant leaves rows that `recover` can finish on the next start.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import queue
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from sorter import store
+from sorter.config import Settings
+from sorter.imaging import ImageError, decode, is_image_name
+from sorter.model import Classifier
+from sorter.route import finish, free_name, move, target_dir
+from sorter.verdict import VerdictRules
+
+log = logging.getLogger("sorter.watch")
+TICK_S = 0.1
+MAX_RETRY_S = 3600.0
+
+
+@dataclass
+class Item:
+    """One file on its way through the pipeline."""
+
+    path: Path
+    received_at: str = field(default_factory=store.now_iso)
+    sha256: str | None = None
+    image: np.ndarray | None = None
+    error: str | None = None
+    label: str | None = None
+    confidence: float | None = None
+    verdict: str | None = None
+    scores: dict[str, float] | None = None
+
+
+def ignored(name: str, temp_suffixes: list[str]) -> bool:
+    """Dot-files and temporary names are someone else's work in progress."""
+    return name.startswith(".") or any(name.endswith(s) for s in temp_suffixes)
+
+
+class Intake:
+    """Paths waiting to be processed: each at most once in flight, held ones only when due."""
+
+    def __init__(self, temp_suffixes: list[str]):
+        self._suffixes = temp_suffixes
+        self._queue: queue.Queue[Path] = queue.Queue()
+        self._pending: set[Path] = set()
+        self._held: dict[Path, tuple[float, float]] = {}  # path → (due, current backoff)
+        self._lock = threading.Lock()
+
+    def offer(self, path: Path) -> bool:
+        if ignored(path.name, self._suffixes):
+            return False
+        with self._lock:
+            hold = self._held.get(path)
+            if path in self._pending or (hold and hold[0] > time.monotonic()):
+                return False
+            self._pending.add(path)
+        self._queue.put(path)
+        return True
+
+    def take(self, timeout: float) -> Path | None:
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def done(self, path: Path) -> None:
+        with self._lock:
+            self._pending.discard(path)
+
+    def hold(self, path: Path, first_delay: float) -> None:
+        """Not retried before the delay, which doubles on each failure: no hot loop."""
+        with self._lock:
+            backoff = min(MAX_RETRY_S, self._held[path][1] * 2) if path in self._held else first_delay
+            self._held[path] = (time.monotonic() + backoff, backoff)
+
+    def release(self, path: Path) -> None:
+        with self._lock:
+            self._held.pop(path, None)
+
+    def due_holds(self) -> list[Path]:
+        now = time.monotonic()
+        with self._lock:
+            return [p for p, (due, _) in self._held.items() if due <= now and p not in self._pending]
+
+    def idle(self) -> bool:
+        with self._lock:
+            return not self._pending
+
+
+class Stability:
+    """Fallback for platforms without close events: a file is ready once its size and mtime
+    have not changed for `stable_seconds`."""
+
+    def __init__(self, stable_seconds: float):
+        self.stable = stable_seconds
+        self._seen: dict[Path, tuple[int, int, float]] = {}
+        self._lock = threading.Lock()
+
+    def track(self, path: Path) -> None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return
+        with self._lock:
+            old = self._seen.get(path)
+            if old is None or (old[0], old[1]) != (st.st_size, st.st_mtime_ns):
+                self._seen[path] = (st.st_size, st.st_mtime_ns, time.monotonic())
+
+    def due(self) -> list[Path]:
+        with self._lock:
+            paths = list(self._seen)
+        ready = []
+        for path in paths:
+            self.track(path)
+            with self._lock:
+                entry = self._seen.get(path)
+                if entry is None:
+                    continue
+                if not os.path.lexists(path):
+                    del self._seen[path]
+                elif time.monotonic() - entry[2] >= self.stable:
+                    del self._seen[path]
+                    ready.append(path)
+        return ready
+
+    def empty(self) -> bool:
+        with self._lock:
+            return not self._seen
+
+
+class Events(FileSystemEventHandler):
+    """Close-write and moved-in events go straight to the intake; created/modified are tracked."""
+
+    def __init__(self, incoming: Path, intake: Intake, stability: Stability):
+        self.incoming, self.intake, self.stability = incoming, intake, stability
+
+    def _mine(self, path: str | bytes) -> Path | None:
+        p = Path(os.fsdecode(path))
+        return p if p.parent == self.incoming else None
+
+    def on_closed(self, event: FileSystemEvent) -> None:
+        if not event.is_directory and (p := self._mine(event.src_path)):
+            self.intake.offer(p)
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        if not event.is_directory and (p := self._mine(event.dest_path)):
+            self.intake.offer(p)
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        if not event.is_directory and (p := self._mine(event.src_path)):
+            self.stability.track(p)
+
+    on_modified = on_created
+
+
+def load(path: Path, size: tuple[int, int], settings: Settings) -> Item | None:
+    """Read the file once (never through a symlink), hash those bytes, decode them; None if gone."""
+    item = Item(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        item.error = "symlink: not followed"
+        return item
+    if not stat.S_ISREG(st.st_mode):
+        item.error = "not-a-regular-file"
+        return item
+    if st.st_size > settings.max_file_bytes:
+        item.error = f"too-large: {st.st_size:,} bytes"
+        return item
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            data = fh.read(settings.max_file_bytes + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        item.error = "symlink: not followed" if exc.errno == errno.ELOOP else f"unreadable: {exc.strerror}"
+        return item
+    item.sha256 = hashlib.sha256(data).hexdigest()
+    if not is_image_name(path.name):
+        item.error = f"wrong-extension: {path.suffix or '(none)'}"
+        return item
+    try:
+        item.image = decode(data, size, settings.max_pixels)
+    except ImageError as exc:
+        item.error = str(exc)
+    return item
+
+
+def classify(items: list[Item], classifier: Classifier, rules: VerdictRules) -> None:
+    """Score the decodable items of a batch in one call; fill label, confidence, verdict."""
+    ok = [i for i in items if i.image is not None]
+    if not ok:
+        return
+    preds = classifier.predict(np.stack([i.image for i in ok]))
+    for item, pred in zip(ok, preds, strict=True):
+        item.label, item.confidence, item.scores = pred.label, round(pred.confidence, 6), pred.scores
+        item.verdict = rules.decide(pred.label, pred.confidence)
+        item.image = None
+
+
+@dataclass
+class Summary:
+    routed: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    held: int = 0
+    recovered: int = 0
+
+
+class Router:
+    """Records and moves classified batches: intents → moves → done, all through the writer."""
+
+    def __init__(self, out: Path, writer: store.Writer, classifier: Classifier, intake: Intake,
+                 settings: Settings, dry_run: bool, source: str = "watch"):
+        self.out, self.writer, self.clf, self.intake = out, writer, classifier, intake
+        self.settings, self.dry_run, self.source = settings, dry_run, source
+        self.summary = Summary()
+
+    def _row(self, item: Item, dst: Path, reuse: dict | None) -> dict:
+        row = {"sha256": item.sha256, "source_path": str(item.path), "destination": str(dst),
+               "label": item.label, "confidence": item.confidence, "verdict": item.verdict,
+               "scores": item.scores, "model_id": self.clf.model_id, "model_sha256": self.clf.sha256,
+               "error": item.error, "state": "dry-run" if self.dry_run else "intent"}
+        if reuse:
+            row["id"] = reuse["id"]
+        else:
+            row.update(source=self.source, received_at=item.received_at)
+        return row
+
+    def plan(self, batch: list[Item]) -> list[dict]:
+        """Decide duplicate-or-not and a free destination name for each item, as intent rows."""
+        shas = [i.sha256 for i in batch if i.sha256]
+        paths = [str(i.path) for i in batch]
+        firsts, holds = self.writer.call(lambda db: (store.first_rows(db, shas), store.held_rows(db, paths)))
+        seen: set[str] = set()
+        taken: set[Path] = set()
+        rows = []
+        for item in batch:
+            reuse = holds.get(str(item.path))
+            if reuse and reuse["sha256"] != item.sha256:
+                reuse = None
+            if reuse:
+                duplicate = reuse["duplicate_of"] is not None
+            else:
+                duplicate = item.sha256 is not None and (item.sha256 in firsts or item.sha256 in seen)
+            if item.sha256:
+                seen.add(item.sha256)
+            folder = target_dir(self.out, item.verdict, item.label, item.error, duplicate)
+            dst = free_name(folder, item.path.name, item.sha256, taken)
+            taken.add(dst)
+            rows.append(self._row(item, dst, reuse))
+        return rows
+
+    def route(self, batch: list[Item]) -> None:
+        rows = self.plan(batch)
+        ids = self.writer.call(lambda db: store.write_intents(db, rows))
+        updates = []
+        for item, row, item_id in zip(batch, rows, ids, strict=True):
+            if self.dry_run:
+                self._log(item, Path(row["destination"]), "would route")
+                continue
+            updates.append(self._move(item, Path(row["destination"]), item_id))
+        if updates:
+            self.writer.call(lambda db: store.mark_done(db, updates))
+        for item in batch:
+            self.intake.done(item.path)
+
+    def _move(self, item: Item, dst: Path, item_id: int) -> dict:
+        done = {"id": item_id, "routed_at": store.now_iso()}
+        for _ in range(3):
+            try:
+                move(item.path, dst)
+            except FileExistsError:  # another process took the name since we planned it
+                dst = free_name(dst.parent, item.path.name, item.sha256)
+                continue
+            except FileNotFoundError:
+                log.warning("vanished %s before it could be moved", item.path.name)
+                return {**done, "state": "done", "destination": None, "error": "vanished-before-move"}
+            except OSError as exc:
+                reason = f"move-failed: {errno.errorcode.get(exc.errno or 0, 'OSError')} {exc.strerror}"
+                log.error("held %s in place (%s); retry in ≥%.0f s", item.path.name, reason,
+                          self.settings.retry_seconds)
+                self.intake.hold(item.path, self.settings.retry_seconds)
+                self.summary.held += 1
+                return {**done, "state": "held", "destination": None, "routed_at": None,
+                        "error": reason}
+            self.intake.release(item.path)
+            self._log(item, dst, "routed")
+            return {**done, "state": "done", "destination": str(dst)}
+        raise FileExistsError(f"could not find a free name for {item.path.name}")
+
+    def _log(self, item: Item, dst: Path, verb: str) -> None:
+        rel = dst.parent.relative_to(self.out)
+        if rel.parts and rel.parts[0] == "duplicates":
+            self.summary.duplicates += 1
+            log.info("%s %s -> %s (duplicate)", verb, item.path.name, rel)
+        elif item.error:
+            self.summary.rejected += 1
+            log.warning("%s %s -> %s (%s)", verb, item.path.name, rel, item.error)
+        else:
+            self.summary.routed += 1
+            log.info("%s %s -> %s (%.2f)", verb, item.path.name, rel, item.confidence or 0.0)
+
+
+def recover(out: Path, writer: store.Writer) -> int:
+    """Finish every intent a crash left behind, before anything new is looked at."""
+    rows = writer.call(store.unfinished)
+    updates = []
+    for row in rows:
+        src, dst = Path(row["source_path"]), Path(row["destination"])
+        update = {"id": row["id"], "state": "done", "routed_at": store.now_iso()}
+        try:
+            try:
+                outcome = finish(src, dst, row["sha256"])
+            except FileExistsError:
+                dst = free_name(dst.parent, src.name, row["sha256"])
+                move(src, dst)
+                outcome = "moved"
+        except OSError as exc:
+            log.error("recovery of %s failed (%s); left in place", src.name, exc.strerror)
+            update.update(state="held", error=f"move-failed: {exc.strerror}", destination=None)
+            updates.append(update)
+            continue
+        if outcome == "lost":
+            update.update(error="lost: neither source nor destination exists", destination=None)
+        else:
+            update["destination"] = str(dst)
+        log.info("recovered %s -> %s (%s)", src.name, dst, outcome)
+        updates.append(update)
+    if updates:
+        writer.call(lambda db: store.mark_done(db, updates))
+    return len(updates)
+
+
+def scan(incoming: Path, intake: Intake, stability: Stability) -> int:
+    """Offer the backlog oldest first; files changed within stable_seconds wait to settle."""
+    found: list[tuple[float, Path]] = []
+    for entry in os.scandir(incoming):
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                found.append((entry.stat(follow_symlinks=False).st_mtime, Path(entry.path)))
+        except FileNotFoundError:
+            continue
+    now = time.time()
+    for mtime, path in sorted(found):
+        if now - mtime >= stability.stable:
+            intake.offer(path)
+        else:
+            stability.track(path)
+    return len(found)
+
+
+class Watcher:
+    """The daemon's moving parts; `run` blocks until `stop` is set (or the backlog is done)."""
+
+    def __init__(self, incoming: Path, out: Path, db: Path, classifier: Classifier,
+                 rules: VerdictRules, settings: Settings, dry_run: bool = False):
+        self.incoming, self.out = incoming.resolve(), out.resolve()
+        self.clf, self.rules, self.settings = classifier, rules, settings
+        self.writer = store.Writer(db)
+        self.intake = Intake(settings.temp_suffixes)
+        self.stability = Stability(settings.stable_seconds)
+        self.decoded: queue.Queue[Item] = queue.Queue(maxsize=2 * settings.batch_size)
+        self.router = Router(self.out, self.writer, classifier, self.intake, settings, dry_run)
+        self._halt = threading.Event()
+        self.ready = threading.Event()  # set once the observer runs and the backlog is queued
+
+    def _decode_loop(self) -> None:
+        size = self.clf.input_size
+        while not self._halt.is_set():
+            path = self.intake.take(TICK_S)
+            if path is None:
+                continue
+            try:
+                item = load(path, size, self.settings)
+            except Exception as exc:  # one bad file must never stop the daemon
+                log.exception("could not load %s", path.name)
+                item = Item(path, error=f"load-failed: {exc}")
+            if item is None:
+                self.intake.done(path)
+                continue
+            while not self._halt.is_set():
+                try:
+                    self.decoded.put(item, timeout=TICK_S)
+                    break
+                except queue.Full:
+                    continue
+
+    def _gather(self, stop: threading.Event) -> list[Item]:
+        batch: list[Item] = []
+        deadline: float | None = None
+        while len(batch) < self.settings.batch_size and not stop.is_set():
+            wait = TICK_S if deadline is None else deadline - time.monotonic()
+            try:
+                batch.append(self.decoded.get(timeout=max(0.0, wait)))
+            except queue.Empty:
+                break
+            if deadline is None:
+                deadline = time.monotonic() + self.settings.batch_ms / 1000
+        return batch
+
+    def _tick(self) -> None:
+        for path in self.stability.due() + self.intake.due_holds():
+            self.intake.offer(path)
+
+    def _idle(self) -> bool:
+        return self.intake.idle() and self.stability.empty() and self.decoded.empty()
+
+    def _process(self, batch: list[Item]) -> None:
+        try:
+            classify(batch, self.clf, self.rules)
+        except Exception as exc:  # a model failure rejects the batch, it does not kill the daemon
+            log.exception("inference failed for a batch of %d", len(batch))
+            for item in batch:
+                item.error = item.error or f"inference-failed: {exc}"
+        self.router.route(batch)
+
+    def run(self, stop: threading.Event, once: bool = False) -> Summary:
+        """Recover, start watching, scan the backlog, then process until stopped (or idle if once)."""
+        self.router.summary.recovered = recover(self.out, self.writer)
+        observer = None
+        if not once:
+            observer = Observer()
+            observer.schedule(Events(self.incoming, self.intake, self.stability), str(self.incoming))
+            observer.start()
+            log.info("ready: watching %s -> %s", self.incoming, self.out)
+        workers = [threading.Thread(target=self._decode_loop, name=f"decode-{i}", daemon=True)
+                   for i in range(self.settings.decode_workers)]
+        for worker in workers:
+            worker.start()
+        scan(self.incoming, self.intake, self.stability)
+        self.ready.set()
+        try:
+            while not stop.is_set():
+                self._tick()
+                batch = self._gather(stop)
+                if batch:
+                    self._process(batch)
+                elif once and self._idle():
+                    break
+        finally:
+            self._halt.set()
+            if observer is not None:
+                observer.stop()
+                observer.join()
+            for worker in workers:
+                worker.join()
+            self.writer.close()
+        return self.router.summary

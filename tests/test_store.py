@@ -1,0 +1,110 @@
+"""Store: migrations, the partial unique index, the single writer, read-only readers, prune."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sorter import store
+
+
+def _row(sha: str | None, **kw) -> dict:
+    base = {"sha256": sha, "source_path": f"/in/{sha}.jpg", "source": "watch",
+            "received_at": store.now_iso(), "state": "done"}
+    return {**base, **kw}
+
+
+def test_migrations_create_schema_once_with_wal(tmp_path):
+    db = store.open_writer(tmp_path / "a.db")
+    db.close()
+    db = store.open_writer(tmp_path / "a.db")  # second open: nothing re-applied
+    applied = list(db.query("SELECT name FROM _sqlite_migrations"))
+    assert applied == [{"name": "m001_items"}]
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert set(db["items"].columns_dict) == set(store.ITEM_COLUMNS)
+    indexed = {tuple(i.columns) for i in db["items"].indexes}
+    assert {("received_at",), ("sha256",)} <= indexed
+    db.close()
+
+
+def test_unique_partial_index_guards_first_rows(tmp_path):
+    db = store.open_writer(tmp_path / "a.db")
+    first = db["items"].insert(_row("abc")).last_pk
+    with pytest.raises(sqlite3.IntegrityError):
+        db["items"].insert(_row("abc"))
+    db["items"].insert(_row("abc", duplicate_of=first))  # duplicates are fine
+    db["items"].insert(_row("abc", state="dry-run"))  # dry-run rows are outside the guard
+    db["items"].insert(_row(None))
+    db["items"].insert(_row(None))  # unreadable files have no hash; never collide
+    assert db["items"].count == 5
+
+
+def test_write_intents_resolves_duplicates_inside_one_batch(tmp_path):
+    db = store.open_writer(tmp_path / "a.db")
+    ids = store.write_intents(db, [_row("x", state="intent"), _row("x", state="intent"),
+                                   _row("y", state="intent")])
+    got = {r["id"]: r["duplicate_of"] for r in db.query("SELECT id, duplicate_of FROM items")}
+    assert got == {ids[0]: None, ids[1]: ids[0], ids[2]: None}
+    assert [r["id"] for r in store.unfinished(db)] == ids
+
+
+def test_single_writer_serialises_many_threads(tmp_path):
+    writer = store.Writer(tmp_path / "a.db")
+
+    def work(n: int) -> None:
+        for i in range(25):
+            writer.call(lambda db, k=f"{n}-{i}": store.write_intents(db, [_row(k)]))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert writer.call(lambda db: db["items"].count) == 200
+    writer.close()
+
+
+def test_reader_is_read_only_and_not_blocked_by_a_writer(tmp_path):
+    path = tmp_path / "a.db"
+    db = store.open_writer(path)
+    db["items"].insert(_row("a"))
+    db.execute("BEGIN IMMEDIATE")  # the writer holds the write lock
+    db["items"].insert(_row("b"))
+    reader = store.open_reader(path)
+    assert reader.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 1  # committed view, no lock error
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        reader.execute("DELETE FROM items")
+    db.execute("COMMIT")
+    assert reader.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 2
+    with pytest.raises(FileNotFoundError):
+        store.open_reader(tmp_path / "missing.db")
+
+
+def test_prune_deletes_old_finished_rows_in_batches(tmp_path):
+    path = tmp_path / "a.db"
+    db = store.open_writer(path)
+    old = (datetime.now(UTC) - timedelta(days=100)).isoformat(timespec="milliseconds")
+    db["items"].insert_all([_row(f"o{i}", received_at=old) for i in range(25)])
+    db["items"].insert(_row("intent", received_at=old, state="intent"))
+    db["items"].insert_all([_row(f"n{i}") for i in range(5)])
+    db.close()
+    assert store.prune(path, store.parse_age("90d"), dry_run=True).matched == 25
+    assert store.stats(path)["items"] == 31
+    result = store.prune(path, store.parse_age("90d"), batch_size=10)
+    assert (result.deleted, result.vacuumed) == (25, True)
+    left = store.stats(path)
+    assert left["items"] == 6 and left["by_state"] == {"done": 5, "intent": 1}
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90d", 90 * 86400), ("12h", 43200), ("2w", 1209600),
+                                               ("30m", 1800), ("45s", 45)])
+def test_parse_age(text, seconds):
+    assert store.parse_age(text).total_seconds() == seconds
+
+
+def test_parse_age_rejects_garbage():
+    with pytest.raises(ValueError):
+        store.parse_age("ninety days")

@@ -1,0 +1,272 @@
+"""Watch: real observer, real SQLite, real TFLite model; partial writes, duplicates, bad inputs."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sorter import watch
+from tests.watch_helpers import EXPECTED, MODEL, Running, files_under, jpeg, make_watcher, rows, wait_until
+
+
+def _old(path: Path) -> None:
+    os.utime(path, (time.time() - 60, time.time() - 60))
+
+
+def test_backlog_routes_each_colour_exactly(tmp_path):
+    w = make_watcher(tmp_path)
+    for i, color in enumerate(["red", "green", "blue", "grey"] * 2):
+        (tmp_path / "in" / f"{color}{i}.jpg").write_bytes(jpeg(color, tag=str(i)))
+        _old(tmp_path / "in" / f"{color}{i}.jpg")
+    summary = w.run(watch.threading.Event(), once=True)
+    assert summary.routed == 8 and not list((tmp_path / "in").iterdir())
+    for row in rows(tmp_path / "db.sqlite"):
+        name = Path(row["source_path"]).name
+        color = name.rstrip("0123456789.jpg")
+        assert Path(row["destination"]).parent == tmp_path / "out" / EXPECTED[color]
+        assert Path(row["destination"]).exists() and row["state"] == "done"
+        assert row["model_sha256"] and row["routed_at"] and row["scores"]
+
+
+def test_part_file_renamed_is_classified_once_and_complete(tmp_path):
+    w = make_watcher(tmp_path)
+    run = Running(w)
+    data = jpeg("blue", tag="slow")
+    part = tmp_path / "in" / "x.jpg.part"
+    with open(part, "wb") as fh:
+        for i in range(0, len(data), 100):
+            fh.write(data[i : i + 100])
+            fh.flush()
+            time.sleep(0.02)
+    time.sleep(0.5)  # a temp name is ignored however long it sits
+    assert rows(tmp_path / "db.sqlite") == []
+    part.rename(tmp_path / "in" / "x.jpg")
+    wait_until(lambda: len(rows(tmp_path / "db.sqlite")) == 1 and not list((tmp_path / "in").iterdir()),
+               what="x.jpg routed")
+    run.stop()
+    dst = tmp_path / "out" / "rotten" / "rottenblue" / "x.jpg"
+    assert dst.read_bytes() == data and len(rows(tmp_path / "db.sqlite")) == 1
+
+
+def test_chunked_write_under_final_name_is_classified_once_complete(tmp_path):
+    w = make_watcher(tmp_path, stable_seconds=1.0)
+    run = Running(w)
+    data = jpeg("green", tag="chunky" * 50)
+    with open(tmp_path / "in" / "c.jpg", "wb") as fh:  # held open: one close-write at the end
+        for i in range(0, len(data), 64):
+            fh.write(data[i : i + 64])
+            fh.flush()
+            time.sleep(0.01)
+    wait_until(lambda: not list((tmp_path / "in").iterdir()), what="c.jpg routed")
+    time.sleep(0.3)
+    run.stop()
+    got = rows(tmp_path / "db.sqlite")
+    assert len(got) == 1 and got[0]["error"] is None
+    assert (tmp_path / "out" / "fresh" / "freshgreen" / "c.jpg").read_bytes() == data
+
+
+def test_duplicate_events_and_duplicate_content_count_once(tmp_path):
+    w = make_watcher(tmp_path)
+    run = Running(w)
+    incoming = tmp_path / "in"
+    data = jpeg("red", tag="same")
+    (incoming / "a.jpg").write_bytes(data)
+    for _ in range(3):  # extra events for the same path, as some copy tools cause
+        w.intake.offer(incoming / "a.jpg")
+    wait_until(lambda: not (incoming / "a.jpg").exists(), what="a.jpg routed")
+    for _ in range(3):  # late events for a file already moved are harmless
+        w.intake.offer(incoming / "a.jpg")
+    (incoming / "b.jpg").write_bytes(data)  # the same bytes again under another name
+    wait_until(lambda: len(rows(tmp_path / "db.sqlite")) == 2 and not list(incoming.iterdir()),
+               what="b.jpg routed")
+    time.sleep(0.3)
+    run.stop()
+    first, dup = rows(tmp_path / "db.sqlite")
+    assert len(rows(tmp_path / "db.sqlite")) == 2
+    assert first["duplicate_of"] is None and dup["duplicate_of"] == first["id"]
+    assert first["sha256"] == dup["sha256"]
+    assert (tmp_path / "out" / "fresh" / "freshred" / "a.jpg").exists()
+    assert (tmp_path / "out" / "duplicates" / "b.jpg").read_bytes() == data
+
+
+def _bomb_png() -> bytes:
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + b"\0\0\0\0"
+
+
+def test_bad_inputs_are_rejected_with_reasons_and_the_daemon_goes_on(tmp_path):
+    w = make_watcher(tmp_path)
+    run = Running(w)
+    incoming = tmp_path / "in"
+    good = jpeg("red", tag="good")
+    bad = {"zero.jpg": b"", "trunc.jpg": jpeg("blue", tag="t" * 300)[:330], "text.jpg": b"hello, not a jpeg",
+           "notes.txt": b"a note", "bomb.png": _bomb_png()}
+    for name, data in bad.items():
+        (incoming / name).write_bytes(data)
+    (incoming / "good.jpg").write_bytes(good)
+    wait_until(lambda: len(rows(tmp_path / "db.sqlite")) == 6 and not list(incoming.iterdir()),
+               what="all six recorded")
+    run.stop()
+    reasons = {Path(r["source_path"]).name: r["error"] for r in rows(tmp_path / "db.sqlite")}
+    assert reasons["zero.jpg"].startswith("empty")
+    assert reasons["trunc.jpg"].split(":")[0] in {"truncated", "undecodable"}
+    assert reasons["text.jpg"].startswith("not-an-image")
+    assert reasons["notes.txt"].startswith("wrong-extension")
+    assert reasons["bomb.png"].startswith("pixel-bomb")
+    assert reasons["good.jpg"] is None
+    assert sorted(p.name for p in (tmp_path / "out" / "rejected").iterdir()) == sorted(bad)
+    assert (tmp_path / "out" / "fresh" / "freshred" / "good.jpg").read_bytes() == good
+
+
+def test_symlink_is_rejected_and_its_target_untouched(tmp_path):
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(jpeg("red", tag="secret"))
+    w = make_watcher(tmp_path)
+    (tmp_path / "in" / "link.jpg").symlink_to(secret)
+    _old(secret)
+    w.run(watch.threading.Event(), once=True)
+    (row,) = rows(tmp_path / "db.sqlite")
+    assert row["error"].startswith("symlink") and row["sha256"] is None
+    assert (tmp_path / "out" / "rejected" / "link.jpg").is_symlink()
+    assert secret.read_bytes() == jpeg("red", tag="secret")
+
+
+def test_name_collisions_keep_both(tmp_path):
+    w = make_watcher(tmp_path)
+    run = Running(w)
+    one, two = jpeg("red", tag="one"), jpeg("red", tag="two")
+    (tmp_path / "in" / "a.jpg").write_bytes(one)
+    wait_until(lambda: len(rows(tmp_path / "db.sqlite")) == 1, what="first a.jpg")
+    (tmp_path / "in" / "a.jpg").write_bytes(two)
+    wait_until(lambda: len(rows(tmp_path / "db.sqlite")) == 2 and not list((tmp_path / "in").iterdir()),
+               what="second a.jpg")
+    run.stop()
+    kept = sorted(p.read_bytes() for p in (tmp_path / "out" / "fresh" / "freshred").iterdir())
+    assert kept == sorted([one, two])
+    assert len({r["destination"] for r in rows(tmp_path / "db.sqlite")}) == 2
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions; see the ENOSPC test")
+def test_unwritable_out_holds_files_in_place(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        w = make_watcher(tmp_path, out=out)
+        (tmp_path / "in" / "a.jpg").write_bytes(jpeg("red"))
+        _old(tmp_path / "in" / "a.jpg")
+        w.run(watch.threading.Event(), once=True)
+        (row,) = rows(tmp_path / "db.sqlite")
+        assert row["state"] == "held" and "EACCES" in row["error"]
+        assert (tmp_path / "in" / "a.jpg").exists()
+    finally:
+        out.chmod(0o700)
+
+
+def test_move_failure_holds_in_place_backs_off_and_later_finishes(tmp_path, monkeypatch):
+    w = make_watcher(tmp_path, retry_seconds=0.4)
+    calls = []
+    real_move = watch.move
+
+    def full_disk(src, dst):
+        calls.append(time.monotonic())
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(watch, "move", full_disk)
+    run = Running(w)
+    (tmp_path / "in" / "a.jpg").write_bytes(jpeg("blue", tag="full"))
+    (tmp_path / "in" / "b.jpg").write_bytes(jpeg("red", tag="fine-later"))
+    wait_until(lambda: len(calls) >= 2, what="first attempts")
+    time.sleep(2.0)
+    assert len(calls) <= 2 * 4, f"retried too often: {len(calls)} attempts in ~2 s"  # 0.4, 0.8, 1.6 s backoff
+    held = rows(tmp_path / "db.sqlite")
+    assert len(held) == 2 and {r["state"] for r in held} == {"held"}
+    assert all("ENOSPC" in r["error"] for r in held)
+    assert (tmp_path / "in" / "a.jpg").exists()
+    monkeypatch.setattr(watch, "move", real_move)  # disk freed: the next retry finishes, same rows
+    wait_until(lambda: not list((tmp_path / "in").iterdir()), timeout=15, what="retry after backoff")
+    time.sleep(0.2)
+    run.stop()
+    done = rows(tmp_path / "db.sqlite")
+    assert [r["id"] for r in done] == [r["id"] for r in held]
+    assert {r["state"] for r in done} == {"done"} and all(r["duplicate_of"] is None for r in done)
+    assert (tmp_path / "out" / "rotten" / "rottenblue" / "a.jpg").exists()
+
+
+def test_out_on_another_device(tmp_path):
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second file system (/dev/shm) on another device")
+    out = shm / f"sorter-watch-{os.getpid()}"
+    try:
+        w = make_watcher(tmp_path, out=out)
+        (tmp_path / "in" / "g.jpg").write_bytes(jpeg("green"))
+        _old(tmp_path / "in" / "g.jpg")
+        w.run(watch.threading.Event(), once=True)
+        assert (out / "fresh" / "freshgreen" / "g.jpg").read_bytes() == jpeg("green")
+        assert not (tmp_path / "in" / "g.jpg").exists()
+        assert [p.name for p in files_under(out)] == ["g.jpg"]
+    finally:
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def test_dry_run_records_without_moving(tmp_path):
+    w = make_watcher(tmp_path, dry_run=True)
+    (tmp_path / "in" / "b.jpg").write_bytes(jpeg("blue"))
+    _old(tmp_path / "in" / "b.jpg")
+    w.run(watch.threading.Event(), once=True)
+    (row,) = rows(tmp_path / "db.sqlite")
+    assert row["state"] == "dry-run" and row["verdict"] == "rotten"
+    assert row["destination"].endswith("rotten/rottenblue/b.jpg")
+    assert (tmp_path / "in" / "b.jpg").exists() and not (tmp_path / "out").exists()
+
+
+def _cli(tmp_path: Path, *extra: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "sorter"), "watch", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+            "--db", str(tmp_path / "db.sqlite"), "--model", str(MODEL), *extra]
+
+
+def test_cli_once_processes_backlog_and_exits(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "r.jpg").write_bytes(jpeg("red"))
+    _old(tmp_path / "in" / "r.jpg")
+    proc = subprocess.run(_cli(tmp_path, "--once"), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "routed r.jpg -> fresh/freshred" in proc.stderr
+    assert (tmp_path / "out" / "fresh" / "freshred" / "r.jpg").exists()
+
+
+def test_sigterm_drains_and_exits_zero_consistently(tmp_path):
+    (tmp_path / "in").mkdir()
+    log = tmp_path / "stderr.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(_cli(tmp_path), stderr=err)
+    wait_until(lambda: "ready" in log.read_text(), timeout=30, what="ready")
+    names = []
+    for i in range(80):
+        name = f"f{i}.jpg"
+        (tmp_path / "in" / name).write_bytes(jpeg(["red", "green", "blue", "grey"][i % 4], tag=str(i)))
+        names.append(name)
+        time.sleep(0.005)
+        if i == 40:
+            wait_until(lambda: len(rows(tmp_path / "db.sqlite")) >= 5, what="some routed")
+            proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, log.read_text()
+    recorded = {Path(r["source_path"]).name: r for r in rows(tmp_path / "db.sqlite")}
+    left = {p.name for p in (tmp_path / "in").iterdir()}
+    assert recorded and left, "the signal should land while files are still flowing"
+    for name in names:  # each file: routed and recorded done, or untouched in INCOMING with no row
+        if name in left:
+            assert name not in recorded
+        else:
+            assert recorded[name]["state"] == "done" and Path(recorded[name]["destination"]).exists()

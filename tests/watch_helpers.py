@@ -1,0 +1,88 @@
+"""Shared helpers for the watch/route/store tests: coloured JPEGs, a watcher in a thread, polling."""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from sorter import store
+from sorter.classify import rules_for
+from sorter.config import Settings
+from sorter.model import Classifier
+from sorter.watch import Watcher
+
+MODEL = Path(__file__).resolve().parent / "data" / "color-int8.tflite"
+BGR = {"red": (0, 0, 255), "green": (0, 255, 0), "blue": (255, 0, 0), "grey": (128, 128, 128)}
+EXPECTED = {"red": "fresh/freshred", "green": "fresh/freshgreen", "blue": "rotten/rottenblue",
+            "grey": "uncertain"}
+
+
+def jpeg(color: str, tag: str = "", size: int = 40) -> bytes:
+    """A small solid-colour JPEG; a distinct `tag` (a COM segment) gives distinct bytes, same pixels."""
+    img = np.zeros((size, size, 3), np.uint8)
+    img[:] = BGR[color]
+    data = cv2.imencode(".jpg", img)[1].tobytes()
+    if not tag:
+        return data
+    text = tag.encode()
+    return data[:2] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + data[2:]
+
+
+def settings(**kw) -> Settings:
+    base = {"batch_size": 8, "batch_ms": 20, "stable_seconds": 0.3, "threads": 1}
+    return Settings(**{**base, **kw})
+
+
+def make_watcher(tmp: Path, out: Path | None = None, dry_run: bool = False, **kw) -> Watcher:
+    cfg = settings(**kw)
+    clf = Classifier(MODEL, num_threads=1, max_batch=cfg.batch_size)
+    (tmp / "in").mkdir(exist_ok=True)
+    return Watcher(tmp / "in", out or tmp / "out", tmp / "db.sqlite", clf, rules_for(clf), cfg,
+                   dry_run=dry_run)
+
+
+class Running:
+    """A watcher running in a background thread until `stop()`."""
+
+    def __init__(self, watcher: Watcher, once: bool = False):
+        self.watcher, self.stop_event = watcher, threading.Event()
+        self.thread = threading.Thread(target=watcher.run, args=(self.stop_event, once), daemon=True)
+        self.thread.start()
+        assert watcher.ready.wait(10), "watcher never became ready"
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(15)
+        assert not self.thread.is_alive()
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def rows(db: Path) -> list[dict]:
+    if not db.exists():
+        return []
+    conn = store.open_reader(db)
+    try:
+        return [dict(r) for r in conn.execute("SELECT * FROM items ORDER BY id")]
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
+
+
+def files_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()) if root.exists() else []
