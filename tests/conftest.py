@@ -43,3 +43,70 @@ def fruit_dev() -> Path:
     if not FRUIT_DEV.is_dir():
         pytest.skip(f"needs the shared fruit photos at {FRUIT_DEV} (absent on this machine)")
     return FRUIT_DEV
+
+
+# --- synthetic class folders for training tests (owner: train helper) ---
+SHAPE_COLOURS = [(40, 40, 220), (40, 200, 40), (220, 60, 40), (30, 200, 230), (200, 40, 200),
+                 (230, 230, 40), (90, 90, 90), (255, 255, 255), (20, 120, 255), (120, 20, 80)]
+
+
+def shape_image(index: int, seed: int, size: int = 40) -> np.ndarray:
+    """A BGR image for class `index`: its own colour and shape (circle/square/triangle) on noise."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+    colour = SHAPE_COLOURS[index % len(SHAPE_COLOURS)]
+    c, r = size // 2 + int(rng.integers(-3, 4)), size // 3
+    kind = (index // len(SHAPE_COLOURS) + index) % 3
+    if kind == 0:
+        cv2.circle(img, (c, c), r, colour, -1)
+    elif kind == 1:
+        cv2.rectangle(img, (c - r, c - r), (c + r, c + r), colour, -1)
+    else:
+        pts = np.array([[c, c - r], [c - r, c + r], [c + r, c + r]], np.int32)
+        cv2.fillPoly(img, [pts], colour)
+    return img
+
+
+def write_class_folders(root: Path, classes: list[str], per_class: int | dict[str, int] = 6,
+                        size: int = 40, split: str | None = None, seed: int = 0) -> Path:
+    """DATA/<class>/*.png (or DATA/<split>/<class>/ when `split` is given) of synthetic shapes."""
+    for i, name in enumerate(classes):
+        n = per_class[name] if isinstance(per_class, dict) else per_class
+        folder = root / split / name if split else root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for j in range(n):
+            cv2.imwrite(str(folder / f"{name}_{j}.png"), shape_image(i, seed * 1000 + i * 100 + j, size))
+    return root
+
+
+@pytest.fixture
+def class_folders():
+    return write_class_folders
+
+
+# --- run folders for evaluate/export tests (owner: export helper) ---
+def write_run_folder(run: Path, model, labels: list[str], rotten: list[str], data: Path | None = None,
+                     backbone: str = "test", history: dict | None = None,
+                     baselines: dict | None = None) -> Path:
+    """The files train.py leaves in runs/NAME/: model.keras, labels/config/history/splits json."""
+    import json
+
+    run.mkdir(parents=True, exist_ok=True)
+    model.save(run / "model.keras")
+    (run / "labels.json").write_text(json.dumps({"labels": labels, "rotten_labels": rotten}))
+    (run / "config.json").write_text(json.dumps({"backbone": backbone, "data": str(data) if data else None}))
+    hist = history or {"loss": [1.0, 0.6], "accuracy": [0.5, 0.8], "val_loss": [0.9, 0.7],
+                       "val_accuracy": [0.55, 0.75]}
+    (run / "history.json").write_text(json.dumps(hist))
+    if data is not None:
+        splits = {s: sorted(str(p.relative_to(data)) for p in (data / s).rglob("*.png"))
+                  for s in ("train", "val", "test") if (data / s).is_dir()}
+        (run / "splits.json").write_text(json.dumps(splits))
+    if baselines is not None:
+        (run / "baselines.json").write_text(json.dumps(baselines))
+    return run
+
+
+@pytest.fixture
+def run_folder():
+    return write_run_folder

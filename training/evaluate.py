@@ -1,0 +1,333 @@
+"""Score a Keras model (run folder or .keras) or a .tflite export on a split; write plots,
+metrics.json and a self-contained report.html.
+
+A .tflite goes through `sorter.model.Classifier` + `sorter.imaging.decode`, exactly the runtime
+path, so the figures are the ones the sorter will see on the line.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sorter.card import guess_rotten
+from sorter.imaging import ImageError, decode
+from training.data import SPLITS, DataSplits, discover
+from training.metrics import compute_metrics, pr_curves, worst_errors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunInfo:
+    """What a run folder (or a lone model.keras) tells us besides the weights."""
+
+    model_path: Path
+    run_dir: Path | None = None
+    labels: list[str] | None = None
+    rotten_labels: list[str] | None = None
+    config: dict = field(default_factory=dict)
+    history: dict | None = None
+    baselines: dict | None = None
+    splits_file: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name if self.run_dir else self.model_path.stem
+
+
+@dataclass
+class Scorer:
+    """A model behind one function: (N, H, W, 3) uint8 → (N, C) probabilities."""
+
+    name: str
+    kind: str
+    labels: list[str]
+    rotten_labels: list[str]
+    input_size: tuple[int, int]
+    score: Callable[[np.ndarray], np.ndarray]
+    run: RunInfo | None = None
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_run(path: Path) -> RunInfo:
+    """A run folder holds model.keras, labels.json, history.json, config.json, splits.json."""
+    path = Path(path)
+    model = path / "model.keras" if path.is_dir() else path
+    if not model.is_file():
+        raise FileNotFoundError(f"no Keras model at {model}")
+    run_dir = model.parent
+    labels = _json(run_dir / "labels.json") or {}
+    return RunInfo(model, run_dir, labels.get("labels"), labels.get("rotten_labels"),
+                   _json(run_dir / "config.json") or {}, _json(run_dir / "history.json"),
+                   _json(run_dir / "baselines.json"),
+                   run_dir / "splits.json" if (run_dir / "splits.json").is_file() else None)
+
+
+def load_keras(path: Path):
+    """Load without compiling; importing backbones first registers any custom layers."""
+    import keras
+
+    with contextlib.suppress(ImportError):
+        import training.backbones  # noqa: F401
+    return keras.models.load_model(path, compile=False)
+
+
+def keras_scores(model, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    """Probabilities from the float model on raw 0..255 pixels (preprocessing is in the graph)."""
+    parts = [np.asarray(model(images[i : i + batch].astype(np.float32), training=False))
+             for i in range(0, len(images), batch)]
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, model.output_shape[-1]))
+
+
+def keras_input_size(model) -> tuple[int, int]:
+    height, width = model.input_shape[1:3]
+    if not height or not width:
+        raise ValueError("the Keras model has no fixed input size; rebuild it with one")
+    return int(height), int(width)
+
+
+def open_scorer(model_path: Path, data_classes: list[str] | None = None) -> Scorer:
+    """A .tflite bundle through the runtime, or a Keras model with labels from its run folder."""
+    model_path = Path(model_path)
+    if model_path.suffix == ".tflite":
+        from sorter.model import Classifier
+
+        clf = Classifier(model_path)
+        return Scorer(clf.card.name, "tflite", clf.labels, clf.card.rotten_labels, clf.input_size, clf.scores)
+    run = read_run(model_path)
+    model = load_keras(run.model_path)
+    labels = run.labels or data_classes
+    if not labels:
+        raise ValueError(f"no labels.json beside {run.model_path}; pass a data set to take its classes")
+    rotten = run.rotten_labels if run.rotten_labels is not None else guess_rotten(labels)
+    return Scorer(run.name, "keras", list(labels), list(rotten), keras_input_size(model),
+                  lambda images: keras_scores(model, images), run)
+
+
+def _entry(item, data: Path, classes: list[str] | None) -> tuple[Path, str]:
+    """One splits.json entry: "cls/x.jpg", ["cls/x.jpg", idx|label] or {"path":..,"label":..}."""
+    if isinstance(item, dict):
+        path, label = item["path"], item.get("label", item.get("class"))
+    elif isinstance(item, list | tuple):
+        path, label = item[0], item[1]
+    else:
+        path, label = item, None
+    full = data / path
+    if isinstance(label, int) and classes:
+        label = classes[label]
+    return full, str(label) if label is not None else full.parent.name
+
+
+def splits_from_json(path: Path, data: Path) -> DataSplits | None:
+    """The exact split the run trained on; None (use discover) when files moved or vanished."""
+    raw = json.loads(path.read_text())
+    lists = raw.get("splits", raw)
+    classes = raw.get("classes") or raw.get("labels")
+    entries = {s: [_entry(i, data, classes) for i in lists.get(s, [])] for s in SPLITS}
+    names = classes or sorted({lbl for items in entries.values() for _, lbl in items})
+    if not all(p.is_file() and lbl in names for items in entries.values() for p, lbl in items):
+        log.warning("splits.json in %s names files missing under %s; re-discovering", path.parent, data)
+        return None
+    index = {c: i for i, c in enumerate(names)}
+    return DataSplits(data, list(names), **{s: [(p, index[lbl]) for p, lbl in entries[s]] for s in SPLITS})
+
+
+def resolve_splits(data: Path, splits_file: Path | None = None) -> DataSplits:
+    data = Path(data)
+    found = splits_from_json(splits_file, data) if splits_file else None
+    return found or discover(data)
+
+
+def load_images(files: list[Path], size: tuple[int, int]) -> tuple[np.ndarray, list[int]]:
+    """Decode with the runtime's decoder; unreadable files are skipped (and logged), not fatal."""
+    images, kept = [], []
+    for i, path in enumerate(files):
+        try:
+            images.append(decode(path.read_bytes(), size))
+            kept.append(i)
+        except (ImageError, OSError) as exc:
+            log.warning("skipping %s: %s", path, exc)
+    arr = np.stack(images) if images else np.zeros((0, *size, 3), np.uint8)
+    return arr, kept
+
+
+@dataclass
+class SplitImages:
+    images: np.ndarray
+    y: np.ndarray
+    paths: list[Path]
+
+
+def split_images(splits: DataSplits, split: str, labels: list[str], size: tuple[int, int]) -> SplitImages:
+    """A split decoded at the model's size, with class indices mapped to the model's label order."""
+    files = getattr(splits, split)
+    if not files:
+        raise ValueError(f"split '{split}' of {splits.root} is empty")
+    unknown = sorted({splits.classes[i] for _, i in files} - set(labels))
+    if unknown:
+        raise ValueError(f"data classes {unknown} are not among the model's labels {labels}")
+    images, kept = load_images([p for p, _ in files], size)
+    y = np.array([labels.index(splits.classes[files[i][1]]) for i in kept], dtype=int)
+    return SplitImages(images, y, [files[i][0] for i in kept])
+
+
+# --- plots -------------------------------------------------------------------------------------
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(cm: list[list[int]], labels: list[str], path: Path) -> Path:
+    plt = _plt()
+    arr = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(labels), 1 + 0.6 * len(labels)))
+    ax.imshow(arr, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (r, c), v in np.ndenumerate(arr):
+        ax.text(c, r, str(v), ha="center", va="center", color="white" if v > arr.max() / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_pr(curves: dict[str, dict], path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for lbl, c in curves.items():
+        ax.plot(c["recall"], c["precision"], label=lbl)
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="one-vs-rest PR")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_thresholds(rows: list[dict], path: Path) -> Path:
+    plt = _plt()
+    t = [r["threshold"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in ("precision", "recall", "fresh_binned_rate"):
+        ax.plot(t, [r[key] for r in rows], marker="o", label=key)
+    ax.set(xlabel="threshold on P(rotten)", ylim=(0, 1.02), title="fresh vs rotten")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_history(history: dict, path: Path) -> Path:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
+        for name in (key, f"val_{key}"):
+            if history.get(name):
+                ax.plot(range(1, len(history[name]) + 1), history[name], label=name)
+        ax.set(xlabel="epoch", title=key)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_gallery(items: list[dict], images: np.ndarray, path: Path, cols: int = 4) -> Path:
+    """Thumbnails of the most confident mistakes, titled true → predicted (confidence)."""
+    plt = _plt()
+    rows = max(1, -(-len(items) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, item in zip(axes.flat, items, strict=False):
+        ax.imshow(images[item["index"]])
+        ax.set_title(f"{item['true']} → {item['predicted']}\n{item['confidence']:.2f}", fontsize=8)
+    if not items:
+        axes[0, 0].text(0.5, 0.5, "no errors", ha="center", va="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# --- report ------------------------------------------------------------------------------------
+
+def _table(rows: list[dict], keys: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(k, '')))}</td>" for k in keys) + "</tr>"
+                   for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_report(metrics: dict, images: dict[str, Path]) -> str:
+    """One self-contained page: headline, per-class table, threshold table, embedded PNGs."""
+    per_class = [{"class": k, **v} for k, v in metrics["per_class"].items()]
+    per_class += [{"class": avg, **metrics[avg]} for avg in ("macro", "weighted")]
+    figs = "".join(
+        f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,"
+        f"{base64.b64encode(p.read_bytes()).decode()}'>" for title, p in images.items())
+    thresholds = _table(metrics["threshold_table"], ["threshold", "binned", "precision", "recall",
+                                                     "fresh_binned", "fresh_binned_rate"])
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<title>{html.escape(metrics["model"])} — evaluation</title><style>
+body{{font-family:sans-serif;max-width:1000px;margin:auto}}table{{border-collapse:collapse;margin:8px 0}}
+td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}img{{max-width:100%}}</style></head><body>
+<h1>{html.escape(metrics["model"])}</h1>
+<p>{html.escape(metrics["kind"])} model on split <b>{html.escape(metrics["split"])}</b> of
+{html.escape(metrics["data"])}: <b>accuracy {metrics["accuracy"]:.4f}</b> on {metrics["n"]} images.</p>
+<h2>Per class</h2>{_table(per_class, ["class", "precision", "recall", "f1", "support"])}
+<h2>Fresh vs rotten thresholds</h2>{thresholds}{figs}</body></html>"""
+
+
+def _error_items(sample: SplitImages, probs: np.ndarray, labels: list[str], k: int) -> list[dict]:
+    pred = probs.argmax(axis=1)
+    return [{"index": i, "path": str(sample.paths[i]), "true": labels[sample.y[i]],
+             "predicted": labels[pred[i]], "confidence": round(float(probs[i, pred[i]]), 6)}
+            for i in worst_errors(sample.y, probs, k)]
+
+
+def evaluate(model: Path, data: Path, out: Path, split: str = "test", worst: int = 16) -> dict:
+    """Score MODEL on a split of DATA and write PNGs, metrics.json and report.html into OUT."""
+    data, out = Path(data), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    scorer = open_scorer(Path(model), discover(data).classes if data.is_dir() else None)
+    splits = resolve_splits(data, scorer.run.splits_file if scorer.run else None)
+    sample = split_images(splits, split, scorer.labels, scorer.input_size)
+    probs = scorer.score(sample.images)
+    metrics = compute_metrics(sample.y, probs, scorer.labels, scorer.rotten_labels)
+    errors = _error_items(sample, probs, scorer.labels, worst)
+    metrics.update(model=scorer.name, kind=scorer.kind, model_path=str(model), data=str(data), split=split,
+                   worst_errors=[{k: v for k, v in e.items() if k != "index"} for e in errors])
+    pngs = {"Confusion matrix": plot_confusion(metrics["confusion_matrix"], scorer.labels, out / "confusion.png"),
+            "Precision-recall (one vs rest)": plot_pr(pr_curves(sample.y, probs, scorer.labels),
+                                                      out / "pr_curves.png")}
+    if metrics["threshold_table"]:
+        pngs["Fresh vs rotten thresholds"] = plot_thresholds(metrics["threshold_table"], out / "thresholds.png")
+    if scorer.run and scorer.run.history:
+        pngs["Training curves"] = plot_history(scorer.run.history, out / "training_curves.png")
+    pngs["Most confident errors"] = plot_gallery(errors, sample.images, out / "worst_errors.png")
+    metrics["plots"] = {title: p.name for title, p in pngs.items()}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / "report.html").write_text(render_report(metrics, pngs))
+    return metrics

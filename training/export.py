@@ -1,0 +1,344 @@
+"""Export a Keras classifier to TFLite variants, score each through the runtime, write model cards.
+
+Every export is decoded, scored and timed exactly as `sorter` will run it (`sorter.model.Classifier`),
+and gated: an export that loses more than `max_drop` accuracy points against the float Keras model,
+or that predicts one class for everything, is refused unless the user allows it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import platform
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sorter.card import ExportScore, InputSpec, ModelCard, card_path, sha256_file, write_card
+from training.data import DataSplits
+from training.evaluate import (
+    RunInfo,
+    keras_input_size,
+    keras_scores,
+    load_images,
+    load_keras,
+    read_run,
+    resolve_splits,
+    split_images,
+)
+from training.metrics import agreement, compute_metrics
+
+log = logging.getLogger(__name__)
+MIN_CALIBRATION = 300
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One row of the formats table: converter options and what the export takes as input."""
+
+    name: str
+    description: str
+    input_dtype: str
+    bytes_per_weight: float
+    calibrated: bool = False
+    options: str = ""
+
+
+FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
+    ExportFormat("float32", "full precision, the reference", "float32", 4, options="none"),
+    ExportFormat("float16", "float16 weights, float32 compute", "float32", 2,
+                 options="optimizations=DEFAULT, supported_types=[float16]"),
+    ExportFormat("dynamic", "int8 weights, float activations", "float32", 1,
+                 options="optimizations=DEFAULT"),
+    ExportFormat("int8", "full integer, raw uint8 pixels in", "uint8", 1, calibrated=True,
+                 options="optimizations=DEFAULT, representative_dataset, TFLITE_BUILTINS_INT8, "
+                         "inference_input_type=uint8"),
+)}
+
+
+class ExportError(RuntimeError):
+    """An export that must not ship: empty, malformed, or failing the accuracy gate."""
+
+
+@dataclass
+class ExportResult:
+    format: str
+    path: Path
+    size_bytes: int
+    input_dtype: str
+    accuracy: float
+    agreement_with_float: float
+    latency_ms: float
+    latency_p90_ms: float
+    predicted_classes: int
+    problem: str | None = None
+    card: ModelCard | None = field(default=None, repr=False)
+
+    def row(self) -> dict:
+        out = asdict(self)
+        out.pop("card")
+        out["path"] = self.path.name
+        return out
+
+
+def parse_formats(text: str) -> list[str]:
+    names = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown or not names:
+        raise ValueError(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
+    return names
+
+
+# --- calibration -------------------------------------------------------------------------------
+
+def stratified_sample(files: list[tuple[Path, int]], n: int, seed: int = 0) -> list[Path]:
+    """Round-robin over classes (shuffled within each) so every class shapes the int8 ranges."""
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[Path]] = {}
+    for path, idx in files:
+        by_class.setdefault(idx, []).append(path)
+    queues = [list(rng.permutation(np.array(v, dtype=object))) for _, v in sorted(by_class.items())]
+    picked: list[Path] = []
+    while len(picked) < n and any(queues):
+        picked += [q.pop() for q in queues if q][: n - len(picked)]
+    return picked
+
+
+def calibration_images(splits: DataSplits, size: tuple[int, int], n: int) -> np.ndarray:
+    """Real training images decoded like the runtime does; one pixel pair pins the input range
+    to exactly 0..255 so the uint8 input comes out with scale 1 and zero point 0."""
+    images, _ = load_images(stratified_sample(splits.train, n), size)
+    if not len(images):
+        raise ExportError(f"no decodable training images under {splits.root} to calibrate int8")
+    log.info("int8 calibration on %d training images", len(images))
+    if len(images) < MIN_CALIBRATION:
+        log.warning("only %d calibration images (< %d): int8 ranges may be poor", len(images), MIN_CALIBRATION)
+    images[0, 0, 0], images[0, 0, 1] = 0, 255
+    return images
+
+
+# --- conversion --------------------------------------------------------------------------------
+
+def convert(model, fmt: ExportFormat, calibration: np.ndarray | None = None) -> bytes:
+    """TFLiteConverter.from_keras_model (from_concrete_functions yields an empty model on Keras 3)."""
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    if fmt.name != "float32":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    if fmt.name == "float16":
+        conv.target_spec.supported_types = [tf.float16]
+    if fmt.calibrated:
+        if calibration is None:
+            raise ExportError(f"{fmt.name} needs calibration images")
+
+        def representative() -> Iterator[list[np.ndarray]]:
+            for image in calibration:
+                yield [image[None].astype(np.float32)]
+
+        conv.representative_dataset = representative
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.uint8
+    return conv.convert()
+
+
+def inspect_tflite(content: bytes) -> dict:
+    """Ops, tensors and input quantisation of a flatbuffer, read with the runtime's interpreter."""
+    from sorter.model import interpreter_backend
+
+    interp = interpreter_backend()[1](model_content=content)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    ops = [op["op_name"] for op in interp._get_ops_details()]
+    return {"ops": ops, "input_shape": [int(d) for d in inp["shape"]], "input_dtype": np.dtype(inp["dtype"]).name,
+            "input_quantization": tuple(float(q) for q in inp["quantization"]),
+            "output_shape": [int(d) for d in out["shape"]]}
+
+
+def check_tflite(content: bytes, model, fmt: ExportFormat) -> dict:
+    """Fail loudly on a trivial flatbuffer: too few ops, too small for the weights, wrong shapes."""
+    info = inspect_tflite(content)
+    n_params = model.count_params()
+    min_bytes = int(n_params * fmt.bytes_per_weight * 0.8)
+    want_in, want_out = list(model.input_shape[1:]), int(model.output_shape[-1])
+    problems = []
+    if len(info["ops"]) < 2:
+        problems.append(f"only {len(info['ops'])} ops")
+    if len(content) < min_bytes:
+        problems.append(f"{len(content):,} bytes < {min_bytes:,} expected for {n_params:,} weights")
+    if info["input_shape"][1:] != want_in or info["output_shape"][-1] != want_out:
+        problems.append(f"shapes {info['input_shape']}→{info['output_shape']} vs {want_in}→{want_out}")
+    if info["input_dtype"] != fmt.input_dtype:
+        problems.append(f"input dtype {info['input_dtype']} vs {fmt.input_dtype}")
+    if problems:
+        raise ExportError(f"{fmt.name} export is malformed: " + "; ".join(problems))
+    scale, zero = info["input_quantization"]
+    if fmt.calibrated and (abs(scale - 1.0) > 0.02 or zero != 0):
+        log.warning("int8 input scale %.4f zero point %d (want 1.0 and 0): raw pixels will be misread",
+                    scale, zero)
+    return info
+
+
+# --- scoring -----------------------------------------------------------------------------------
+
+def latency(score: Callable[[np.ndarray], np.ndarray], image: np.ndarray, runs: int = 30) -> tuple[float, float]:
+    """Median and p90 ms per image at batch 1, after a short warm-up."""
+    for _ in range(3):
+        score(image[None])
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        score(image[None])
+        times.append((time.perf_counter() - start) * 1000)
+    return round(float(np.median(times)), 3), round(float(np.percentile(times, 90)), 3)
+
+
+@dataclass
+class ExportJob:
+    """Everything shared by the formats of one export run."""
+
+    model: object
+    run: RunInfo
+    labels: list[str]
+    rotten_labels: list[str]
+    splits: DataSplits
+    test_images: np.ndarray
+    test_y: np.ndarray
+    float_probs: np.ndarray
+    out: Path
+    name: str
+    command: str
+    latency_runs: int = 30
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return keras_input_size(self.model)
+
+    @property
+    def float_accuracy(self) -> float:
+        return round(float(np.mean(self.float_probs.argmax(axis=1) == self.test_y)), 6)
+
+
+def base_card(job: ExportJob, fmt: ExportFormat, path: Path) -> ModelCard:
+    height, width = job.size
+    return ModelCard(
+        name=path.name.removesuffix(".tflite"), labels=job.labels, rotten_labels=job.rotten_labels,
+        input=InputSpec(height=height, width=width, dtype=fmt.input_dtype), quantization=fmt.name,
+        backbone=str(job.run.config.get("backbone", "unknown")), model_sha256=sha256_file(path),
+        file_size_bytes=path.stat().st_size, command=job.command, dataset_sha256=job.splits.fingerprint(),
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        converter={"path": "TFLiteConverter.from_keras_model", "options": fmt.options},
+        float_accuracy=job.float_accuracy, baselines=job.run.baselines or {},
+        source_run=str(job.run.run_dir or job.run.model_path))
+
+
+def export_one(job: ExportJob, fmt: ExportFormat, calibration: np.ndarray | None) -> ExportResult:
+    """Convert, check, write the bundle, then score and time it through the runtime."""
+    from sorter.model import Classifier, default_threads
+
+    content = convert(job.model, fmt, calibration)
+    check_tflite(content, job.model, fmt)
+    path = job.out / f"{job.name}-{fmt.name}.tflite"
+    path.write_bytes(content)
+    card = base_card(job, fmt, path)
+    if calibration is not None:
+        card.calibration = {"images": len(calibration), "split": "train", "sampling": "stratified"}
+    write_card(path, card)
+    clf = Classifier(path, num_threads=default_threads())
+    probs = clf.scores(job.test_images)
+    m = compute_metrics(job.test_y, probs, job.labels, job.rotten_labels)
+    med, p90 = latency(clf.scores, job.test_images[0], job.latency_runs)
+    card.score = ExportScore(accuracy=m["accuracy"], agreement_with_float=agreement(probs, job.float_probs),
+                             n_test=m["n"], per_class=m["per_class"], macro_f1=m["macro"]["f1"])
+    card.latency_ms = {"median": med, "p90": p90, "batch": 1, "threads": clf.num_threads,
+                       "runs": job.latency_runs, "backend": clf.backend, "machine": platform.machine(),
+                       "processor": platform.processor() or platform.machine()}
+    return ExportResult(fmt.name, path, path.stat().st_size, fmt.input_dtype, m["accuracy"],
+                        card.score.agreement_with_float, med, p90, m["predicted_classes"], card=card)
+
+
+def gate(result: ExportResult, float_accuracy: float, max_drop: float, n_classes_in_test: int) -> str | None:
+    """Why an export must not ship (None when it may): accuracy drop in points, or one class only."""
+    drop = (float_accuracy - result.accuracy) * 100
+    if drop > max_drop:
+        return (f"{result.format} export scores {result.accuracy:.2%}, {drop:.1f} points below the float "
+                f"model's {float_accuracy:.2%} (max drop {max_drop})")
+    if n_classes_in_test > 1 and result.predicted_classes == 1:
+        return f"{result.format} export predicts a single class for all {n_classes_in_test}-class test images"
+    return None
+
+
+def finish_cards(results: list[ExportResult]) -> None:
+    """Every card carries the whole exports table, so one bundle tells how its siblings did."""
+    table = [r.row() for r in results]
+    for r in results:
+        if r.card is not None:
+            r.card.exports = table
+            write_card(r.path, r.card)
+
+
+def reject(result: ExportResult) -> None:
+    """Remove a refused bundle so nothing loadable is left behind."""
+    result.path.unlink(missing_ok=True)
+    card_path(result.path).unlink(missing_ok=True)
+
+
+def prepare(source: Path, data: Path | None, out: Path, name: str | None, command: str,
+            latency_runs: int = 30) -> ExportJob:
+    run = read_run(source)
+    data = data or (Path(run.config["data"]) if run.config.get("data") else None)
+    if data is None:
+        raise ExportError("no data to score the exports on: pass --data DATA")
+    model = load_keras(run.model_path)
+    splits = resolve_splits(data, run.splits_file)
+    labels = run.labels or splits.classes
+    from sorter.card import guess_rotten
+
+    rotten = run.rotten_labels if run.rotten_labels is not None else guess_rotten(labels)
+    size = keras_input_size(model)
+    split = "test" if splits.test else "val"
+    sample = split_images(splits, split, labels, size)
+    log.info("scoring exports on %d %s images", len(sample.y), split)
+    out.mkdir(parents=True, exist_ok=True)
+    return ExportJob(model, run, list(labels), list(rotten), splits, sample.images, sample.y,
+                     keras_scores(model, sample.images), out, name or run.name, command, latency_runs)
+
+
+def export(source: Path, data: Path | None = None, formats: list[str] | None = None, out: Path = Path("models"),
+           name: str | None = None, calibration: int = 500, allow_drop: bool = False, max_drop: float = 1.0,
+           command: str = "", latency_runs: int = 30) -> list[ExportResult]:
+    """Export every requested format; raise ExportError (after writing the rest) if one is refused."""
+    job = prepare(Path(source), Path(data) if data else None, Path(out), name, command, latency_runs)
+    chosen = [FORMATS[f] for f in formats or list(FORMATS)]
+    calib = calibration_images(job.splits, job.size, calibration) if any(f.calibrated for f in chosen) else None
+    results = [export_one(job, f, calib if f.calibrated else None) for f in chosen]
+    n_classes = len(set(job.test_y.tolist()))
+    for r in results:
+        r.problem = gate(r, job.float_accuracy, max_drop, n_classes)
+    finish_cards(results)
+    refused = [r for r in results if r.problem]
+    if refused and not allow_drop:
+        for r in refused:
+            reject(r)
+        raise ExportError("; ".join(r.problem or "" for r in refused) + " — refused (use --allow-drop to keep)")
+    return results
+
+
+def export_table(rows: list[ExportFormat] | list[ExportResult]):
+    """A Rich table: the formats about to be exported, or the figures of the finished exports."""
+    from rich.table import Table
+
+    if rows and isinstance(rows[0], ExportFormat):
+        table = Table("format", "input", "converter options", "what", title="TFLite formats")
+        for f in rows:
+            table.add_row(f.name, f.input_dtype, f.options, f.description)
+        return table
+    table = Table("format", "file", "MB", "input", "accuracy", "agreement", "ms (median)", "ms (p90)", "status",
+                  title="exports")
+    for r in rows:
+        table.add_row(r.format, str(r.path), f"{r.size_bytes / 1e6:.2f}", r.input_dtype, f"{r.accuracy:.4f}",
+                      f"{r.agreement_with_float:.4f}", f"{r.latency_ms:.2f}", f"{r.latency_p90_ms:.2f}",
+                      "ok" if not r.problem else f"[red]{r.problem}[/red]")
+    return table
