@@ -10,27 +10,151 @@ app = typer.Typer(help="Train, evaluate, export and tune models.", no_args_is_he
 
 # --- train (owner: train helper) ---
 @app.command()
-def train() -> None:
-    """Fine-tune a backbone on class folders."""
-    raise NotImplementedError
+def train(ctx: typer.Context,
+          data: str = typer.Argument(..., help="DATA/<class>/ or DATA/{train,val,test}/<class>/ image folders."),
+          backbone: str = typer.Option("resnet50", help="resnet50 | efficientnet-lite0."),
+          weights: str = typer.Option("imagenet", help="imagenet | none | PATH to a no-top weights file."),
+          img_size: int = typer.Option(None, help="Input side in pixels (default: the backbone's)."),
+          epochs: int = typer.Option(10, help="Phase 1: epochs training the head on the frozen backbone."),
+          fine_tune_epochs: int = typer.Option(10, help="Phase 2: epochs with the top layers unfrozen (0: skip)."),
+          unfreeze: int = typer.Option(30, help="Top backbone layers unfrozen in phase 2 (BatchNorm stays frozen)."),
+          lr: float = typer.Option(1e-3, help="Phase 1 learning rate."),
+          fine_tune_lr: float = typer.Option(1e-5, help="Phase 2 learning rate."),
+          batch_size: int = typer.Option(32, help="Images per batch (global, across GPUs)."),
+          optimizer: str = typer.Option("adam", help="adam | sgd (momentum 0.9) | rmsprop | nadam | adadelta."),
+          dropout: float = typer.Option(0.5, help="Dropout before the classifier layer."),
+          seed: int = typer.Option(42, help="Seed for splits, shuffling, augmentation and weights."),
+          name: str = typer.Option("train", help="Run name: runs/NAME, then NAME2, NAME3…"),
+          runs_dir: str = typer.Option("runs", help="Folder holding the run folders."),
+          val_split: float = typer.Option(0.2, help="Share of train carved out for validation when DATA has no val/."),
+          test_split: float = typer.Option(0.1, help="Share held out for testing when DATA has no test/."),
+          class_weights: bool = typer.Option(False, "--class-weights", help="Weight classes by inverse frequency."),
+          no_augment: bool = typer.Option(False, "--no-augment", help="Train on the images as they are."),
+          rotation: float = typer.Option(90.0, help="Augmentation: max rotation in degrees."),
+          width_shift: float = typer.Option(0.2, help="Augmentation: max horizontal shift (fraction)."),
+          height_shift: float = typer.Option(0.2, help="Augmentation: max vertical shift (fraction)."),
+          shear: float = typer.Option(0.2, help="Augmentation: max shear (fraction)."),
+          zoom: float = typer.Option(0.2, help="Augmentation: max zoom in/out (fraction)."),
+          flip: bool = typer.Option(True, "--flip/--no-flip", help="Augmentation: random horizontal flips."),
+          patience: int = typer.Option(5, help="Early stopping: epochs without a better val loss."),
+          binary_sigmoid: bool = typer.Option(False, "--binary-sigmoid",
+                                              help="Two classes: one sigmoid output instead of softmax."),
+          config: str = typer.Option(None, "--config",
+                                     help="JSON from `sorter tune` or a run's config.json; flags win.")) -> None:
+    """Fine-tune a backbone on class folders into runs/NAME (config, history, labels, splits, model.keras)."""
+    import json
+    from pathlib import Path
+
+    from sorter.cli import fail
+    from training.backbones import WeightsUnavailable
+    from training.train import TrainConfig
+    from training.train import train as run_train
+
+    values: dict = {}
+    try:
+        if config:
+            values.update(json.loads(Path(config).read_text()))
+        for key, value in ctx.params.items():
+            if key not in ("data", "config") and ctx.get_parameter_source(key).name != "DEFAULT":  # typer vendors click
+                values["augment" if key == "no_augment" else key] = (not value) if key == "no_augment" else value
+        result = run_train(Path(data), TrainConfig.from_dict(values))
+    except (OSError, ValueError, TypeError, WeightsUnavailable) as exc:  # json errors are ValueErrors
+        fail(str(exc))
+    typer.echo(str(result.run_dir))
 
 
 # --- tune (owner: train helper) ---
 @app.command()
-def tune() -> None:
-    """Search hyper-parameters with k-fold cross-validation."""
-    raise NotImplementedError
+def tune(data: str = typer.Argument(..., help="DATA/<class>/ or DATA/{train,val,test}/<class>/ image folders."),
+         search: str = typer.Option("random", help="random | grid."),
+         trials: int = typer.Option(None, help="Settings to try (default: 10 random, or the whole grid)."),
+         folds: int = typer.Option(3, help="Stratified k-fold CV folds on train+val."),
+         epochs: int = typer.Option(3, help="Epochs per phase in each fold."),
+         backbone: str = typer.Option("resnet50", help="resnet50 | efficientnet-lite0."),
+         weights: str = typer.Option("imagenet", help="imagenet | none | PATH to a no-top weights file."),
+         img_size: int = typer.Option(None, help="Input side in pixels (default: the backbone's)."),
+         out: str = typer.Option("runs/tune", help="Output folder (tune, tune2, … never overwritten)."),
+         seed: int = typer.Option(42, help="Seed for the split, the folds, the search and training.")) -> None:
+    """Search learning rate, dropout, unfrozen layers, batch size and optimizer with k-fold CV,
+    beside frozen-embedding baselines; writes best.json for `sorter train --config`."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from sorter.cli import fail
+    from training.backbones import WeightsUnavailable
+    from training.tune import tune as run_tune
+
+    try:
+        result = run_tune(Path(data), search=search, trials=trials, folds=folds, epochs=epochs,
+                          backbone=backbone, weights=weights, img_size=img_size, out=Path(out), seed=seed)
+    except (OSError, ValueError, WeightsUnavailable) as exc:
+        fail(str(exc))
+    Console().print(result.table())
+    typer.echo(str(result.out_dir / "best.json"))
 
 
 # --- evaluate (owner: export helper) ---
 @app.command()
-def evaluate() -> None:
+def evaluate(model: str = typer.Argument(..., help="Run folder, model.keras, or a .tflite bundle."),
+             data: str = typer.Argument(..., help="Data folder (class folders or train/val/test)."),
+             out: str = typer.Option("", "--out", help="Output folder (default: evaluations/MODEL-SPLIT)."),
+             split: str = typer.Option("test", "--split", help="train, val or test."),
+             worst: int = typer.Option(16, "--worst", help="Thumbnails in the worst-errors gallery.")) -> None:
     """Score a Keras model or a .tflite export on a data set."""
-    raise NotImplementedError
+    import logging
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from training.evaluate import evaluate as run_evaluate
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    folder = Path(out or f"evaluations/{Path(model).name.removesuffix('.tflite')}-{split}")
+    try:
+        metrics = run_evaluate(Path(model), Path(data), folder, split, worst)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"accuracy {metrics['accuracy']:.4f} on {metrics['n']} {split} images; "
+               f"macro F1 {metrics['macro']['f1']:.4f}")
+    typer.echo(f"report: {folder / 'report.html'}  metrics: {folder / 'metrics.json'}")
 
 
 # --- export (owner: export helper) ---
 @app.command()
-def export() -> None:
+def export(source: str = typer.Argument(..., metavar="RUN_OR_MODEL", help="Run folder or model.keras."),
+           data: str = typer.Option("", "--data", help="Data folder (default: the run's config.json)."),
+           formats: str = typer.Option("float32,float16,dynamic,int8", "--formats",
+                                       help="Comma-separated: float32, float16, dynamic, int8."),
+           out: str = typer.Option("models", "--out", help="Folder for the .tflite bundles."),
+           name: str = typer.Option("", "--name", help="Bundle name prefix (default: the run name)."),
+           calibration: int = typer.Option(500, "--calibration", help="int8 calibration images (train)."),
+           allow_drop: bool = typer.Option(False, "--allow-drop", help="Keep exports that fail the gate."),
+           max_drop: float = typer.Option(1.0, "--max-drop", help="Max accuracy drop in points vs float."),
+           latency_runs: int = typer.Option(30, "--latency-runs", help="Timed batch-1 runs per export.")) -> None:
     """Export TFLite variants with model cards and an accuracy gate."""
-    raise NotImplementedError
+    import logging
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from training.export import FORMATS, ExportError, export_table, parse_formats
+    from training.export import export as run_export
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    err, console = Console(stderr=True), Console()
+    try:
+        names = parse_formats(formats)
+        console.print(export_table([FORMATS[n] for n in names]))
+        results = run_export(Path(source), Path(data) if data else None, names, Path(out), name or None,
+                             calibration, allow_drop, max_drop, shlex.join(["sorter", *sys.argv[1:]]),
+                             latency_runs)
+    except (ExportError, FileNotFoundError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(export_table(results))
+    best = next((r for r in results if r.format == "int8" and not r.problem), results[-1])
+    console.print(f"run it: sorter classify --model {best.path} IMAGES", highlight=False, soft_wrap=True)

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
+
+from sorter.imaging import ImageError, decode
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 SPLITS = ("train", "val", "test")
@@ -81,3 +88,132 @@ def discover(root: Path, seed: int = 42, val_fraction: float = 0.2, test_fractio
     elif val_fraction > 0:
         splits.train, splits.val = _stratified(splits.train, val_fraction, seed + 1)
     return splits
+
+
+# --- decoding, reporting and tf.data pipelines -------------------------------------------------
+
+IMBALANCE_RATIO = 3.0  # largest/smallest class count above which training is likely to be biased
+
+
+@dataclass
+class Loaded:
+    """Decoded pixels of one split: uint8 (N, H, W, 3), int labels, and the files that were skipped."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    paths: list[Path]
+    skipped: list[tuple[Path, str]]
+
+
+def _decode_file(path: Path, size: int) -> np.ndarray | str:
+    """Pixels, or the reason the file cannot be used (a bad file must never stop an epoch)."""
+    try:
+        return decode(path.read_bytes(), (size, size))
+    except ImageError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+
+
+def load_split(files: list[tuple[Path, int]], size: int, workers: int | None = None) -> Loaded:
+    """Decode every file once with the edge runtime's decoder, in threads (OpenCV releases the GIL),
+    so training sees exactly the pixels the device will see, at any source size, format or mode."""
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(lambda f: _decode_file(f[0], size), files))
+    good = [(f, r) for f, r in zip(files, results, strict=True) if not isinstance(r, str)]
+    skipped = [(f[0], r) for f, r in zip(files, results, strict=True) if isinstance(r, str)]
+    images = np.stack([r for _, r in good]) if good else np.zeros((0, size, size, 3), np.uint8)
+    labels = np.array([f[1] for f, _ in good], dtype=np.int32)
+    return Loaded(images, labels, [f[0] for f, _ in good], skipped)
+
+
+def imbalance_warning(counts: dict[str, int], ratio: float = IMBALANCE_RATIO) -> str | None:
+    """A one-line warning when the largest class outnumbers the smallest by more than `ratio`."""
+    if not counts:
+        return None
+    big, small = max(counts, key=counts.__getitem__), min(counts, key=counts.__getitem__)
+    if counts[small] == 0:
+        return f"class '{small}' has no training images"
+    if counts[big] / counts[small] > ratio:
+        return (f"classes are imbalanced: '{big}' has {counts[big]} images, '{small}' only {counts[small]} "
+                f"(consider --class-weights)")
+    return None
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
+    """Inverse-frequency weights ('balanced'), so rare classes count as much as common ones."""
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    return {i: float(len(labels) / (n_classes * c)) if c else 0.0 for i, c in enumerate(counts)}
+
+
+def save_splits(splits: DataSplits, path: Path) -> None:
+    """Write the file lists (relative to DATA) so evaluate/export score the very same test split."""
+    doc = {"root": str(splits.root.resolve()), "classes": splits.classes}
+    for split in SPLITS:
+        doc[split] = [[p.relative_to(splits.root).as_posix(), i] for p, i in getattr(splits, split)]
+    Path(path).write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def load_splits(path: Path, root: Path | None = None) -> DataSplits:
+    """Read `splits.json`; `root` relocates the data folder (default: where it was at training)."""
+    doc = json.loads(Path(path).read_text())
+    base = Path(root or doc["root"])
+    lists = {s: [(base / rel, int(i)) for rel, i in doc.get(s, [])] for s in SPLITS}
+    return DataSplits(base, list(doc["classes"]), **lists)
+
+
+# --- augmentation and datasets ----------------------------------------------------------------
+
+
+@dataclass
+class Augment:
+    """Training-split augmentation; degrees for rotation, fractions of the side for the rest."""
+
+    rotation: float = 90.0
+    width_shift: float = 0.2
+    height_shift: float = 0.2
+    shear: float = 0.2
+    zoom: float = 0.2
+    flip: bool = True
+
+    def layers(self, seed: int) -> list:
+        """Keras 3 preprocessing layers, applied in the tf.data map (never inside the exported model)."""
+        import keras
+
+        out: list = []
+        if self.rotation:
+            out.append(keras.layers.RandomRotation(self.rotation / 360.0, fill_mode="reflect", seed=seed))
+        if self.width_shift or self.height_shift:
+            out.append(keras.layers.RandomTranslation(self.height_shift, self.width_shift,
+                                                      fill_mode="reflect", seed=seed + 1))
+        if self.shear:
+            out.append(keras.layers.RandomShear(self.shear, self.shear, fill_mode="reflect", seed=seed + 2))
+        if self.zoom:
+            out.append(keras.layers.RandomZoom(self.zoom, fill_mode="reflect", seed=seed + 3))
+        if self.flip:
+            out.append(keras.layers.RandomFlip("horizontal", seed=seed + 4))
+        return out
+
+
+def make_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, *, training: bool,
+                 augment: Augment | None = None, seed: int = 42, binary: bool = False):
+    """uint8 arrays → batches of float32 0..255 RGB. The decoded arrays are already the cache;
+    only the training split is shuffled (seeded, new order each epoch) and augmented."""
+    import tensorflow as tf
+
+    y = labels.astype("float32")[:, None] if binary else labels
+    ds = tf.data.Dataset.from_tensor_slices((images, y))
+    if training:
+        ds = ds.shuffle(max(1, len(images)), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(lambda x, t: (tf.cast(x, tf.float32), t),
+                                  num_parallel_calls=tf.data.AUTOTUNE)
+    layers = augment.layers(seed) if (training and augment) else []
+    if layers:
+        def apply(x, t):
+            for layer in layers:
+                x = layer(x, training=True)
+            return tf.clip_by_value(x, 0.0, 255.0), t
+
+        ds = ds.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,131 @@
+"""`sorter train` through the real CLI: run folders, labels, NAME2, --config round trip, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sorter.cli import app
+
+tf = pytest.importorskip("tensorflow")
+try:  # the CPU is shared: stay on two threads
+    tf.config.threading.set_intra_op_parallelism_threads(2)
+    tf.config.threading.set_inter_op_parallelism_threads(2)
+except RuntimeError:
+    pass
+
+FAST = ["--weights", "none", "--img-size", "32", "--epochs", "1", "--batch-size", "8"]
+RUN_FILES = {"config.json", "history.json", "labels.json", "splits.json", "data.json", "model.keras",
+             "checkpoint.weights.h5"}
+
+
+def sorter(*args: str):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_binary_run_second_run_and_config_round_trip(tmp_path, class_folders):
+    import keras
+
+    data = class_folders(tmp_path / "data", ["fresh", "rotten"], per_class=6)
+    runs = tmp_path / "runs"
+    first = sorter("train", data, *FAST, "--fine-tune-epochs", "1", "--unfreeze", "4", "--seed", "7",
+                   "--runs-dir", runs, "--name", "bin")
+    assert first.exit_code == 0, first.output
+    run = runs / "bin"
+    assert {p.name for p in run.iterdir()} == RUN_FILES
+    assert _json(run / "labels.json") == {"labels": ["fresh", "rotten"], "rotten_labels": ["rotten"]}
+    history = _json(run / "history.json")
+    assert history["phase"] == [1, 2] and len(history["val_loss"]) == 2
+    splits = _json(run / "splits.json")
+    assert sum(len(splits[s]) for s in ("train", "val", "test")) == 12 and splits["test"]
+    assert all(not Path(rel).is_absolute() for rel, _ in splits["test"])
+    assert _json(run / "data.json")["counts"]["train"] == {"fresh": 4, "rotten": 4}
+    model = keras.models.load_model(run / "model.keras")
+    probs = model.predict(np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32"), verbose=0)
+    assert probs.shape == (3, 2) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+
+    second = sorter("train", data, "--config", run / "config.json", "--fine-tune-epochs", "0",
+                    "--binary-sigmoid")
+    assert second.exit_code == 0, second.output
+    again = _json(runs / "bin2" / "config.json")
+    assert again == {**_json(run / "config.json"), "fine_tune_epochs": 0, "binary_sigmoid": True}
+    assert _json(runs / "bin2" / "history.json")["phase"] == [1]
+    assert _json(runs / "bin2" / "data.json")["fingerprint"] == _json(run / "data.json")["fingerprint"]
+
+
+@pytest.mark.parametrize("n_classes, source_px", [(10, 32), (13, 20)])
+def test_many_classes_imbalance_and_bad_files(tmp_path, class_folders, n_classes, source_px):
+    names = [f"class{i:02d}" for i in range(n_classes)]
+    data = class_folders(tmp_path / "data", names, per_class={n: 12 if n == "class00" else 3 for n in names},
+                         size=source_px)
+    (data / "class01" / "zero.jpg").write_bytes(b"")
+    result = sorter("train", data, *FAST, "--fine-tune-epochs", "0", "--class-weights",
+                    "--runs-dir", tmp_path / "runs", "--name", "multi")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "multi"
+    assert _json(run / "labels.json")["labels"] == names
+    assert "imbalanced" in result.output and "zero.jpg" in result.output
+    info = _json(run / "data.json")
+    assert [Path(p).name for p, _ in info["skipped"]] == ["zero.jpg"]
+    assert sum(sum(c.values()) for c in info["counts"].values()) == 12 + 3 * (n_classes - 1)
+    assert len(_json(run / "history.json")["loss"]) == 1
+
+
+def test_no_network_ends_with_one_line(tmp_path, class_folders, monkeypatch):
+    from keras.src.applications import resnet
+
+    monkeypatch.setattr(resnet, "BASE_WEIGHTS_PATH", "http://127.0.0.1:9/")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    data = class_folders(tmp_path / "data", ["a", "b"], per_class=3)
+    result = sorter("train", data, "--img-size", "32", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()  # stdout may carry Keras's "Downloading data from …"
+    assert len(lines) == 1 and lines[0].startswith("error:") and "weights" in lines[0], result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--optimizer", "lbfgs"], "--optimizer must be one of"),
+    (["--dropout", "1.5"], "--dropout"),
+    (["--backbone", "vgg"], "--backbone must be one of"),
+])
+def test_bad_options_are_one_line_errors(tmp_path, class_folders, args, words):
+    data = class_folders(tmp_path / "data", ["a", "b"], per_class=2)
+    result = sorter("train", data, *args, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and words in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_bad_config_and_missing_data(tmp_path, class_folders):
+    data = class_folders(tmp_path / "data", ["a", "b"], per_class=2)
+    (tmp_path / "c.json").write_text('{"lr": 0.1, "learning_rate": 3}')
+    result = sorter("train", data, "--config", tmp_path / "c.json")
+    assert result.exit_code == 2 and "unknown configuration key(s): learning_rate" in result.output
+    result = sorter("train", tmp_path / "nowhere")
+    assert result.exit_code == 2 and "not found" in result.output
+
+
+def test_cli_defaults_match_train_config():
+    import typer
+
+    from training.cli import app as training_app
+    from training.train import TrainConfig
+
+    params = {p.name: p.default for p in typer.main.get_command(training_app).commands["train"].params}
+    for key, value in TrainConfig().to_dict().items():
+        if key == "augment":
+            assert params["no_augment"] is (not value)
+        else:
+            assert params[key] == value, key

@@ -1,0 +1,334 @@
+"""Two-phase fine-tuning (frozen backbone → top layers unfrozen), callbacks and run folders."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from sorter.card import guess_rotten
+from training.data import (
+    SPLITS,
+    Augment,
+    DataSplits,
+    Loaded,
+    class_weights,
+    discover,
+    imbalance_warning,
+    load_split,
+    make_dataset,
+    save_splits,
+)
+
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "nadam", "adadelta")
+BACKBONES = ("resnet50", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+META_KEYS = ("data",)  # recorded in config.json beside the options, ignored when it is reused
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a run; `config.json` is this, so `--config` reproduces a run."""
+
+    backbone: str = "resnet50"
+    weights: str = "imagenet"
+    img_size: int | None = None
+    epochs: int = 10
+    fine_tune_epochs: int = 10
+    unfreeze: int = 30
+    lr: float = 1e-3
+    fine_tune_lr: float = 1e-5
+    batch_size: int = 32
+    optimizer: str = "adam"
+    dropout: float = 0.5
+    seed: int = 42
+    name: str = "train"
+    runs_dir: str = "runs"
+    val_split: float = 0.2
+    test_split: float = 0.1
+    class_weights: bool = False
+    augment: bool = True
+    rotation: float = 90.0
+    width_shift: float = 0.2
+    height_shift: float = 0.2
+    shear: float = 0.2
+    zoom: float = 0.2
+    flip: bool = True
+    patience: int = 5
+    binary_sigmoid: bool = False
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from JSON (tune's best.json or an earlier config.json); unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names - set(META_KEYS))
+        if unknown:
+            raise ValueError(f"unknown configuration key(s): {', '.join(unknown)}")
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def check(self) -> None:
+        """Reject impossible settings with one clear sentence each, before any work starts."""
+        problems = []
+        if self.backbone not in BACKBONES:
+            problems.append(f"--backbone must be one of {', '.join(BACKBONES)}, not '{self.backbone}'")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not '{self.optimizer}'")
+        if self.img_size is not None and self.img_size < 32:
+            problems.append(f"--img-size must be at least 32, not {self.img_size}")
+        if self.epochs < 1 or self.fine_tune_epochs < 0 or self.unfreeze < 0 or self.patience < 1:
+            problems.append("--epochs and --patience must be ≥1; --fine-tune-epochs and --unfreeze ≥0")
+        if self.batch_size < 1:
+            problems.append(f"--batch-size must be ≥1, not {self.batch_size}")
+        if self.lr <= 0 or self.fine_tune_lr <= 0:
+            problems.append("--lr and --fine-tune-lr must be positive")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"--dropout must be in [0, 1), not {self.dropout}")
+        if not (0 <= self.val_split < 1 and 0 <= self.test_split < 1 and self.val_split + self.test_split < 1):
+            problems.append("--val-split and --test-split must be in [0, 1) and sum below 1")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def augmentation(self) -> Augment | None:
+        if not self.augment:
+            return None
+        return Augment(self.rotation, self.width_shift, self.height_shift, self.shear, self.zoom, self.flip)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    labels: list[str]
+    history: dict[str, list]
+    counts: dict[str, dict[str, int]]
+    skipped: list[tuple[Path, str]]
+
+
+# --- model ----------------------------------------------------------------------------------
+
+
+def pick_strategy():
+    """MultiWorkerMirrored when TF_CONFIG names a cluster, Mirrored over all local GPUs (with mixed
+    precision), else the default CPU strategy."""
+    import keras
+    import tensorflow as tf
+
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if tf.config.list_physical_devices("GPU"):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def build_classifier(backbone, n_classes: int, size: int, dropout: float, binary_sigmoid: bool = False):
+    """float32 0..255 RGB → class probabilities; the backbone always runs with BatchNorm in inference
+    mode, so unfreezing layers later never disturbs the pretrained statistics."""
+    import keras
+
+    inputs = keras.Input((size, size, 3), dtype="float32", name="image")
+    x = backbone(inputs, training=False)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    sigmoid = binary_sigmoid and n_classes == 2
+    outputs = keras.layers.Dense(1 if sigmoid else n_classes, activation="sigmoid" if sigmoid else "softmax",
+                                 dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="classifier")
+
+
+def _leaves(layer) -> list:
+    """Innermost layers in order, looking through nested models (a backbone may wrap its own)."""
+    inner = getattr(layer, "layers", None)
+    return [leaf for sub in inner for leaf in _leaves(sub)] if inner else [layer]
+
+
+def set_trainable(backbone, unfreeze: int) -> int:
+    """Freeze the backbone except its top `unfreeze` layers; BatchNorm stays frozen. Returns the count."""
+    import keras
+
+    backbone.trainable = unfreeze > 0
+    leaves = _leaves(backbone)
+    for leaf in leaves:
+        leaf.trainable = False
+    if unfreeze <= 0:
+        return 0
+    opened = 0
+    for leaf in reversed(leaves[-unfreeze:]):
+        if not isinstance(leaf, keras.layers.BatchNormalization):
+            leaf.trainable = True
+            opened += 1
+    return opened
+
+
+def make_optimizer(name: str, lr: float):
+    import keras
+
+    opt = keras.optimizers
+    factories = {"adam": lambda: opt.Adam(lr), "sgd": lambda: opt.SGD(lr, momentum=0.9),
+                 "rmsprop": lambda: opt.RMSprop(lr), "nadam": lambda: opt.Nadam(lr),
+                 "adadelta": lambda: opt.Adadelta(lr)}
+    return factories[name]()
+
+
+def _compile(model, config: TrainConfig, lr: float, binary: bool) -> None:
+    loss = "binary_crossentropy" if binary else "sparse_categorical_crossentropy"
+    model.compile(optimizer=make_optimizer(config.optimizer, lr), loss=loss, metrics=["accuracy"])
+
+
+def is_binary(config: TrainConfig, n_classes: int) -> bool:
+    return config.binary_sigmoid and n_classes == 2
+
+
+# --- fitting --------------------------------------------------------------------------------
+
+
+def _callbacks(config: TrainConfig, run_dir: Path | None, has_val: bool) -> list:
+    import keras
+
+    monitor = "val_loss" if has_val else "loss"
+    out = [keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience, restore_best_weights=True)]
+    if run_dir is not None:
+        out.append(keras.callbacks.ModelCheckpoint(run_dir / "checkpoint.weights.h5", monitor=monitor,
+                                                   save_best_only=True, save_weights_only=True))
+    return out
+
+
+def _merge(history: dict[str, list], phase: dict[str, list], number: int) -> None:
+    size = len(next(iter(phase.values()), []))
+    for key, values in phase.items():
+        history.setdefault(key, []).extend(float(v) for v in values)
+    history.setdefault("phase", []).extend([number] * size)
+
+
+def fit(model, backbone, config: TrainConfig, train_ds, val_ds=None, *, strategy=None, binary: bool = False,
+        weights: dict[int, float] | None = None, run_dir: Path | None = None, verbose: int = 1) -> dict:
+    """Phase 1 trains the head on the frozen backbone; phase 2 unfreezes the top layers at the lower
+    learning rate. Returns both phases' history merged, with a `phase` column."""
+    import tensorflow as tf
+
+    strategy = strategy or tf.distribute.get_strategy()
+    history: dict[str, list] = {}
+    with strategy.scope():
+        set_trainable(backbone, 0)
+        _compile(model, config, config.lr, binary)
+    done = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, class_weight=weights, shuffle=False,
+                     callbacks=_callbacks(config, run_dir, val_ds is not None), verbose=verbose)
+    _merge(history, done.history, 1)
+    if config.fine_tune_epochs and config.unfreeze:
+        with strategy.scope():
+            set_trainable(backbone, config.unfreeze)
+            _compile(model, config, config.fine_tune_lr, binary)
+        start = len(history["phase"])
+        done = model.fit(train_ds, validation_data=val_ds, epochs=start + config.fine_tune_epochs,
+                         initial_epoch=start, class_weight=weights, shuffle=False,
+                         callbacks=_callbacks(config, run_dir, val_ds is not None), verbose=verbose)
+        _merge(history, done.history, 2)
+    return history
+
+
+def build_model(config: TrainConfig, n_classes: int, size: int, strategy=None):
+    """(classifier, backbone) built under the strategy; raises backbones.WeightsUnavailable."""
+    import tensorflow as tf
+
+    from training.backbones import build_backbone
+
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        backbone = build_backbone(config.backbone, weights=config.weights, input_size=size)
+        model = build_classifier(backbone, n_classes, size, config.dropout, is_binary(config, n_classes))
+    return model, backbone
+
+
+# --- run folders ----------------------------------------------------------------------------
+
+
+def next_run_dir(runs_dir: Path, name: str) -> Path:
+    """runs/NAME, then NAME2, NAME3…: created atomically, so concurrent runs never share a folder."""
+    base = Path(runs_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    for i in itertools.count(1):
+        path = base / (name if i == 1 else f"{name}{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def counts_table(counts: dict[str, dict[str, int]]) -> Table:
+    classes = list(next(iter(counts.values())))
+    table = Table("class", *counts, title="images per split")
+    for cls in classes:
+        table.add_row(cls, *(str(counts[s][cls]) for s in counts))
+    return table
+
+
+def _counts(classes: list[str], loaded: dict[str, Loaded]) -> dict[str, dict[str, int]]:
+    return {s: {c: int(np.sum(ld.labels == i)) for i, c in enumerate(classes)} for s, ld in loaded.items()}
+
+
+def write_run_files(run_dir: Path, data: Path, config: TrainConfig, splits: DataSplits, size: int,
+                    counts: dict, skipped: list[tuple[Path, str]]) -> None:
+    """Everything that says what a run was, written before training so even a crashed run explains itself."""
+    _write_json(run_dir / "config.json", {"data": str(Path(data).resolve()), **config.to_dict(), "img_size": size})
+    _write_json(run_dir / "labels.json", {"labels": splits.classes, "rotten_labels": guess_rotten(splits.classes)})
+    save_splits(splits, run_dir / "splits.json")
+    _write_json(run_dir / "data.json", {
+        "fingerprint": splits.fingerprint(), "counts": counts,
+        "skipped": [[str(p.relative_to(splits.root)), reason] for p, reason in skipped]})
+
+
+# --- the whole run --------------------------------------------------------------------------
+
+
+def train(data: Path, config: TrainConfig, console: Console | None = None, verbose: int = 1) -> TrainResult:
+    """Discover, decode, fine-tune and save one run under `runs_dir/name[N]`."""
+    import keras
+
+    from training.backbones import default_input_size
+
+    console = console or Console(stderr=True)
+    config.check()
+    splits = discover(data, config.seed, config.val_split, config.test_split)
+    size = config.img_size or default_input_size(config.backbone)
+    keras.utils.set_random_seed(config.seed)
+    strategy = pick_strategy()
+    model, backbone = build_model(config, len(splits.classes), size, strategy)  # fails fast without weights
+    loaded = {s: load_split(getattr(splits, s), size) for s in SPLITS}
+    skipped = [item for s in SPLITS for item in loaded[s].skipped]
+    for path, reason in skipped:
+        console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False, soft_wrap=True)
+    counts = _counts(splits.classes, loaded)
+    console.print(counts_table(counts))
+    if warning := imbalance_warning(counts["train"]):
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+    if len(set(loaded["train"].labels.tolist())) < 2:
+        raise ValueError("the training split needs readable images of at least two classes")
+    run_dir = next_run_dir(Path(config.runs_dir), config.name)
+    write_run_files(run_dir, data, config, splits, size, counts, skipped)
+    binary, tr, va = is_binary(config, len(splits.classes)), loaded["train"], loaded["val"]
+    train_ds = make_dataset(tr.images, tr.labels, config.batch_size, training=True,
+                            augment=config.augmentation(), seed=config.seed, binary=binary)
+    val_ds = (make_dataset(va.images, va.labels, config.batch_size, training=False, binary=binary)
+              if len(va.labels) else None)
+    weights = class_weights(tr.labels, len(splits.classes)) if config.class_weights else None
+    history = fit(model, backbone, config, train_ds, val_ds, strategy=strategy, binary=binary,
+                  weights=weights, run_dir=run_dir, verbose=verbose)
+    _write_json(run_dir / "history.json", history)
+    model.save(run_dir / "model.keras")
+    console.print(f"saved {run_dir / 'model.keras'}", highlight=False, soft_wrap=True)
+    return TrainResult(run_dir, splits.classes, history, counts, skipped)
