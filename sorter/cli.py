@@ -158,6 +158,83 @@ def watch(incoming: Path = typer.Argument(..., help="Folder to watch; files alre
               f"held {summary.held}, recovered {summary.recovered}", highlight=False)
 
 
+@app.command()
+def camera(device: str | None = typer.Option(None, "--device", "-d",
+                                              help="0 (local index), rtsp://… or http://… (MJPEG), or a video file."),
+           list_: bool = typer.Option(False, "--list", help="Probe local camera indices and print what answers."),
+           trigger: str | None = typer.Option(None, "--trigger", help="interval | motion | line."),
+           interval_ms: int | None = typer.Option(None, "--interval-ms", help="Interval trigger period."),
+           roi: str | None = typer.Option(None, "--roi", help="x,y,w,h crop applied before classification."),
+           votes: int | None = typer.Option(None, "--votes", help="K: agreeing frames needed to act."),
+           window: int | None = typer.Option(None, "--window", help="N: frames considered per item."),
+           stall_seconds: float | None = typer.Option(None, "--stall-seconds",
+                                                      help="No fresh frame for this long = offline."),
+           loop: bool | None = typer.Option(None, "--loop", help="Replay a video file forever."),
+           stdin: bool | None = typer.Option(None, "--stdin", help="Line trigger: each stdin line is one item."),
+           control_port: int | None = typer.Option(None, "--control-port",
+                                                   help="127.0.0.1 port: POST /trigger, GET /status (0 = any)."),
+           snapshots: Path | None = typer.Option(None, "--snapshots", help="Folder for rotten/uncertain JPEGs."),
+           webhook: str | None = typer.Option(None, "--webhook", help="POST each decision as JSON to this URL."),
+           mqtt: str | None = typer.Option(None, "--mqtt", help="MQTT broker host[:port]."),
+           run_cmd: str | None = typer.Option(None, "--exec", help="Command run per decision (SORTER_* env)."),
+           max_items: int | None = typer.Option(None, "--max-items", help="Stop after this many decisions."),
+           db: Path | None = typer.Option(None, "--db", help="Results database; default: config `db`."),
+           dry_run: bool = typer.Option(False, "--dry-run", help="Classify and record, fire no outputs."),
+           as_json: bool = typer.Option(False, "--json", help="Print the final status as JSON."),
+           model: Path | None = ModelOpt, config: Path | None = ConfigOpt) -> None:
+    """Classify produce from a live stream; survives unplugs and stalls; SIGINT/SIGTERM exit 0."""
+    import shlex
+    import signal
+    import threading
+
+    from sorter.capture import probe
+
+    if list_:
+        found = probe()
+        for cam in found:
+            typer.echo(f"{cam['index']}: {cam['width']}x{cam['height']} ({cam['backend']})")
+        if not found:
+            err.print("no local camera answered (indices 0-9)")
+        raise typer.Exit(0 if found else 1)
+    from sorter.camera import serve, with_flags
+    from sorter.classify import rules_for
+    from sorter.config import ConfigError
+
+    _setup_logging()
+    settings, clf = load_classifier(model, config)
+    outputs: dict = {}
+    if webhook:
+        outputs["webhook"] = {"url": webhook}
+    if mqtt:
+        host, _, port = mqtt.partition(":")
+        outputs["mqtt"] = {"host": host, "port": port or 1883}
+    if run_cmd:
+        outputs["command"] = {"argv": shlex.split(run_cmd)}
+    try:
+        settings = with_flags(settings, dict(device=device, trigger=trigger, interval_ms=interval_ms, roi=roi,
+                                             votes=votes, window=window, stall_seconds=stall_seconds, loop=loop,
+                                             stdin_trigger=stdin, control_port=control_port,
+                                             snapshots=snapshots), outputs)
+    except ConfigError as exc:
+        fail(str(exc))
+    if settings.camera.device is None:
+        fail("no camera: pass --device (or set camera.device in the config)")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    rules = rules_for(clf, settings.default_min_confidence, settings.min_confidence)
+    try:
+        status = serve(settings.camera.device, clf, rules, settings, db or settings.db, stop, dry_run, max_items)
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(status, indent=2))
+    d = status["decisions"]
+    err.print(f"decisions: fresh {d['fresh']}, rotten {d['rotten']}, uncertain {d['uncertain']}; "
+              f"frames classified {status['classified']}, dropped {status['dropped']}, "
+              f"offline {status['capture']['offline']}x", highlight=False)
+
+
 db_app = typer.Typer(help="Inspect and maintain the results database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 DbOpt = typer.Option(Path("sorter.db"), "--db", help="Results database (opened read-only where possible).")

@@ -47,6 +47,31 @@ def m001_items(db: Database) -> None:
     db["items"].create_index(["state"])
 
 
+@migrations()
+def m002_camera_events(db: Database) -> None:
+    """Camera online/offline/reconnect/dropped history; camera items keep their snapshot in
+    `items.destination` (the image's home), so the items table itself is unchanged."""
+    db["camera_events"].create({"id": int, "time": str, "device": str, "event": str, "detail": str},
+                               pk="id", not_null={"time", "device", "event"})
+    db["camera_events"].create_index(["time"])
+
+
+CAMERA_EVENTS = ("online", "offline", "reconnect", "dropped")
+
+
+def record_camera_event(db: Database, device: str, event: str, detail: str | None = None) -> int:
+    """One row of camera history (runs on the writer thread)."""
+    if event not in CAMERA_EVENTS:
+        raise ValueError(f"unknown camera event {event!r}")
+    return db["camera_events"].insert({"time": now_iso(), "device": device, "event": event,
+                                       "detail": detail}).last_pk
+
+
+def insert_item(db: Database, row: dict) -> int:
+    """Insert one finished row (camera items are never `intent`: nothing to move or recover)."""
+    return db["items"].insert(row).last_pk
+
+
 def now_iso() -> str:
     """UTC ISO-8601 with milliseconds: sorts as text, reads well in Datasette."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")

@@ -40,10 +40,13 @@ def test_binary_run_second_run_and_config_round_trip(tmp_path, class_folders):
     data = class_folders(tmp_path / "data", ["fresh", "rotten"], per_class=6)
     runs = tmp_path / "runs"
     first = sorter("train", data, *FAST, "--fine-tune-epochs", "1", "--unfreeze", "4", "--seed", "7",
-                   "--runs-dir", runs, "--name", "bin")
+                   "--runs-dir", runs, "--name", "bin", "--baselines")
     assert first.exit_code == 0, first.output
     run = runs / "bin"
-    assert {p.name for p in run.iterdir()} == RUN_FILES
+    assert {p.name for p in run.iterdir()} == RUN_FILES | {"baselines.json"}
+    baselines = _json(run / "baselines.json")
+    assert baselines["n_test"] == len(_json(run / "splits.json")["test"]) and baselines["img_size"] == 32
+    assert all(0 <= baselines[k]["accuracy"] <= 1 for k in ("logreg", "linear_svm"))
     assert _json(run / "labels.json") == {"labels": ["fresh", "rotten"], "rotten_labels": ["rotten"]}
     history = _json(run / "history.json")
     assert history["phase"] == [1, 2] and len(history["val_loss"]) == 2

@@ -39,6 +39,9 @@ def train(ctx: typer.Context,
           patience: int = typer.Option(5, help="Early stopping: epochs without a better val loss."),
           binary_sigmoid: bool = typer.Option(False, "--binary-sigmoid",
                                               help="Two classes: one sigmoid output instead of softmax."),
+          baselines: bool = typer.Option(False, "--baselines",
+                                         help="Also fit logistic-regression and linear-SVM heads on frozen "
+                                              "features and record their test scores (baselines.json)."),
           config: str = typer.Option(None, "--config",
                                      help="JSON from `sorter tune` or a run's config.json; flags win.")) -> None:
     """Fine-tune a backbone on class folders into runs/NAME (config, history, labels, splits, model.keras)."""

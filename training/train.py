@@ -63,6 +63,7 @@ class TrainConfig:
     flip: bool = True
     patience: int = 5
     binary_sigmoid: bool = False
+    baselines: bool = False
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -295,6 +296,16 @@ def write_run_files(run_dir: Path, data: Path, config: TrainConfig, splits: Data
 # --- the whole run --------------------------------------------------------------------------
 
 
+def _baselines(splits: DataSplits, config: TrainConfig, size: int, console: Console) -> dict:
+    """Linear heads on frozen features: the bar fine-tuning has to clear, recorded for the card."""
+    from training.tune import frozen_baselines
+
+    result = frozen_baselines(splits, config.backbone, config.weights, size)
+    console.print(f"frozen-feature baselines on test: logreg {result['logreg']['accuracy']:.4f}, "
+                  f"linear SVM {result['linear_svm']['accuracy']:.4f}", highlight=False)
+    return result
+
+
 def train(data: Path, config: TrainConfig, console: Console | None = None, verbose: int = 1) -> TrainResult:
     """Discover, decode, fine-tune and save one run under `runs_dir/name[N]`."""
     import keras
@@ -331,4 +342,6 @@ def train(data: Path, config: TrainConfig, console: Console | None = None, verbo
     _write_json(run_dir / "history.json", history)
     model.save(run_dir / "model.keras")
     console.print(f"saved {run_dir / 'model.keras'}", highlight=False, soft_wrap=True)
+    if config.baselines:
+        _write_json(run_dir / "baselines.json", _baselines(splits, config, size, console))
     return TrainResult(run_dir, splits.classes, history, counts, skipped)

@@ -1,0 +1,267 @@
+"""Stream source: fresh frames → trigger → classify → K-of-N vote → record, snapshot, outputs.
+
+The capture watchdog (sorter.capture) guarantees only fresh frames arrive here; this loop owns
+what happens to them. Everything after the vote is shared with `sorter watch`: the same
+classifier, verdict rules and `items` table (source 'camera'), written by the single writer.
+Camera rows are written finished ('done' or 'dry-run'): there is no file to move, so nothing for
+`watch`'s crash recovery to pick up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from pydantic import ValidationError
+
+from sorter import store
+from sorter.capture import Capture, Frame
+from sorter.config import CameraSettings, ConfigError, Settings
+from sorter.imaging import resize_rgb
+from sorter.model import Classifier
+from sorter.outputs import Dispatcher, build_outputs
+from sorter.triggers import (
+    ControlServer,
+    Decision,
+    IntervalTrigger,
+    LineTrigger,
+    MotionTrigger,
+    Roi,
+    Trigger,
+    Vote,
+    Voter,
+    crop,
+    follow_stdin,
+    gpio_edge,
+    parse_roi,
+)
+from sorter.verdict import VerdictRules
+
+log = logging.getLogger("sorter.camera")
+SNAPSHOT_VERDICTS = ("rotten", "uncertain")
+DROPS_REPORT_S = 5.0
+
+
+class SnapshotStore:
+    """JPEGs of rotten/uncertain items for a person (and for retraining), pruned by age and count."""
+
+    def __init__(self, folder: Path, retention_days: float = 30.0, max_files: int = 10_000):
+        self.folder, self.max_files = Path(folder), max_files
+        self.retention = timedelta(days=retention_days)
+        self._saved = 0
+
+    def save(self, image: np.ndarray, verdict: str, label: str | None, item_id: int, when: datetime) -> Path:
+        day = self.folder / when.strftime("%Y-%m-%d")
+        day.mkdir(parents=True, exist_ok=True)
+        path = day / f"{when.strftime('%H%M%S_%f')}-{item_id}-{verdict}-{label or 'none'}.jpg"
+        if not cv2.imwrite(str(path), image):
+            raise OSError(f"could not write {path}")
+        self._saved += 1
+        if self._saved % 100 == 0:
+            self.prune()
+        return path
+
+    def prune(self, now: datetime | None = None) -> int:
+        """Delete snapshots older than the retention, then the oldest beyond `max_files`."""
+        if not self.folder.is_dir():
+            return 0
+        files = sorted(self.folder.glob("*/*.jpg"), key=lambda p: p.stat().st_mtime)
+        cutoff = ((now or datetime.now(UTC)) - self.retention).timestamp()
+        doomed = [p for p in files if p.stat().st_mtime < cutoff]
+        keep = [p for p in files if p.stat().st_mtime >= cutoff]
+        doomed += keep[: max(0, len(keep) - self.max_files)]
+        for path in doomed:
+            path.unlink(missing_ok=True)
+        return len(doomed)
+
+
+def make_trigger(settings: CameraSettings) -> Trigger:
+    if settings.trigger == "motion":
+        return MotionTrigger(settings.motion_threshold, settings.motion_pixel_delta, parse_roi(settings.motion_roi))
+    if settings.trigger == "line":
+        return LineTrigger()
+    return IntervalTrigger(settings.interval_ms)
+
+
+@dataclass
+class CameraStatus:
+    state: str = "connecting"
+    classified: int = 0
+    decisions: dict[str, int] = field(default_factory=lambda: {"fresh": 0, "rotten": 0, "uncertain": 0})
+    no_consensus: int = 0
+    snapshots: int = 0
+    errors: int = 0
+
+
+class CameraRunner:
+    """One camera: owns the capture, trigger, voter and snapshot store; `run` blocks until done."""
+
+    def __init__(self, device: str, classifier: Classifier, rules: VerdictRules, settings: CameraSettings,
+                 writer: store.Writer, dispatcher: Dispatcher, dry_run: bool = False):
+        self.device, self.clf, self.rules, self.settings = device, classifier, rules, settings
+        self.writer, self.dispatcher, self.dry_run = writer, dispatcher, dry_run
+        self.roi: Roi | None = parse_roi(settings.roi)
+        self.trigger = make_trigger(settings)
+        self.voter = Voter(settings.votes, settings.window)
+        self.snapshots = SnapshotStore(settings.snapshots, settings.snapshot_retention_days,
+                                       settings.snapshot_max_files)
+        self.capture = Capture(device, settings.stall_seconds, settings.backoff_seconds,
+                               settings.backoff_max_seconds, settings.queue_size, settings.loop,
+                               on_event=self._camera_event)
+        self.status = CameraStatus()
+        self.decisions: list[dict[str, Any]] = []  # the events sent, for the summary and tests
+        self._open = 0  # frames left in the current item's window (motion/line triggers)
+        self._last_image: np.ndarray | None = None
+        self._last_scores: dict[str, float] = {}
+        self._drops_reported = 0
+        self._ticks = {"drops": time.monotonic(), "status": time.monotonic()}
+
+    def _camera_event(self, event: str, detail: str) -> None:
+        self.status.state = "online" if event in ("online", "reconnect") else "offline"
+        self.writer.submit(lambda db: store.record_camera_event(db, self.device, event, detail))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything an operator asks first: is it online, how many frames, drops, decisions."""
+        return {"device": self.device, **asdict(self.status), "capture": asdict(self.capture.stats),
+                "dropped": self.capture.frames.dropped, "outputs": self.dispatcher.stats()}
+
+    def _vote(self, image: np.ndarray) -> Decision | None:
+        pred = self.clf.predict(resize_rgb(image, self.clf.input_size)[None])[0]
+        self.status.classified += 1
+        self._last_image, self._last_scores = image, pred.scores
+        verdict = self.rules.decide(pred.label, pred.confidence)
+        return self.voter.add(Vote(pred.label, verdict, round(pred.confidence, 6)))
+
+    def on_frame(self, frame: Frame) -> Decision | None:
+        """Trigger, classify and vote on one fresh frame; the decision if this frame completed one."""
+        image = crop(frame.image, self.roi)
+        if isinstance(self.trigger, IntervalTrigger):
+            return self._vote(image) if self.trigger.fire(image, frame.clock) else None
+        fired = self.trigger.fire(frame.image, frame.clock) if (
+            self._open == 0 or isinstance(self.trigger, MotionTrigger)) else False
+        if fired and self._open == 0:
+            self.voter.reset()
+            self._open = self.settings.window
+        if self._open == 0:
+            return None
+        self._open -= 1
+        decision = self._vote(image)
+        if decision is not None:
+            self._open = 0
+        elif self._open == 0:
+            decision = self.voter.close()
+        return decision
+
+    def act(self, decision: Decision, frame: Frame) -> dict[str, Any]:
+        """Record the decision (with a snapshot for rotten/uncertain), then hand it to the outputs."""
+        when = datetime.fromtimestamp(frame.wall, UTC)
+        row = {"sha256": None, "source_path": f"{self.device}#{frame.seq}", "label": decision.label,
+               "confidence": decision.confidence, "verdict": decision.verdict, "scores": self._last_scores,
+               "model_id": self.clf.model_id, "model_sha256": self.clf.sha256, "source": "camera",
+               "received_at": when.isoformat(timespec="milliseconds"), "routed_at": store.now_iso(),
+               "state": "dry-run" if self.dry_run else "done",
+               "error": None if decision.consensus else f"no-consensus: {decision.agreeing}/{decision.frames}"}
+        item_id = self.writer.call(lambda db: store.insert_item(db, row))
+        snapshot = None
+        if decision.verdict in SNAPSHOT_VERDICTS and self._last_image is not None:
+            try:
+                snapshot = str(self.snapshots.save(self._last_image, decision.verdict, decision.label, item_id, when))
+                self.writer.call(lambda db: db["items"].update(item_id, {"destination": snapshot}))
+                self.status.snapshots += 1
+            except OSError as exc:
+                log.error("snapshot for item %d failed: %s", item_id, exc)
+        self.status.decisions[decision.verdict] += 1
+        self.status.no_consensus += not decision.consensus
+        event = {"item_id": item_id, "time": row["received_at"], "device": self.device,
+                 "verdict": decision.verdict, "label": decision.label, "confidence": decision.confidence,
+                 "votes": f"{decision.agreeing}/{decision.frames}", "snapshot": snapshot}
+        log.info("item %d: %s %s (%.2f, %s agree)%s", item_id, decision.verdict, decision.label or "-",
+                 decision.confidence, event["votes"], " [dry-run]" if self.dry_run else "")
+        self.dispatcher.publish(event)
+        self.decisions.append(event)
+        return event
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        dropped = self.capture.frames.dropped
+        if dropped > self._drops_reported and now - self._ticks["drops"] >= DROPS_REPORT_S:
+            detail = f"{dropped - self._drops_reported} frame(s) dropped (total {dropped}): inference is slower"
+            self.writer.submit(lambda db: store.record_camera_event(db, self.device, "dropped", detail))
+            self._drops_reported, self._ticks["drops"] = dropped, now
+        if now - self._ticks["status"] >= self.settings.status_seconds:
+            self._ticks["status"] = now
+            log.info("status %s", self.snapshot())
+
+    def run(self, stop: threading.Event, max_decisions: int | None = None) -> CameraStatus:
+        """Until `stop`, the end of a (non-looping) file, or `max_decisions` decisions."""
+        self.snapshots.prune()
+        self.capture.start()
+        last: Frame | None = None
+        try:
+            while not stop.is_set():
+                if max_decisions is not None and len(self.decisions) >= max_decisions:
+                    break
+                self._tick()
+                frame = self.capture.frames.get(timeout=0.1)
+                if frame is None:
+                    if self.capture.ended.is_set() and not len(self.capture.frames):
+                        break
+                    continue
+                last = frame
+                try:
+                    decision = self.on_frame(frame)
+                    if decision is not None:
+                        self.act(decision, frame)
+                except Exception:  # one bad frame or a full disk must not stop the line
+                    self.status.errors += 1
+                    log.exception("frame %d could not be processed", frame.seq)
+            if self._open and last is not None and (decision := self.voter.close()) is not None:
+                self.act(decision, last)  # the file ended mid-item
+        finally:
+            self.capture.close()
+        return self.status
+
+
+def serve(device: str, classifier: Classifier, rules: VerdictRules, settings: Settings, db: Path,
+          stop: threading.Event, dry_run: bool = False, max_decisions: int | None = None) -> dict[str, Any]:
+    """Wire one camera to the database, the outputs and the external triggers; the final status."""
+    cam = settings.camera
+    writer = store.Writer(db)
+    dispatcher = Dispatcher([] if dry_run else build_outputs(settings.outputs), settings.outputs.retries,
+                            settings.outputs.retry_seconds, dry_run=dry_run)
+    runner = CameraRunner(device, classifier, rules, cam, writer, dispatcher, dry_run=dry_run)
+    line = runner.trigger if isinstance(runner.trigger, LineTrigger) else None
+    control = ControlServer(cam.control_port, line, runner.snapshot).start() if cam.control_port is not None else None
+    if line is not None and cam.stdin_trigger:
+        follow_stdin(line)
+    button = gpio_edge(line, cam.gpio_trigger_pin) if line is not None and cam.gpio_trigger_pin is not None else None
+    log.info("ready: camera %s, trigger %s, %d/%d votes%s", device, cam.trigger, cam.votes, cam.window,
+             " (dry-run)" if dry_run else "")
+    try:
+        runner.run(stop, max_decisions)
+    finally:
+        for closer in (control, button):
+            if closer is not None:
+                closer.close()
+        dispatcher.close()
+        writer.close()
+    return runner.snapshot()
+
+
+def with_flags(settings: Settings, camera: dict[str, Any], outputs: dict[str, Any]) -> Settings:
+    """Command-line values (non-None) over the file's `camera` and `outputs` sections, re-validated."""
+    data = settings.model_dump()
+    data["camera"].update({k: v for k, v in camera.items() if v is not None})
+    data["outputs"].update({k: v for k, v in outputs.items() if v is not None})
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(problems) from exc

@@ -1,0 +1,262 @@
+"""When to classify and when to act: ROI crop, interval/motion/line triggers, K-of-N voting.
+
+Triggers only decide which frames are looked at; the `Voter` decides when enough of them agree
+that an output may fire, so one blurred or half-in-view frame never moves the diverter.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import IO, Protocol
+
+import cv2
+import numpy as np
+
+log = logging.getLogger("sorter.camera")
+
+
+@dataclass(frozen=True)
+class Roi:
+    x: int
+    y: int
+    w: int
+    h: int
+
+    def crop(self, image: np.ndarray) -> np.ndarray:
+        """The region, clipped to the frame; a region wholly outside the frame is an error."""
+        height, width = image.shape[:2]
+        x0, y0 = min(self.x, width), min(self.y, height)
+        x1, y1 = min(self.x + self.w, width), min(self.y + self.h, height)
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(f"ROI {self} lies outside the {width}×{height} frame")
+        return image[y0:y1, x0:x1]
+
+
+def parse_roi(text: str | None) -> Roi | None:
+    """'x,y,w,h' in pixels → Roi; None passes through."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 4 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"ROI '{text}' is not x,y,w,h in whole pixels")
+    roi = Roi(*map(int, parts))
+    if roi.w < 1 or roi.h < 1:
+        raise ValueError(f"ROI '{text}' has an empty width or height")
+    return roi
+
+
+def crop(image: np.ndarray, roi: Roi | None) -> np.ndarray:
+    return image if roi is None else roi.crop(image)
+
+
+class Trigger(Protocol):
+    def fire(self, image: np.ndarray, now: float) -> bool:
+        """Does this fresh frame start (or, for interval, is it) something to classify?"""
+        ...
+
+
+class IntervalTrigger:
+    """Every `interval_ms` of stream time: a steady sample for a continuous belt."""
+
+    def __init__(self, interval_ms: int):
+        self.interval = interval_ms / 1000
+        self._last: float | None = None
+
+    def fire(self, image: np.ndarray, now: float) -> bool:
+        if self._last is None or now - self._last >= self.interval:
+            self._last = now
+            return True
+        return False
+
+
+class MotionTrigger:
+    """Fires once when the changed fraction of the (ROI) picture rises past `threshold`: an item
+    arrived. It re-arms only after the scene settles below the threshold again."""
+
+    def __init__(self, threshold: float = 0.02, pixel_delta: int = 25, roi: Roi | None = None):
+        self.threshold, self.pixel_delta, self.roi = threshold, pixel_delta, roi
+        self._previous: np.ndarray | None = None
+        self._armed = True
+        self.last_fraction = 0.0
+
+    def changed_fraction(self, image: np.ndarray) -> float:
+        gray = cv2.cvtColor(crop(image, self.roi), cv2.COLOR_BGR2GRAY)
+        gray = cv2.GaussianBlur(gray, (5, 5), 0)  # sensor noise is not motion
+        previous, self._previous = self._previous, gray
+        if previous is None or previous.shape != gray.shape:
+            return 0.0
+        return float(np.count_nonzero(cv2.absdiff(gray, previous) > self.pixel_delta)) / gray.size
+
+    def fire(self, image: np.ndarray, now: float) -> bool:
+        self.last_fraction = fraction = self.changed_fraction(image)
+        if fraction < self.threshold:
+            self._armed = True
+            return False
+        fired, self._armed = self._armed, False
+        return fired
+
+
+class LineTrigger:
+    """An external signal (stdin line, HTTP POST, GPIO edge); each pulse starts one item."""
+
+    def __init__(self) -> None:
+        self._pending = 0
+        self._lock = threading.Lock()
+        self.received = 0
+
+    def pulse(self, source: str = "external") -> None:
+        with self._lock:
+            self._pending += 1
+            self.received += 1
+        log.info("trigger from %s", source)
+
+    def fire(self, image: np.ndarray, now: float) -> bool:
+        with self._lock:
+            if self._pending:
+                self._pending -= 1
+                return True
+        return False
+
+
+def follow_stdin(trigger: LineTrigger, stream: IO[str] | None = None) -> threading.Thread:
+    """Each line on stdin is one pulse (a PLC or a shell script can drive the sorter)."""
+    source = stream or sys.stdin
+
+    def run() -> None:
+        for _line in source:
+            trigger.pulse("stdin")
+
+    thread = threading.Thread(target=run, name="stdin-trigger", daemon=True)
+    thread.start()
+    return thread
+
+
+def gpio_edge(trigger: LineTrigger, pin: int | str):
+    """A rising edge on `pin` (gpiozero, imported only when asked for) is one pulse."""
+    from gpiozero import Button
+
+    button = Button(pin, pull_up=False)
+    button.when_pressed = lambda: trigger.pulse(f"gpio {pin}")
+    return button
+
+
+class ControlServer:
+    """127.0.0.1 only: `POST /trigger` pulses the line trigger, `GET /status` returns JSON."""
+
+    def __init__(self, port: int, trigger: LineTrigger | None, status: Callable[[], dict]):
+        handler = _control_handler(trigger, status)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="control", daemon=True)
+
+    def start(self) -> ControlServer:
+        self._thread.start()
+        log.info("control port: http://127.0.0.1:%d (POST /trigger, GET /status)", self.port)
+        return self
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _control_handler(trigger: LineTrigger | None, status: Callable[[], dict]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def _reply(self, code: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path.rstrip("/") != "/trigger":
+                self._reply(404, {"error": "POST /trigger"})
+            elif trigger is None:
+                self._reply(409, {"error": "trigger mode is not 'line'"})
+            else:
+                trigger.pulse("http")
+                self._reply(202, {"queued": True})
+
+        def do_GET(self) -> None:
+            if self.path.rstrip("/") == "/status":
+                self._reply(200, status())
+            else:
+                self._reply(404, {"error": "GET /status"})
+
+    return Handler
+
+
+@dataclass(frozen=True)
+class Vote:
+    label: str
+    verdict: str
+    confidence: float
+
+    @property
+    def key(self) -> str:
+        """What must agree: the label, except that all `uncertain` frames agree with each other."""
+        return "uncertain" if self.verdict == "uncertain" else self.label
+
+
+@dataclass(frozen=True)
+class Decision:
+    label: str | None
+    verdict: str
+    confidence: float
+    agreeing: int
+    frames: int
+    consensus: bool
+
+
+class Voter:
+    """Act when `k` of the last `n` votes agree; an item's window that ends without agreement
+    (`close`) is `uncertain`, never fresh or rotten."""
+
+    def __init__(self, k: int, n: int):
+        if not 1 <= k <= n:
+            raise ValueError(f"need 1 <= votes ({k}) <= window ({n})")
+        self.k, self.n = k, n
+        self._votes: collections.deque[Vote] = collections.deque(maxlen=n)
+
+    def add(self, vote: Vote) -> Decision | None:
+        self._votes.append(vote)
+        agreeing = [v for v in self._votes if v.key == vote.key]
+        if len(agreeing) < self.k:
+            return None
+        label = collections.Counter(v.label for v in agreeing).most_common(1)[0][0]
+        decision = Decision(label, vote.verdict,
+                            round(sum(v.confidence for v in agreeing) / len(agreeing), 6),
+                            len(agreeing), len(self._votes), True)
+        self._votes.clear()
+        return decision
+
+    def close(self) -> Decision | None:
+        """End the item: no consensus among its frames → uncertain (None if it had no frames)."""
+        if not self._votes:
+            return None
+        counts = collections.Counter(v.label for v in self._votes)
+        label, agreeing = counts.most_common(1)[0]
+        decision = Decision(label, "uncertain", round(sum(v.confidence for v in self._votes) / len(self._votes), 6),
+                            agreeing, len(self._votes), False)
+        self._votes.clear()
+        return decision
+
+    def reset(self) -> None:
+        self._votes.clear()
+
+    def __len__(self) -> int:
+        return len(self._votes)

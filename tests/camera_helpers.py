@@ -1,0 +1,117 @@
+"""Camera test helpers: generated video files and a tiny MJPEG-over-HTTP camera on 127.0.0.1.
+
+The server is a real multipart/x-mixed-replace stream that OpenCV's FFmpeg backend reads like
+a network camera; tests switch its mode to simulate a healthy, frozen, repeating or dead camera.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from tests.conftest import COLOURS_BGR
+
+BOUNDARY = "sorterframe"
+
+
+def colour_frame(colour: str, size: tuple[int, int] = (120, 160), seed: int = 0) -> np.ndarray:
+    """A BGR frame of one colour with seeded noise: every seed is a different (fresh) frame."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((*size, 3), np.int16)
+    img[:] = COLOURS_BGR[colour]
+    img += rng.integers(-8, 9, img.shape, dtype=np.int16)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_video(path: Path, colours: list[str], size: tuple[int, int] = (120, 160), fps: float = 25.0) -> Path:
+    """An MJPG .avi with one noisy frame per entry of `colours`."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (size[1], size[0]))
+    assert writer.isOpened(), "cv2.VideoWriter could not open an MJPG .avi"
+    for i, colour in enumerate(colours):
+        writer.write(colour_frame(colour, size, seed=i))
+    writer.release()
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MjpegCamera:
+    """A fake IP camera. mode: 'live' (fresh frames), 'repeat' (one frame forever, like an
+    unplugged USB camera), 'freeze' (socket open, nothing sent), set via `.mode`."""
+
+    def __init__(self, colour: str = "red", port: int | None = None, fps: float = 20.0):
+        self.colour, self.fps, self.mode = colour, fps, "live"
+        self.port = port or free_port()
+        self.served = 0
+        self.still: bytes | None = None  # the frame 'repeat' serves, shared by every connection
+        self._server: ThreadingHTTPServer | None = None
+        self._stop = threading.Event()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        cam = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+                self.end_headers()
+                seed = 0
+                while not cam._stop.is_set():
+                    time.sleep(1 / cam.fps)
+                    if cam.mode == "freeze":
+                        continue
+                    if cam.mode == "repeat" and cam.still is not None:
+                        jpeg = cam.still
+                    else:
+                        seed += 1
+                        jpeg = cv2.imencode(".jpg", colour_frame(cam.colour, seed=seed))[1].tobytes()
+                        cam.still = jpeg
+                    part = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+                            f"Content-Length: {len(jpeg)}\r\n\r\n").encode() + jpeg + b"\r\n"
+                    try:
+                        self.wfile.write(part)
+                        self.wfile.flush()
+                    except OSError:
+                        return
+                    cam.served += 1
+
+        return Handler
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/stream.mjpg"
+
+    def start(self) -> MjpegCamera:
+        self._stop.clear()
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        """Unplug: close the listener and end every open stream."""
+        self._stop.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> MjpegCamera:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,193 @@
+"""Capture watchdog on real OpenCV sources: video files and an MJPEG camera served by the test."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from sorter import store
+from sorter.camera import CameraRunner
+from sorter.capture import Capture, Frame, FrameQueue, fingerprint
+from sorter.classify import rules_for
+from sorter.config import CameraSettings
+from sorter.model import Classifier
+from sorter.outputs import Dispatcher
+from tests.camera_helpers import MjpegCamera, colour_frame, write_video
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def wait_for(predicate, timeout: float, step: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def drain(cap: Capture, timeout: float = 10.0) -> list[Frame]:
+    frames: list[Frame] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        frame = cap.frames.get(0.05)
+        if frame is not None:
+            frames.append(frame)
+        elif cap.ended.is_set() and not len(cap.frames):
+            break
+    return frames
+
+
+def test_queue_drops_the_oldest_and_counts():
+    q = FrameQueue(3)
+    for seq in range(1, 7):
+        q.put(Frame(np.zeros((2, 2, 3), np.uint8), seq))
+    assert q.dropped == 3
+    assert [q.get(0).seq for _ in range(3)] == [4, 5, 6]
+    assert q.get(0.01) is None
+
+
+def test_fingerprint_tells_same_from_fresh():
+    a, b = colour_frame("red", seed=1), colour_frame("red", seed=2)
+    assert fingerprint(a) == fingerprint(a.copy())
+    assert fingerprint(a) != fingerprint(b)
+
+
+def test_video_file_delivers_every_fresh_frame_then_ends(tmp_path):
+    video = write_video(tmp_path / "v.avi", ["red"] * 5 + ["blue"] * 5)
+    events: list[str] = []
+    cap = Capture(str(video), stall_seconds=2, on_event=lambda e, d: events.append(e)).start()
+    frames = drain(cap)
+    cap.close()
+    assert [f.seq for f in frames] == list(range(1, 11))
+    assert frames[0].image[0, 0, 2] > 200 and frames[-1].image[0, 0, 0] > 200  # red first, blue last (BGR)
+    assert cap.ended.is_set() and events == ["online"] and cap.stats.offline == 0
+
+
+def test_repeated_frames_in_a_file_are_never_delivered(tmp_path):
+    import cv2
+
+    path = tmp_path / "still.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (160, 120))
+    for i in [1, 2, 2, 2, 2, 3]:
+        writer.write(colour_frame("green", seed=i))
+    writer.release()
+    cap = Capture(str(path), stall_seconds=2).start()
+    frames = drain(cap)
+    cap.close()
+    assert len(frames) == 3 and cap.stats.stale == 3
+
+
+def test_loop_replays_the_file(tmp_path):
+    video = write_video(tmp_path / "v.avi", ["red", "green", "blue"])
+    cap = Capture(str(video), stall_seconds=2, loop=True, queue_size=2).start()
+    got = [cap.frames.get(2.0) for _ in range(8)]
+    cap.close()
+    assert all(f is not None for f in got) and not cap.ended.is_set()
+
+
+class HangingCapture:
+    """A fake cv2.VideoCapture whose read() blocks (a wedged USB driver); the real one cannot be
+    made to hang on cue. The first connection gives two frames, then hangs until released."""
+
+    def __init__(self, opened: list, release: threading.Event):
+        self.n, self.release_evt, self.opened = 0, release, opened
+        opened.append(self)
+
+    def isOpened(self) -> bool:
+        return True
+
+    def read(self):
+        self.n += 1
+        if len(self.opened) == 1 and self.n > 2:
+            self.release_evt.wait(30)
+            return False, None
+        return True, colour_frame("red", seed=len(self.opened) * 100 + self.n)
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_read_that_blocks_is_abandoned_at_the_deadline():
+    opened: list = []
+    unblock = threading.Event()
+    events: list[tuple[str, float]] = []
+    cap = Capture("fake-usb", stall_seconds=0.5, backoff_seconds=0.1,
+                  on_event=lambda e, d: events.append((e, time.monotonic())),
+                  opener=lambda dev, t: HangingCapture(opened, unblock))
+    started = time.monotonic()
+    cap.start()
+    try:
+        assert wait_for(lambda: [e for e, _ in events] == ["online", "offline", "reconnect"], 5)
+        assert events[1][1] - started < 2.0  # declared offline near the 0.5 s deadline, not after 30 s
+        assert len(opened) == 2  # a new connection while the first read is still stuck
+    finally:
+        unblock.set()
+        cap.close()
+
+
+def test_mjpeg_camera_unplug_goes_offline_and_reconnects_with_backoff(tmp_path):
+    events: list[tuple[str, str]] = []
+    with MjpegCamera() as cam:
+        cap = Capture(cam.url, stall_seconds=1.0, backoff_seconds=0.2, backoff_max_seconds=0.8,
+                      on_event=lambda e, d: events.append((e, d))).start()
+        try:
+            assert wait_for(lambda: cap.stats.fresh >= 5, 10), "no frames from the MJPEG server"
+            cam.stop()
+            assert wait_for(lambda: cap.state == "offline", 5)
+            connects = cap.stats.connects
+            time.sleep(1.0)  # backoff 0.2 → 0.4 → 0.8 (cap): a few retries, not a hot loop
+            assert 1 <= cap.stats.connects - connects <= 5
+            cam.start()
+            assert wait_for(lambda: cap.state == "online", 10)
+            seen = cap.stats.fresh
+            assert wait_for(lambda: cap.stats.fresh > seen + 3, 5)
+        finally:
+            cap.close()
+    assert [e for e, _ in events] == ["online", "offline", "reconnect"]
+
+
+def test_a_frozen_stream_is_declared_offline(tmp_path):
+    with MjpegCamera() as cam:
+        cap = Capture(cam.url, stall_seconds=1.0, backoff_seconds=0.2).start()
+        try:
+            assert wait_for(lambda: cap.state == "online", 10)
+            cam.mode = "freeze"  # connected, sending nothing
+            t0 = time.monotonic()
+            assert wait_for(lambda: cap.state == "offline", 5)
+            assert time.monotonic() - t0 < 3.0
+            cam.mode = "live"
+            assert wait_for(lambda: cap.state == "online", 10)
+        finally:
+            cap.close()
+
+
+def test_a_camera_repeating_one_frame_goes_offline_and_is_never_classified(tmp_path, color_model):
+    clf = Classifier(color_model, num_threads=1)
+    writer = store.Writer(tmp_path / "cam.db")
+    settings = CameraSettings(stall_seconds=1.0, backoff_seconds=0.2, backoff_max_seconds=0.4, interval_ms=1,
+                              votes=2, window=2, snapshots=tmp_path / "snaps")
+    stop = threading.Event()
+    with MjpegCamera(colour="blue") as cam:
+        cam.mode = "repeat"  # the first frame, then the same bytes forever (and after every reconnect)
+        runner = CameraRunner(cam.url, clf, rules_for(clf), settings, writer, Dispatcher([]))
+        thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            assert wait_for(lambda: runner.capture.stats.offline >= 1, 10)
+            assert wait_for(lambda: runner.capture.stats.connects >= 3, 10)  # it keeps trying...
+            assert wait_for(lambda: runner.capture.stats.stale >= 20, 10)
+        finally:
+            stop.set()
+            thread.join(10)
+    writer.close()
+    assert runner.status.classified == 1  # ...but only the one genuinely fresh frame was classified
+    assert runner.capture.state == "offline" and runner.decisions == []
+    conn = store.open_reader(tmp_path / "cam.db")
+    rows = [tuple(r) for r in conn.execute("SELECT event, detail FROM camera_events ORDER BY id")]
+    assert conn.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 0
+    assert rows[0][0] == "online" and rows[1][0] == "offline" and "same frame repeated" in rows[1][1]
+    assert "reconnect" not in [r[0] for r in rows]

@@ -1,0 +1,183 @@
+"""MQTT output against a real mosquitto broker on a free loopback port, started by the test."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.camera_helpers import free_port
+
+pytestmark = pytest.mark.timeout(90)
+MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.path.exists(p)), None)
+if MOSQUITTO is None:
+    pytest.skip("the mosquitto binary is missing (apt-get install mosquitto; .ci/run does this)",
+                allow_module_level=True)
+mqtt = pytest.importorskip("paho.mqtt.client")
+REPO = Path(__file__).resolve().parent.parent
+EVENT = {"item_id": 1, "verdict": "rotten", "label": "rottenblue", "confidence": 0.99}
+
+
+class Broker:
+    def __init__(self, folder: Path):
+        self.port = free_port()
+        self.conf = folder / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Broker:
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Broker(tmp_path).start()
+    yield b
+    b.stop()
+
+
+class Watcher:
+    """A subscriber to sorter/#; messages as (topic, payload, retained)."""
+
+    def __init__(self, port: int):
+        self.messages: list[tuple[str, str, bool]] = []
+        self._lock = threading.Lock()
+        subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.client.on_message = lambda c, u, m: self._add(m)
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.on_connect = lambda c, *a: c.subscribe("sorter/#", qos=1)
+        self.client.connect("127.0.0.1", port, 10)
+        self.client.loop_start()
+        assert subscribed.wait(10), "subscriber never got its SUBACK"
+
+    def _add(self, msg) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, msg.payload.decode(), bool(msg.retain)))
+
+    def wait(self, predicate, timeout: float = 15) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if predicate(list(self.messages)):
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def availability(msgs) -> list[tuple[str, bool]]:
+    return [(p, r) for t, p, r in msgs if t == "sorter/availability"]
+
+
+def test_verdicts_go_to_their_topic_and_availability_is_retained(broker, tmp_path):
+    from sorter.outputs import MqttOutput
+
+    out = MqttOutput("127.0.0.1", broker.port, "sorter", tmp_path / "spool", keepalive=5)
+    try:
+        assert out.connected.wait(10)
+        out.send(EVENT)
+        out.send({**EVENT, "item_id": 2, "verdict": "fresh", "label": "freshred"})
+        watcher = Watcher(broker.port)  # joins late: still sees "online", because it is retained
+        assert watcher.wait(lambda m: ("online", True) in availability(m))
+        late = Watcher(broker.port)
+        out.send({**EVENT, "item_id": 3})
+        assert late.wait(lambda m: any(t == "sorter/verdict/rotten" for t, _, _ in m))
+        assert [json.loads(p)["item_id"] for t, p, _ in late.messages if t.startswith("sorter/verdict/")] == [3]
+        assert not list((tmp_path / "spool").glob("*.json"))  # acknowledged events leave the spool
+    finally:
+        out.close()
+    assert watcher.wait(lambda m: availability(m)[-1:] == [("offline", False)])  # a clean goodbye
+    watcher.close()
+    late.close()
+
+
+CHILD = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from sorter.outputs import MqttOutput
+out = MqttOutput("127.0.0.1", {port}, "sorter", {spool!r}, client_id="doomed", keepalive=5)
+assert out.connected.wait(10)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_last_will_says_offline_when_the_sorter_dies(broker, tmp_path):
+    watcher = Watcher(broker.port)
+    code = CHILD.format(repo=str(REPO), port=broker.port, spool=str(tmp_path / "spool"))
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        assert watcher.wait(lambda m: availability(m)[-1:] == [("online", False)])
+        os.kill(child.pid, signal.SIGKILL)  # no DISCONNECT packet: the broker must publish the will
+        child.wait(10)
+        assert watcher.wait(lambda m: availability(m)[-1:] == [("offline", False)], 10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        watcher.close()
+    again = Watcher(broker.port)  # retained: anyone asking later learns it is offline
+    assert again.wait(lambda m: ("offline", True) in availability(m))
+    again.close()
+
+
+def test_events_are_buffered_on_disk_while_the_broker_is_down(broker, tmp_path):
+    from sorter.outputs import MqttOutput
+
+    spool = tmp_path / "spool"
+    out = MqttOutput("127.0.0.1", broker.port, "sorter", spool, keepalive=5)
+    try:
+        assert out.connected.wait(10)
+        broker.stop()
+        deadline = time.monotonic() + 10
+        while out.connected.is_set() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not out.connected.is_set()
+        for n in (1, 2, 3):
+            out.send({**EVENT, "item_id": n})
+        time.sleep(0.3)
+        assert len(list(spool.glob("*.json"))) == 3  # on disk, not lost
+        broker.start()
+        watcher = Watcher(broker.port)  # subscribed before the sorter's reconnect (≥ 1 s backoff)
+        assert watcher.wait(lambda m: sum(t.startswith("sorter/verdict/") for t, _, _ in m) == 3, 30)
+        ids = [json.loads(p)["item_id"] for t, p, _ in watcher.messages if t.startswith("sorter/verdict/")]
+        assert ids == [1, 2, 3]
+        assert wait_empty(spool)
+        watcher.close()
+    finally:
+        out.close()
+
+
+def wait_empty(spool: Path, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while list(spool.glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not list(spool.glob("*.json"))
