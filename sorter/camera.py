@@ -25,6 +25,7 @@ from sorter import store
 from sorter.capture import Capture, Frame
 from sorter.config import CameraSettings, ConfigError, Settings
 from sorter.imaging import resize_rgb
+from sorter.metrics import Telemetry
 from sorter.model import Classifier
 from sorter.outputs import Dispatcher, build_outputs
 from sorter.triggers import (
@@ -104,8 +105,10 @@ class CameraRunner:
     """One camera: owns the capture, trigger, voter and snapshot store; `run` blocks until done."""
 
     def __init__(self, device: str, classifier: Classifier, rules: VerdictRules, settings: CameraSettings,
-                 writer: store.Writer, dispatcher: Dispatcher, dry_run: bool = False):
+                 writer: store.Writer, dispatcher: Dispatcher, dry_run: bool = False,
+                 telemetry: Telemetry | None = None):
         self.device, self.clf, self.rules, self.settings = device, classifier, rules, settings
+        self.telemetry = telemetry  # metrics hook (sorter.metrics): None = no metrics
         self.writer, self.dispatcher, self.dry_run = writer, dispatcher, dry_run
         self.roi: Roi | None = parse_roi(settings.roi)
         self.trigger = make_trigger(settings)
@@ -125,6 +128,8 @@ class CameraRunner:
 
     def _camera_event(self, event: str, detail: str) -> None:
         self.status.state = "online" if event in ("online", "reconnect") else "offline"
+        if self.telemetry is not None:
+            self.telemetry.camera_event(event)
         self.writer.submit(lambda db: store.record_camera_event(db, self.device, event, detail))
 
     def snapshot(self) -> dict[str, Any]:
@@ -133,7 +138,10 @@ class CameraRunner:
                 "dropped": self.capture.frames.dropped, "outputs": self.dispatcher.stats()}
 
     def _vote(self, image: np.ndarray) -> Decision | None:
+        started = time.monotonic()
         pred = self.clf.predict(resize_rgb(image, self.clf.input_size)[None])[0]
+        if self.telemetry is not None:
+            self.telemetry.latency.observe(time.monotonic() - started)
         self.status.classified += 1
         self._last_image, self._last_scores = image, pred.scores
         verdict = self.rules.decide(pred.label, pred.confidence)
@@ -178,6 +186,8 @@ class CameraRunner:
             except OSError as exc:
                 log.error("snapshot for item %d failed: %s", item_id, exc)
         self.status.decisions[decision.verdict] += 1
+        if self.telemetry is not None:
+            self.telemetry.item(decision.verdict, decision.label, row["error"])
         self.status.no_consensus += not decision.consensus
         event = {"item_id": item_id, "time": row["received_at"], "device": self.device,
                  "verdict": decision.verdict, "label": decision.label, "confidence": decision.confidence,
@@ -191,6 +201,9 @@ class CameraRunner:
     def _tick(self) -> None:
         now = time.monotonic()
         dropped = self.capture.frames.dropped
+        if self.telemetry is not None:
+            self.telemetry.dropped_total(dropped)
+            self.telemetry.queue_depth.set(len(self.capture.frames))
         if dropped > self._drops_reported and now - self._ticks["drops"] >= DROPS_REPORT_S:
             detail = f"{dropped - self._drops_reported} frame(s) dropped (total {dropped}): inference is slower"
             self.writer.submit(lambda db: store.record_camera_event(db, self.device, "dropped", detail))
@@ -219,8 +232,10 @@ class CameraRunner:
                     decision = self.on_frame(frame)
                     if decision is not None:
                         self.act(decision, frame)
-                except Exception:  # one bad frame or a full disk must not stop the line
+                except Exception as exc:  # one bad frame or a full disk must not stop the line
                     self.status.errors += 1
+                    if self.telemetry is not None:
+                        self.telemetry.errors.labels(reason=type(exc).__name__).inc()
                     log.exception("frame %d could not be processed", frame.seq)
             if self._open and last is not None and (decision := self.voter.close()) is not None:
                 self.act(decision, last)  # the file ended mid-item
@@ -230,13 +245,17 @@ class CameraRunner:
 
 
 def serve(device: str, classifier: Classifier, rules: VerdictRules, settings: Settings, db: Path,
-          stop: threading.Event, dry_run: bool = False, max_decisions: int | None = None) -> dict[str, Any]:
+          stop: threading.Event, dry_run: bool = False, max_decisions: int | None = None,
+          telemetry: Telemetry | None = None) -> dict[str, Any]:
     """Wire one camera to the database, the outputs and the external triggers; the final status."""
     cam = settings.camera
     writer = store.Writer(db)
     dispatcher = Dispatcher([] if dry_run else build_outputs(settings.outputs), settings.outputs.retries,
                             settings.outputs.retry_seconds, dry_run=dry_run)
-    runner = CameraRunner(device, classifier, rules, cam, writer, dispatcher, dry_run=dry_run)
+    runner = CameraRunner(device, classifier, rules, cam, writer, dispatcher, dry_run=dry_run, telemetry=telemetry)
+    if telemetry is not None:
+        telemetry.camera_online = False  # until the capture reports "online"
+        telemetry.set_ready()
     line = runner.trigger if isinstance(runner.trigger, LineTrigger) else None
     control = ControlServer(cam.control_port, line, runner.snapshot).start() if cam.control_port is not None else None
     if line is not None and cam.stdin_trigger:

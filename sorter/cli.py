@@ -37,10 +37,18 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+_LOG = {"format": "text"}
+
+
 @app.callback()
 def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                      help="Show the version and the interpreter in use.")) -> None:
+                                      help="Show the version and the interpreter in use."),
+         log_format: str = typer.Option("text", "--log-format", envvar="SORTER_LOG_FORMAT",
+                                        help="Log lines on stderr: text, or json (one object per line).")) -> None:
     """Classify produce with a TFLite model, log results in SQLite and route rotten items."""
+    if log_format not in ("text", "json"):
+        fail(f"--log-format must be text or json, not {log_format!r}")
+    _LOG["format"] = log_format
 
 
 def load_classifier(model: Path | None, config: Path | None = None):
@@ -65,11 +73,11 @@ def classify(paths: list[Path] = typer.Argument(..., help="Image files or folder
     """Classify image files; exit 1 if any file could not be classified."""
     from rich.progress import Progress
 
-    from sorter.classify import classify_files, collect, rules_for
+    from sorter.classify import classify_files, collect
 
     settings, clf = load_classifier(model, config)
     files = collect(paths)
-    rules = rules_for(clf, settings.default_min_confidence, settings.min_confidence)
+    rules = _rules(settings, clf)
     table = Table("path", "label", "confidence", "verdict")
     failed = 0
     with Progress(console=err, disable=silent or len(files) < 20, transient=True) as progress:
@@ -89,38 +97,74 @@ def classify(paths: list[Path] = typer.Argument(..., help="Image files or folder
 
 
 @app.command()
-def doctor(model: Path | None = ModelOpt,
+def doctor(model: Path | None = ModelOpt, config: Path | None = ConfigOpt,
+           incoming: Path | None = typer.Option(None, "--incoming", help="Folder whose free disk is checked too."),
+           cameras: bool = typer.Option(True, "--cameras/--no-cameras", help="Probe local camera indices."),
            as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """Print versions, the interpreter in use and its threads, and check the model loads."""
-    import cv2
-    import numpy as np
+    """Check versions, interpreter and threads, the model against its card, cameras, disk and the DB;
+    exit 1 if any check fails."""
+    from sorter.config import ConfigError, load_settings
+    from sorter.doctor import as_json as checks_json
+    from sorter.doctor import run_checks
 
-    from sorter.model import Classifier, ModelError, interpreter_backend
-
-    checks: dict[str, object] = {"sorter": __version__, "python": platform.python_version(),
-                                 "numpy": np.__version__, "opencv": cv2.__version__}
-    ok = True
     try:
-        checks["interpreter"] = interpreter_backend()[0]
-        clf = Classifier(model)
-        checks.update(model=str(clf.path), model_name=clf.card.name, threads=clf.num_threads,
-                      quantization=clf.card.quantization, labels=clf.labels)
-    except ModelError as exc:
-        ok, checks["model_error"] = False, str(exc)
-    checks["ok"] = ok
+        settings = load_settings(config)
+    except ConfigError as exc:
+        fail(str(exc))
+    checks = run_checks(settings, model, incoming, cameras)
+    report = checks_json(checks)
     if as_json:
-        typer.echo(json.dumps(checks, indent=2))
+        typer.echo(json.dumps(report, indent=2))
     else:
-        for key, value in checks.items():
-            typer.echo(f"{key:>12}: {value}")
-    raise typer.Exit(0 if ok else 1)
+        for check in checks:
+            mark = "ok  " if check.ok else "FAIL"
+            typer.echo(f"{mark} {check.name:>10}: {check.detail}")
+    raise typer.Exit(0 if report["ok"] else 1)
 
 
 def _setup_logging() -> None:
-    import logging
+    from sorter.logs import setup
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    setup(_LOG["format"])  # type: ignore[arg-type]
+
+
+def _rules(settings, clf):
+    """Verdict rules: the card's rotten labels unless config `rotten_labels` maps them otherwise."""
+    from sorter.verdict import VerdictRules
+
+    rotten = settings.rotten_labels if settings.rotten_labels is not None else clf.card.rotten_labels
+    return VerdictRules(frozenset(rotten), settings.default_min_confidence, settings.min_confidence)
+
+
+def _operations(settings, source: str, metrics_port: int | None):
+    """Telemetry for the hooks, the /metrics server and the fleet publisher, as configured."""
+    from sorter.metrics import MetricsServer, Telemetry
+
+    telemetry = Telemetry(source)
+    telemetry.model_loaded = True
+    port = metrics_port if metrics_port is not None else settings.metrics.port
+    closers = []
+    if port is not None:
+        try:
+            closers.append(MetricsServer(telemetry, settings.metrics.host, port).start())
+        except OSError as exc:
+            fail(f"cannot serve metrics on {settings.metrics.host}:{port}: {exc.strerror}")
+    if settings.fleet.broker:
+        from sorter.fleet import FleetPublisher
+
+        publisher = FleetPublisher(settings.fleet, settings.line, source)
+        telemetry.listeners.append(publisher.on_item)
+        closers.insert(0, publisher)
+    return telemetry, closers
+
+
+def _close_all(closers) -> None:
+    for closer in closers:
+        closer.close()
+
+
+MetricsPortOpt = typer.Option(None, "--metrics-port",
+                              help="Serve /healthz and /metrics on this port (config metrics.host, 127.0.0.1).")
 
 
 @app.command()
@@ -132,12 +176,12 @@ def watch(incoming: Path = typer.Argument(..., help="Folder to watch; files alre
           db: Path | None = typer.Option(None, "--db", help="Results database; default: config `db`."),
           once: bool = typer.Option(False, "--once", help="Process the backlog, then exit (cron/batch use)."),
           dry_run: bool = typer.Option(False, "--dry-run", help="Classify and record, but move nothing."),
+          metrics_port: int | None = MetricsPortOpt,
           model: Path | None = ModelOpt, config: Path | None = ConfigOpt) -> None:
     """Sort files dropped into INCOMING; SIGINT/SIGTERM finish the batch in flight and exit 0."""
     import signal
     import threading
 
-    from sorter.classify import rules_for
     from sorter.watch import Watcher
 
     _setup_logging()
@@ -148,12 +192,18 @@ def watch(incoming: Path = typer.Argument(..., help="Folder to watch; files alre
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    rules = rules_for(clf, settings.default_min_confidence, settings.min_confidence)
+    rules = _rules(settings, clf)
+    telemetry, closers = _operations(settings, "watch", metrics_port)
     try:
-        watcher = Watcher(incoming, target, db or settings.db, clf, rules, settings, dry_run=dry_run)
+        watcher = Watcher(incoming, target, db or settings.db, clf, rules, settings, dry_run=dry_run,
+                          telemetry=telemetry)
     except Exception as exc:  # the database cannot be opened: say so in one line
+        _close_all(closers)
         fail(f"cannot open database {db or settings.db}: {exc}")
-    summary = watcher.run(stop, once=once)
+    try:
+        summary = watcher.run(stop, once=once)
+    finally:
+        _close_all(closers)
     err.print(f"routed {summary.routed}, duplicates {summary.duplicates}, rejected {summary.rejected}, "
               f"held {summary.held}, recovered {summary.recovered}", highlight=False)
 
@@ -181,6 +231,7 @@ def camera(device: str | None = typer.Option(None, "--device", "-d",
            db: Path | None = typer.Option(None, "--db", help="Results database; default: config `db`."),
            dry_run: bool = typer.Option(False, "--dry-run", help="Classify and record, fire no outputs."),
            as_json: bool = typer.Option(False, "--json", help="Print the final status as JSON."),
+           metrics_port: int | None = MetricsPortOpt,
            model: Path | None = ModelOpt, config: Path | None = ConfigOpt) -> None:
     """Classify produce from a live stream; survives unplugs and stalls; SIGINT/SIGTERM exit 0."""
     import shlex
@@ -197,7 +248,6 @@ def camera(device: str | None = typer.Option(None, "--device", "-d",
             err.print("no local camera answered (indices 0-9)")
         raise typer.Exit(0 if found else 1)
     from sorter.camera import serve, with_flags
-    from sorter.classify import rules_for
     from sorter.config import ConfigError
 
     _setup_logging()
@@ -222,11 +272,15 @@ def camera(device: str | None = typer.Option(None, "--device", "-d",
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    rules = rules_for(clf, settings.default_min_confidence, settings.min_confidence)
+    rules = _rules(settings, clf)
+    telemetry, closers = _operations(settings, "camera", metrics_port)
     try:
-        status = serve(settings.camera.device, clf, rules, settings, db or settings.db, stop, dry_run, max_items)
+        status = serve(settings.camera.device, clf, rules, settings, db or settings.db, stop, dry_run, max_items,
+                       telemetry=telemetry)
     except (ValueError, OSError) as exc:
         fail(str(exc))
+    finally:
+        _close_all(closers)
     if as_json:
         typer.echo(json.dumps(status, indent=2))
     d = status["decisions"]
@@ -262,19 +316,246 @@ def db_stats(db: Path = DbOpt, as_json: bool = typer.Option(False, "--json", hel
 
 
 @db_app.command("prune")
-def db_prune(db: Path = DbOpt,
-             older_than: str = typer.Option(..., "--older-than", help="Age such as 90d, 12h, 2w."),
-             dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be deleted.")) -> None:
-    """Delete finished rows older than the given age in small batches, then VACUUM."""
-    from sorter.store import parse_age, prune
+def db_prune(db: Path | None = typer.Option(None, "--db", help="Results database; default: config `db`."),
+             older_than: str | None = typer.Option(None, "--older-than",
+                                                   help="Items only, this age (90d, 12h, 2w); without it the "
+                                                        "config `retention` section prunes items, camera events "
+                                                        "and snapshots."),
+             dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be deleted."),
+             config: Path | None = ConfigOpt) -> None:
+    """Delete old finished rows (and camera events, snapshots) in small batches, then VACUUM."""
+    from datetime import timedelta
+
+    from sorter.config import ConfigError, load_settings
+    from sorter.store import apply_retention, parse_age, prune
 
     try:
-        result = prune(db, parse_age(older_than), dry_run=dry_run)
-    except (ValueError, FileNotFoundError) as exc:
+        settings = load_settings(config)
+        path = db or settings.db
+        if older_than is None:
+            ret = settings.retention
+            res = apply_retention(path, timedelta(days=ret.items_days), timedelta(days=ret.camera_events_days),
+                                  timedelta(days=ret.snapshots_days), settings.camera.snapshots, ret.batch_size,
+                                  ret.vacuum_freelist_ratio, dry_run)
+            verb = "would delete" if dry_run else "deleted"
+            typer.echo(f"{verb} {res.items} items, {res.camera_events} camera events, {res.snapshots} snapshots"
+                       + (" and vacuumed" if res.vacuumed else ""))
+            return
+        result = prune(path, parse_age(older_than), dry_run=dry_run)
+    except (ValueError, FileNotFoundError, ConfigError) as exc:
         fail(str(exc))
     verb = "would delete" if dry_run else "deleted"
     typer.echo(f"{verb} {result.matched if dry_run else result.deleted} rows"
                + (" and vacuumed" if result.vacuumed else ""))
+
+
+audit_app = typer.Typer(help="Record operator audits (ground truth) and draw samples to check.",
+                        no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+AuditDbOpt = typer.Option(None, "--db", help="Results database; default: config `db`.")
+PartialOpt = typer.Option(False, "--partial", help="Import the valid rows even when others are wrong.")
+
+
+def _card_or_none(model: Path | None, required: bool):
+    """The model card (labels, rotten labels, test-set figures); audits cannot go without one."""
+    from sorter.card import load_card
+    from sorter.model import resolve_model
+
+    try:
+        return load_card(resolve_model(model))
+    except (OSError, ValueError) as exc:
+        if required:
+            fail(f"{exc} (the card's labels are needed: pass --model)")
+        err.print(f"[yellow]warning:[/yellow] no model card ({exc}); no drift against test-set figures",
+                  highlight=False)
+        return None
+
+
+def _report_import(result) -> None:
+    for line in result.errors:
+        err.print(line, highlight=False, soft_wrap=True)
+    verb = "imported" if result.written else "nothing imported"
+    typer.echo(f"{verb}: {result.inserted} new, {result.updated} changed, {result.unchanged} unchanged, "
+               f"{result.skipped} skipped, {len(result.errors)} errors")
+    raise typer.Exit(1 if result.errors else 0)
+
+
+@audit_app.command("import")
+def audit_import(file: Path = typer.Argument(..., help="CSV: sha256 or file/path, true_label, [auditor], [time]."),
+                 db: Path | None = AuditDbOpt, model: Path | None = ModelOpt, config: Path | None = ConfigOpt,
+                 partial: bool = PartialOpt) -> None:
+    """Import audits from a CSV; every row is checked first, re-imports change nothing."""
+    from sorter.audit import AuditError, import_csv
+    from sorter.config import ConfigError, load_settings
+
+    try:
+        settings = load_settings(config, model=model, db=db)
+        result = import_csv(settings.db, file, _card_or_none(settings.model, True).labels, partial)
+    except (ConfigError, AuditError, OSError) as exc:
+        fail(str(exc))
+    _report_import(result)
+
+
+@audit_app.command("folder")
+def audit_folder(folder: Path = typer.Argument(..., help="AUDIT_DIR with one sub-folder per true label."),
+                 auditor: str = typer.Option("", "--auditor", help="Who sorted the folder."),
+                 db: Path | None = AuditDbOpt, model: Path | None = ModelOpt, config: Path | None = ConfigOpt,
+                 partial: bool = PartialOpt) -> None:
+    """Import audits from AUDIT_DIR/<true label>/ files, matched to items by content hash."""
+    from sorter.audit import AuditError, import_folder
+    from sorter.config import ConfigError, load_settings
+
+    try:
+        settings = load_settings(config, model=model, db=db)
+        result = import_folder(settings.db, folder, _card_or_none(settings.model, True).labels, auditor, partial)
+    except (ConfigError, AuditError, OSError) as exc:
+        fail(str(exc))
+    _report_import(result)
+
+
+@audit_app.command("sample")
+def audit_sample(n: int = typer.Option(50, "--n", min=1, help="How many items to draw."),
+                 since: str = typer.Option("24h", "--since", help="Window ending now: 24h, 7d, …"),
+                 out: Path = typer.Option(..., "--out", "-o", help="Folder for the copies and sample.csv."),
+                 seed: int | None = typer.Option(None, "--seed", help="Fixed seed: the same sample again."),
+                 db: Path | None = AuditDbOpt, model: Path | None = ModelOpt,
+                 config: Path | None = ConfigOpt) -> None:
+    """Copy a random sample (weighted to uncertain and low-confidence items) for people to check."""
+    from sorter.audit import sample
+    from sorter.config import ConfigError, load_settings
+    from sorter.report import window
+
+    try:
+        settings = load_settings(config, model=model, db=db)
+        lo, hi = window(since)
+        card = _card_or_none(settings.model, False)
+        result = sample(settings.db, out, n, lo.isoformat(timespec="milliseconds"),
+                        hi.isoformat(timespec="milliseconds"), card.labels if card else [], seed)
+    except (ConfigError, ValueError, OSError) as exc:
+        fail(str(exc))
+    typer.echo(f"drew {result.drawn} of {result.candidates} unaudited items {result.by_verdict} into {out}; "
+               f"sort them into {out}/<true label>/ and run `sorter audit folder {out}`, "
+               f"or fill {result.manifest.name} and run `sorter audit import`")
+
+
+@app.command()
+def report(out: Path = typer.Option(..., "--out", "-o", help="Folder for report.json and report.html."),
+           since: str | None = typer.Option(None, "--since", help="Window ending now (default 24h)."),
+           start: str | None = typer.Option(None, "--from", help="Window start, ISO date/time (UTC if naive)."),
+           end: str | None = typer.Option(None, "--to", help="Window end (default now)."),
+           db: Path | None = typer.Option(None, "--db", help="Results database, opened read-only."),
+           dated: bool = typer.Option(False, "--dated", help="Write OUT/<window start date>/ (nightly use)."),
+           keep: int = typer.Option(0, "--keep", min=0, help="With --dated: keep only the newest N folders."),
+           previous: Path | None = typer.Option(None, "--previous", help="report.json to compare with; "
+                                                "default: the newest earlier dated report (or OUT's own)."),
+           margin: float | None = typer.Option(None, "--margin", help="Accuracy fall that raises a drift flag."),
+           fail_on_drift: bool = typer.Option(False, "--fail-on-drift", help="Exit 1 when a drift flag is raised."),
+           model: Path | None = ModelOpt, config: Path | None = ConfigOpt) -> None:
+    """Write the accuracy report (JSON + one self-contained HTML page) for a time window."""
+    from sorter.config import ConfigError, load_settings
+    from sorter.report import ReportOptions, generate, window
+
+    if since and start:
+        fail("use --since or --from/--to, not both")
+    try:
+        settings = load_settings(config, model=model, db=db)
+        lo, hi = window(since, start, end)
+        opts = ReportOptions(margin if margin is not None else settings.report.drift_margin,
+                             settings.report.min_audited)
+        written = generate(settings.db, out, lo, hi, _card_or_none(settings.model, False), opts, dated, keep,
+                           previous, settings.report.max_thumbnails)
+    except (ConfigError, ValueError, OSError) as exc:
+        fail(str(exc))
+    r = written.report
+    acc = r["audit"]["accuracy"]
+    typer.echo(f"{written.folder}: {r['items']['classified']} items, rotten {r['rotten_rate']}, "
+               f"accuracy {acc if acc is None else f'{acc:.3f}'} (n={r['audit']['n']}), "
+               f"pruned {len(written.pruned)}")
+    for flag in r["drift"]["flags"]:
+        err.print(f"[red]drift:[/red] {flag['message']}", highlight=False)
+    raise typer.Exit(1 if fail_on_drift and r["drift"]["flagged"] else 0)
+
+
+config_app = typer.Typer(help="Validate and show the configuration (file < SORTER_* environment < flags).",
+                         no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("check")
+def config_check(config: Path | None = ConfigOpt) -> None:
+    """Validate the configuration without starting anything; each problem names its file or variable."""
+    from sorter.config import ConfigError, config_path, load_settings
+
+    try:
+        load_settings(config)
+    except ConfigError as exc:
+        fail(str(exc))
+    typer.echo(f"ok: {config_path(config) or 'defaults (no config file)'}")
+
+
+@config_app.command("show")
+def config_show(config: Path | None = ConfigOpt) -> None:
+    """Print the effective configuration as JSON; secrets are masked."""
+    from sorter.config import ConfigError, load_settings, public_dump
+
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(public_dump(settings), indent=2))
+
+
+model_app = typer.Typer(help="Install a new model bundle safely, or roll back.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+ModelsDirOpt = typer.Option(Path("/var/lib/sorter/models"), "--dir", help="Models folder holding `current`.")
+
+
+@model_app.command("install")
+def model_install(new: Path = typer.Argument(..., help="The new NAME.tflite (its NAME.card.json beside it)."),
+                  models: Path = ModelsDirOpt) -> None:
+    """Doctor-check NEW, copy it in, point `current` at it atomically; the old one stays as `previous`."""
+    from sorter.bundle import BundleError, install
+
+    try:
+        folder, _ = install(new, models)
+    except (BundleError, OSError) as exc:
+        fail(str(exc), 1)
+    typer.echo(f"current -> {folder.name}; restart the services to load it (sorter model rollback undoes this)")
+
+
+@model_app.command("rollback")
+def model_rollback(models: Path = ModelsDirOpt) -> None:
+    """Point `current` back at `previous` (run again to undo)."""
+    from sorter.bundle import BundleError, rollback
+
+    try:
+        folder = rollback(models)
+    except (BundleError, OSError) as exc:
+        fail(str(exc), 1)
+    typer.echo(f"current -> {folder.name}; restart the services to load it")
+
+
+fleet_app = typer.Typer(help="Many conveyor lines on one MQTT broker.", no_args_is_help=True)
+app.add_typer(fleet_app, name="fleet")
+
+
+@fleet_app.command("report")
+def fleet_report(broker: str = typer.Option(..., "--broker", help="HOST:PORT of the fleet's MQTT broker."),
+                 duration: float = typer.Option(5.0, "--duration", help="Seconds to listen (retained counters "
+                                                                        "arrive at once)."),
+                 out: Path = typer.Option(..., "--out", help="Folder for report.json (and report.html)."),
+                 topic: str = typer.Option("sorter/fleet", "--topic", help="Fleet topic prefix.")) -> None:
+    """Counts per line and for the fleet, by verdict and label, from every sorter's hourly counters."""
+    from sorter.fleet import collect, write_report
+
+    try:
+        report = collect(broker, duration, topic)
+    except (ValueError, OSError) as exc:
+        fail(f"{broker}: {exc}")
+    files = write_report(report, out)
+    total = report["total"]
+    typer.echo(f"{len(report['lines'])} line(s), {total['items']} items {total['by_verdict']}; "
+               f"wrote {', '.join(str(f) for f in files)}")
 
 
 def _forward(verb: str) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 DEFAULT_CONFIG = Path("/etc/sorter/sorter.toml")
 
@@ -61,11 +63,33 @@ class CommandOutput(BaseModel):
     verdicts: list[str] = Field(default_factory=lambda: ["fresh", "rotten", "uncertain"])
 
 
+def _read_secret(model: BaseModel, key: str) -> BaseModel:
+    """`<key>_file` fills `<key>` from a file (systemd credentials, Docker secrets): never in the TOML."""
+    path = getattr(model, f"{key}_file")
+    if path is None:
+        return model
+    try:
+        secret = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{key}_file {path}: {exc.strerror}") from exc
+    current = getattr(model, key)
+    if current is not None and current.get_secret_value() != secret:  # re-validation passes both
+        raise ValueError(f"set {key} or {key}_file, not both")
+    setattr(model, key, SecretStr(secret))
+    return model
+
+
 class WebhookOutput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str = Field(pattern=r"^https?://")
+    token: SecretStr | None = None
+    token_file: Path | None = None
     timeout_seconds: float = Field(default=2.0, gt=0)
     verdicts: list[str] = Field(default_factory=lambda: ["fresh", "rotten", "uncertain"])
+
+    @model_validator(mode="after")
+    def _token(self) -> WebhookOutput:
+        return _read_secret(self, "token")
 
 
 class MqttOutput(BaseModel):
@@ -75,10 +99,15 @@ class MqttOutput(BaseModel):
     topic: str = "sorter"
     client_id: str | None = None
     username: str | None = None
-    password: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
     keepalive: int = Field(default=30, ge=5)
     spool: Path = Path("mqtt-spool")
     verdicts: list[str] = Field(default_factory=lambda: ["fresh", "rotten", "uncertain"])
+
+    @model_validator(mode="after")
+    def _password(self) -> MqttOutput:
+        return _read_secret(self, "password")
 
 
 class GpioOutput(BaseModel):
@@ -108,9 +137,59 @@ class OutputSettings(BaseModel):
     serial: SerialOutput | None = None
 
 
+class ReportSettings(BaseModel):
+    """Nightly report (`sorter report`): when an accuracy fall counts as drift."""
+
+    model_config = ConfigDict(extra="forbid")
+    drift_margin: float = Field(default=0.05, ge=0, le=1)
+    min_audited: int = Field(default=20, ge=1)
+    max_thumbnails: int = Field(default=24, ge=0, le=500)
+
+
+class MetricsSettings(BaseModel):
+    """The local /healthz + /metrics endpoint; off unless a port is set (0 = any free port)."""
+
+    model_config = ConfigDict(extra="forbid")
+    host: str = "127.0.0.1"
+    port: int | None = Field(default=None, ge=0, le=65535)
+
+
+class RetentionSettings(BaseModel):
+    """How long rows and snapshots live (`sorter db prune` with no --older-than; the prune timer)."""
+
+    model_config = ConfigDict(extra="forbid")
+    items_days: float = Field(default=90.0, gt=0)
+    camera_events_days: float = Field(default=30.0, gt=0)
+    snapshots_days: float = Field(default=30.0, gt=0)
+    batch_size: int = Field(default=1000, ge=1)
+    vacuum_freelist_ratio: float = Field(default=0.2, ge=0, le=1)
+
+
+class FleetSettings(BaseModel):
+    """Publish verdicts and hourly counters, tagged with this conveyor's `line`, to one broker."""
+
+    model_config = ConfigDict(extra="forbid")
+    broker: str | None = Field(default=None, pattern=r"^[^:]+(:\d+)?$")
+    topic: str = "sorter/fleet"
+    counters_seconds: float = Field(default=60.0, gt=0)
+    spool: Path = Path("fleet-spool")
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _password(self) -> FleetSettings:
+        return _read_secret(self, "password")
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    line: str = Field(default_factory=lambda: os.uname().nodename, pattern=r"^[A-Za-z0-9_.-]+$")
     model: Path | None = None
+    incoming: Path | None = None
+    rotten_labels: list[str] | None = None
+    log_format: Literal["text", "json"] = "text"
+    min_free_mb: int = Field(default=200, ge=0)
     threads: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=8, ge=1, le=256)
     batch_ms: int = Field(default=50, ge=0)
@@ -127,6 +206,10 @@ class Settings(BaseModel):
     max_file_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     camera: CameraSettings = Field(default_factory=CameraSettings)
     outputs: OutputSettings = Field(default_factory=OutputSettings)
+    report: ReportSettings = Field(default_factory=ReportSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    fleet: FleetSettings = Field(default_factory=FleetSettings)
 
 
 def _suggest(key: str, known: list[str]) -> str:
@@ -134,42 +217,118 @@ def _suggest(key: str, known: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _explain(exc: ValidationError, source: str) -> ConfigError:
-    known = list(Settings.model_fields)
+def _fields_at(loc: tuple) -> list[str]:
+    """The keys allowed where an unknown key was found, for the suggestion (sections included)."""
+    model: Any = Settings
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(str(part))
+        if field is None:
+            return []
+        model = next((a for a in (field.annotation, *getattr(field.annotation, "__args__", ()))
+                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return list(getattr(model, "model_fields", {}))
+
+
+def _explain(exc: ValidationError, origins: dict[str, str]) -> ConfigError:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"])
-        hint = _suggest(key, known) if err["type"] == "extra_forbidden" else ""
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
+        key = ".".join(str(p) for p in loc)
+        extra = err["type"] == "extra_forbidden"
+        hint = _suggest(str(loc[-1]), _fields_at(loc)) if extra and loc else ""
+        msg = "unknown key" if extra else err["msg"]
+        source = next((origins[k] for k in (key, *_prefixes(key)) if k in origins), origins.get("", "defaults"))
         lines.append(f"{source}: {key}: {msg}{hint}")
     return ConfigError("\n".join(lines))
 
 
-def _from_env() -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for name in Settings.model_fields:
-        raw = os.environ.get(f"SORTER_{name.upper()}")
-        if raw is not None and name not in ("min_confidence", "camera", "outputs"):
-            values[name] = raw
-    return values
+def _prefixes(key: str) -> list[str]:
+    parts = key.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
+
+
+def _env_value(raw: str) -> Any:
+    """Lists and tables come as JSON (SORTER_TEMP_SUFFIXES='[".part"]'); everything else as text."""
+    if raw[:1] in "[{":
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def _from_env(environ: Mapping[str, str] | None = None) -> dict[str, tuple[list[str], Any]]:
+    """SORTER_BATCH_SIZE and SORTER_CAMERA__STALL_SECONDS (`__` descends into a section).
+
+    Only names whose first part is a known top-level key are read: SORTER_* variables that
+    outputs hand to child commands (SORTER_VERDICT, …) are not configuration.
+    """
+    found: dict[str, tuple[list[str], Any]] = {}
+    for name, raw in (os.environ if environ is None else environ).items():
+        if not name.startswith("SORTER_"):
+            continue
+        path = [p.lower() for p in name.removeprefix("SORTER_").split("__")]
+        if path[0] in Settings.model_fields:
+            found[name] = (path, _env_value(raw))
+    return found
+
+
+def _put(data: dict[str, Any], path: list[str], value: Any) -> None:
+    for part in path[:-1]:
+        node = data.get(part)
+        if not isinstance(node, dict):
+            node = data[part] = {}
+        data = node
+    data[path[-1]] = value
+
+
+def _walk(data: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        keys.append(full)
+        if isinstance(value, dict):
+            keys += _walk(value, full + ".")
+    return keys
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     """Merge the file, SORTER_* variables and non-None flags; unknown keys are errors."""
     data: dict[str, Any] = {}
-    source = "defaults"
-    chosen = path or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    origins: dict[str, str] = {"": "defaults"}
+    chosen = config_path(path)
     if chosen is not None:
-        source = str(chosen)
+        origins[""] = str(chosen)
         try:
             data = tomllib.loads(Path(chosen).read_text())
         except FileNotFoundError as exc:
             raise ConfigError(f"{chosen}: config file not found") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{chosen}: not valid TOML: {exc}") from exc
-    data.update(_from_env())
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    for key in _walk(data):
+        origins[key] = str(chosen)
+    for name, (keys, value) in _from_env().items():
+        _put(data, keys, value)
+        origins[".".join(keys)] = f"environment {name}"
+    for key, value in overrides.items():
+        if value is not None:
+            data[key] = value
+            origins[key] = f"flag --{key.replace('_', '-')}"
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise _explain(exc, source) from exc
+        raise _explain(exc, origins) from exc
+
+
+def config_path(path: Path | None = None) -> Path | None:
+    """--config, else SORTER_CONFIG, else /etc/sorter/sorter.toml when it exists."""
+    if path is not None:
+        return Path(path)
+    if env := os.environ.get("SORTER_CONFIG"):
+        return Path(env)
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+
+
+def public_dump(settings: Settings) -> dict[str, Any]:
+    """The effective settings as JSON-able data; secrets come out as '**********'."""
+    return settings.model_dump(mode="json")

@@ -62,12 +62,15 @@ class CommandOutput:
 class WebhookOutput:
     """POST the decision as JSON; anything but 2xx (or no answer in time) is a failure."""
 
-    def __init__(self, url: str, timeout_seconds: float = 2.0):
+    def __init__(self, url: str, timeout_seconds: float = 2.0, token: str | None = None):
         self.url, self.timeout, self.name = url, timeout_seconds, f"webhook {url}"
+        self._headers = {"Content-Type": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
 
     def send(self, event: dict[str, Any]) -> None:
         request = urllib.request.Request(self.url, data=json.dumps(event).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
+                                         headers=self._headers)
         with urllib.request.urlopen(request, timeout=self.timeout) as response:  # raises on 4xx/5xx
             response.read()
 
@@ -318,9 +321,11 @@ def build_outputs(settings: OutputSettings) -> list[tuple[Output, list[str]]]:
     if (c := settings.command) is not None:
         built.append((CommandOutput(c.argv, c.timeout_seconds), c.verdicts))
     if (w := settings.webhook) is not None:
-        built.append((WebhookOutput(w.url, w.timeout_seconds), w.verdicts))
+        token = w.token.get_secret_value() if w.token else None
+        built.append((WebhookOutput(w.url, w.timeout_seconds, token), w.verdicts))
     if (m := settings.mqtt) is not None:
-        built.append((MqttOutput(m.host, m.port, m.topic, m.spool, m.client_id, m.username, m.password,
+        password = m.password.get_secret_value() if m.password else None
+        built.append((MqttOutput(m.host, m.port, m.topic, m.spool, m.client_id, m.username, password,
                                  m.keepalive), m.verdicts))
     if (g := settings.gpio) is not None:
         built.append((GpioOutput(g.pin, g.pulse_ms), g.verdicts))

@@ -56,6 +56,26 @@ def m002_camera_events(db: Database) -> None:
     db["camera_events"].create_index(["time"])
 
 
+@migrations()
+def m003_audits(db: Database) -> None:
+    """Operator audits (ground truth) in their own table: the item's prediction is never touched.
+
+    One row per (item, auditor): re-importing the same audit is a no-op, a corrected label
+    from the same auditor replaces theirs; the report uses each item's latest audit.
+    """
+    db["audits"].create({"id": int, "item_id": int, "sha256": str, "true_label": str, "auditor": str,
+                         "audited_at": str, "origin": str, "imported_at": str}, pk="id",
+                        not_null={"item_id", "true_label", "auditor", "audited_at"},
+                        defaults={"auditor": ""}, foreign_keys=[("item_id", "items", "id")])
+    db.execute("CREATE UNIQUE INDEX audits_item_auditor ON audits(item_id, auditor)")
+    db["audits"].create_index(["sha256"])
+
+
+def has_table(conn: sqlite3.Connection, name: str) -> bool:
+    """Readers may meet a database made before a migration (read-only: they cannot apply it)."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [name]).fetchone() is not None
+
+
 CAMERA_EVENTS = ("online", "offline", "reconnect", "dropped")
 
 
@@ -86,8 +106,27 @@ def open_writer(path: Path | str) -> Database:
     db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     db.enable_wal()
     db.execute("PRAGMA synchronous=FULL")  # two commits per batch: affordable, and power-loss safe
+    backup_before_migrating(db, Path(path))
     migrations.apply(db)
     return db
+
+
+def backup_before_migrating(db: Database, path: Path) -> Path | None:
+    """Copy the database to `DB.bak-<first pending migration>` before a schema change touches it.
+
+    Only when there is something to lose (tables exist) and something to apply; the sqlite
+    backup API gives a consistent copy even with WAL and other readers attached.
+    """
+    pending = migrations.pending(db)
+    if not pending or not db.table_names():
+        return None
+    target = path.with_name(f"{path.name}.bak-{pending[0].name}")
+    dest = sqlite3.connect(str(target))
+    try:
+        db.conn.backup(dest)
+    finally:
+        dest.close()
+    return target
 
 
 def open_reader(path: Path | str) -> sqlite3.Connection:
@@ -243,7 +282,7 @@ class PruneResult:
 
 
 def prune(path: Path | str, older_than: timedelta, dry_run: bool = False,
-          batch_size: int = 1000) -> PruneResult:
+          batch_size: int = 1000, vacuum_ratio: float | None = None) -> PruneResult:
     """Delete finished rows received before now - older_than in small transactions, then VACUUM.
 
     Small batches keep each write lock short so a running daemon is never starved;
@@ -268,7 +307,89 @@ def prune(path: Path | str, older_than: timedelta, dry_run: bool = False,
             if not cur.rowcount:
                 break
             deleted += cur.rowcount
-        db.execute("VACUUM")
+        vacuumed = vacuum_if_worthwhile(db, vacuum_ratio)
     finally:
         db.close()
-    return PruneResult(matched, deleted, True)
+    return PruneResult(matched, deleted, vacuumed)
+
+
+def freelist_ratio(db: Database) -> float:
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    return db.execute("PRAGMA freelist_count").fetchone()[0] / pages if pages else 0.0
+
+
+def vacuum_if_worthwhile(db: Database, ratio: float | None = None) -> bool:
+    """VACUUM rewrites the whole file: only when free pages exceed `ratio` (None = always)."""
+    if ratio is not None and freelist_ratio(db) <= ratio:
+        return False
+    db.execute("VACUUM")
+    return True
+
+
+def prune_camera_events(path: Path | str, older_than: timedelta, dry_run: bool = False,
+                        batch_size: int = 1000) -> int:
+    """Delete camera history older than the cutoff in small transactions; the count (matched if dry)."""
+    cutoff = (datetime.now(UTC) - older_than).isoformat(timespec="milliseconds")
+    reader = open_reader(path)
+    try:
+        if not has_table(reader, "camera_events"):
+            return 0
+        matched = reader.execute("SELECT COUNT(*) FROM camera_events WHERE time < ?", [cutoff]).fetchone()[0]
+    finally:
+        reader.close()
+    if dry_run or not matched:
+        return matched
+    db = open_writer(path)
+    deleted = 0
+    try:
+        while True:
+            with db.atomic():
+                cur = db.execute("DELETE FROM camera_events WHERE id IN (SELECT id FROM camera_events "
+                                 f"WHERE time < ? LIMIT {int(batch_size)})", [cutoff])
+            if not cur.rowcount:
+                return deleted
+            deleted += cur.rowcount
+    finally:
+        db.close()
+
+
+def prune_files(folder: Path | str, older_than: timedelta, pattern: str = "*/*.jpg",
+                dry_run: bool = False) -> int:
+    """Delete files (camera snapshots) last modified before the cutoff; empty day folders go too."""
+    root = Path(folder)
+    if not root.is_dir():
+        return 0
+    cutoff = (datetime.now(UTC) - older_than).timestamp()
+    doomed = [p for p in root.glob(pattern) if p.is_file() and p.stat().st_mtime < cutoff]
+    if not dry_run:
+        for file in doomed:
+            file.unlink(missing_ok=True)
+        for day in root.iterdir():
+            if day.is_dir() and not any(day.iterdir()):
+                day.rmdir()
+    return len(doomed)
+
+
+@dataclass
+class RetentionResult:
+    items: int
+    camera_events: int
+    snapshots: int
+    vacuumed: bool
+
+
+def apply_retention(path: Path | str, items_age: timedelta, events_age: timedelta, snapshots_age: timedelta,
+                    snapshots: Path | None, batch_size: int = 1000, vacuum_ratio: float | None = 0.2,
+                    dry_run: bool = False) -> RetentionResult:
+    """Items, camera events and snapshot files past their ages; then VACUUM if the freelist grew."""
+    items = prune(path, items_age, dry_run=dry_run, batch_size=batch_size, vacuum_ratio=1.0)
+    events = prune_camera_events(path, events_age, dry_run=dry_run, batch_size=batch_size)
+    files = prune_files(snapshots, snapshots_age, dry_run=dry_run) if snapshots is not None else 0
+    vacuumed = False
+    if not dry_run and (items.deleted or events):
+        db = open_writer(path)
+        try:
+            vacuumed = vacuum_if_worthwhile(db, vacuum_ratio)
+        finally:
+            db.close()
+    return RetentionResult(items.matched if dry_run else items.deleted, events, files, vacuumed)

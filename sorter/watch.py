@@ -27,6 +27,7 @@ from watchdog.observers import Observer
 from sorter import store
 from sorter.config import Settings
 from sorter.imaging import ImageError, decode, is_image_name
+from sorter.metrics import Telemetry
 from sorter.model import Classifier
 from sorter.route import finish, free_name, move, target_dir
 from sorter.verdict import VerdictRules
@@ -377,8 +378,10 @@ class Watcher:
     """The daemon's moving parts; `run` blocks until `stop` is set (or the backlog is done)."""
 
     def __init__(self, incoming: Path, out: Path, db: Path, classifier: Classifier,
-                 rules: VerdictRules, settings: Settings, dry_run: bool = False):
+                 rules: VerdictRules, settings: Settings, dry_run: bool = False,
+                 telemetry: Telemetry | None = None):
         self.incoming, self.out = incoming.resolve(), out.resolve()
+        self.telemetry = telemetry  # metrics hook (sorter.metrics): None = no metrics
         self.clf, self.rules, self.settings = classifier, rules, settings
         self.writer = store.Writer(db)
         self.intake = Intake(settings.temp_suffixes)
@@ -430,12 +433,16 @@ class Watcher:
         return self.intake.idle() and self.stability.empty() and self.decoded.empty()
 
     def _process(self, batch: list[Item]) -> None:
+        started = time.monotonic()
         try:
             classify(batch, self.clf, self.rules)
         except Exception as exc:  # a model failure rejects the batch, it does not kill the daemon
             log.exception("inference failed for a batch of %d", len(batch))
             for item in batch:
                 item.error = item.error or f"inference-failed: {exc}"
+        if self.telemetry is not None:
+            self.telemetry.batch(batch, time.monotonic() - started)
+            self.telemetry.queue_depth.set(self.decoded.qsize())
         self.router.route(batch)
 
     def run(self, stop: threading.Event, once: bool = False) -> Summary:
@@ -453,6 +460,8 @@ class Watcher:
             worker.start()
         scan(self.incoming, self.intake, self.stability)
         self.ready.set()
+        if self.telemetry is not None:
+            self.telemetry.set_ready()
         try:
             while not stop.is_set():
                 self._tick()

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Install (or update) the sorter on a Debian-based edge box, Raspberry Pi OS 64-bit included.
+# Idempotent: run it again after `git pull` to update the code and units.
+#   sudo deploy/install.sh [--prefix /opt/sorter] [--dry-run]
+set -euo pipefail
+
+PREFIX=/opt/sorter
+STATE=/var/lib/sorter
+CONF=/etc/sorter
+UNITS=/etc/systemd/system
+DRY_RUN=0
+SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+usage() {
+  echo "usage: $0 [--prefix DIR] [--dry-run]" >&2
+  exit 2
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --prefix) [ $# -ge 2 ] || usage; PREFIX="$2"; shift 2 ;;
+    --prefix=*) PREFIX="${1#--prefix=}"; shift ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    -h|--help) usage ;;
+    *) echo "unknown option: $1" >&2; usage ;;
+  esac
+done
+
+run() {
+  if [ "$DRY_RUN" = 1 ]; then
+    printf 'would run:'
+    printf ' %q' "$@"
+    printf '\n'
+  else
+    "$@"
+  fi
+}
+
+if [ "$DRY_RUN" = 0 ] && [ "$(id -u)" != 0 ]; then
+  echo "run as root (or with --dry-run to see the steps)" >&2
+  exit 1
+fi
+
+# 1. packages: Python venv support, the OpenCV runtime libraries
+if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  run apt-get update
+  run apt-get install -y --no-install-recommends python3 python3-venv python3-pip
+fi
+
+# 2. the service user and its groups (video for cameras, gpio for trigger/ejector pins)
+for group in video gpio; do
+  getent group "$group" >/dev/null || run groupadd --system "$group"
+done
+if ! id sorter >/dev/null 2>&1; then
+  run useradd --system --home-dir "$STATE" --shell /usr/sbin/nologin --groups video,gpio sorter
+fi
+
+# 3. folders: state owned by sorter, config readable by it only
+for dir in "$STATE" "$STATE/incoming" "$STATE/sorted" "$STATE/models" "$STATE/snapshots"; do
+  run install -d -o sorter -g sorter -m 0750 "$dir"
+done
+run install -d -o root -g sorter -m 0750 "$CONF"
+if [ ! -e "$CONF/sorter.toml" ]; then
+  run install -o root -g sorter -m 0640 "$SRC/deploy/sorter.toml" "$CONF/sorter.toml"
+fi
+
+# 4. the venv (runtime only, no TensorFlow), rebuilt in place on every run
+run install -d -m 0755 "$PREFIX"
+[ -x "$PREFIX/venv/bin/python" ] || run python3 -m venv "$PREFIX/venv"
+run "$PREFIX/venv/bin/pip" install --quiet --upgrade pip
+run "$PREFIX/venv/bin/pip" install --quiet "$SRC"
+
+# 5. units, with the venv path of this prefix
+for unit in sorter-watch.service sorter-camera@.service sorter-prune.service sorter-prune.timer \
+            sorter-report.service sorter-report.timer; do
+  [ -f "$SRC/deploy/systemd/$unit" ] || continue
+  if [ "$DRY_RUN" = 1 ]; then
+    echo "would install $UNITS/$unit"
+  else
+    sed "s#/opt/sorter/venv#$PREFIX/venv#g" "$SRC/deploy/systemd/$unit" > "$UNITS/$unit.tmp"
+    chmod 0644 "$UNITS/$unit.tmp"
+    mv "$UNITS/$unit.tmp" "$UNITS/$unit"
+  fi
+done
+run systemctl daemon-reload
+run systemctl enable --now sorter-prune.timer
+[ -f "$UNITS/sorter-report.timer" ] && run systemctl enable --now sorter-report.timer
+
+echo "installed. Next: put a model in place (sorter model install NEW.tflite --dir $STATE/models),"
+echo "edit $CONF/sorter.toml, check it (sorter config check; sorter doctor), then:"
+echo "  systemctl enable --now sorter-watch.service    # and/or sorter-camera@0.service"

@@ -1,0 +1,314 @@
+"""Operator audits: ground truth for the nightly report, and the samples people check.
+
+Audits go to their own table (`store.m003_audits`), keyed by (item, auditor), so a re-import
+is a no-op and the model's original prediction is never overwritten. Imports validate every
+row first and, unless `partial`, write nothing when any row is wrong: a half-imported CSV is
+harder to fix than a rejected one.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import hashlib
+import re
+import shutil
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from sorter import store
+from sorter.imaging import is_image_name
+
+_SHA = re.compile(r"^[0-9a-fA-F]{64}$")
+_ALIASES = {"sha256": "sha256", "sha": "sha256", "hash": "sha256", "file": "file", "path": "file",
+            "name": "file", "filename": "file", "true_label": "label", "label": "label", "truth": "label",
+            "auditor": "auditor", "time": "time", "audited_at": "time"}
+UNCERTAIN_WEIGHT = 3.0  # uncertain items are where the model needs people most
+
+
+@dataclass
+class Audit:
+    """One validated audit, ready to write."""
+
+    item_id: int
+    sha256: str
+    true_label: str
+    auditor: str
+    audited_at: str
+    origin: str
+
+
+@dataclass
+class ImportResult:
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+    written: bool = False
+
+
+class AuditError(ValueError):
+    """The input cannot be read at all (no header, no label column, not a folder)."""
+
+
+def _sha_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _utc(text: str | None, default: str) -> str:
+    """ISO-8601 (naive = UTC) → the store's UTC text form, so audits sort with items."""
+    if not text or not text.strip():
+        return default
+    stamp = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def check_label(label: str, labels: list[str]) -> str | None:
+    """None when known, else the error text (with a suggestion)."""
+    if label in labels:
+        return None
+    close = difflib.get_close_matches(label, labels, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown label '{label}'{hint}; known: {', '.join(labels)}"
+
+
+def item_by_sha(db: sqlite3.Connection, sha: str) -> tuple[int, str] | None:
+    """The first real row for these bytes (duplicates and dry-runs point back to it)."""
+    row = db.execute("SELECT id, sha256 FROM items WHERE sha256 = ? ORDER BY duplicate_of IS NOT NULL, "
+                     "state = 'dry-run', id LIMIT 1", [sha.lower()]).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def item_by_name(db: sqlite3.Connection, name: str) -> tuple[int, str] | str:
+    """Match a full path or a bare file name against where items came from and went; error text
+    when nothing or several different contents match."""
+    escaped = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    suffix = f"%/{escaped}"
+    rows = db.execute("SELECT id, sha256 FROM items WHERE duplicate_of IS NULL AND sha256 IS NOT NULL AND "
+                      "(source_path = ? OR destination = ? OR source_path LIKE ? ESCAPE '\\' "
+                      "OR destination LIKE ? ESCAPE '\\') ORDER BY id", [name, name, suffix, suffix]).fetchall()
+    shas = {r[1] for r in rows}
+    if not shas:
+        return f"unknown item '{name}' (no record with that file name)"
+    if len(shas) > 1:
+        return f"ambiguous item '{name}': {len(shas)} records with different contents; use sha256"
+    return item_by_sha(db, rows[0][1]) or f"unknown item '{name}'"
+
+
+def _find_item(db: sqlite3.Connection, sha: str, name: str, base: Path) -> tuple[int, str] | str:
+    if sha:
+        if not _SHA.match(sha):
+            return f"bad sha256 '{sha}' (want 64 hex digits)"
+        return item_by_sha(db, sha) or f"unknown item sha256 {sha[:12]}… (not in the database)"
+    if not name:
+        return "neither sha256 nor file given"
+    on_disk = next((p for p in (Path(name), base / name) if p.is_file()), None)
+    if on_disk is not None:
+        sha = _sha_file(on_disk)
+        return item_by_sha(db, sha) or f"unknown item '{name}' (its content is not in the database)"
+    return item_by_name(db, name)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows keyed by canonical column names (sha256, file, label, auditor, time)."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = {h: _ALIASES.get(h.strip().lower().replace(" ", "_")) for h in reader.fieldnames or []}
+        if "label" not in header.values():
+            raise AuditError(f"{path}: no label column (want one of: true_label, label)")
+        if not {"sha256", "file"} & set(header.values()):
+            raise AuditError(f"{path}: no item column (want sha256 or file/path)")
+        return [{header[k]: (v or "").strip() for k, v in row.items() if k is not None and header.get(k)}
+                for row in reader]
+
+
+def resolve_csv(db: sqlite3.Connection, rows: list[dict[str, str]], labels: list[str], base: Path,
+                now: str) -> tuple[list[Audit], list[str], int]:
+    """Validated audits, one error line per bad row (row 2 = first data line), rows left blank."""
+    audits, errors, skipped = [], [], 0
+    for number, row in enumerate(rows, start=2):
+        label = row.get("label", "")
+        if not label:
+            skipped += 1  # a sample manifest not filled in yet
+            continue
+        problem = check_label(label, labels)
+        found = _find_item(db, row.get("sha256", ""), row.get("file", ""), base)
+        if isinstance(found, str):
+            problem = f"{problem}; {found}" if problem else found
+        try:
+            when = _utc(row.get("time"), now)
+        except ValueError:
+            problem = f"{problem}; bad time '{row.get('time')}'" if problem else f"bad time '{row.get('time')}'"
+        if problem:
+            errors.append(f"row {number}: {problem}")
+            continue
+        assert not isinstance(found, str)
+        audits.append(Audit(found[0], found[1], label, row.get("auditor", ""), when, "csv"))
+    return audits, errors, skipped
+
+
+def resolve_folder(db: sqlite3.Connection, folder: Path, labels: list[str],
+                   auditor: str) -> tuple[list[Audit], list[str], int]:
+    """Files in FOLDER/<true label>/ matched by content hash; loose files in FOLDER are ignored."""
+    if not folder.is_dir():
+        raise AuditError(f"{folder} is not a folder")
+    audits, errors, skipped = [], [], 0
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(p for p in sub.iterdir() if p.is_file() and not p.name.startswith("."))
+        label_problem = check_label(sub.name, labels)
+        if label_problem and files:
+            errors.append(f"{sub.name}/: {label_problem}")
+            continue
+        for path in files:
+            if not is_image_name(path.name):
+                skipped += 1
+                continue
+            found = item_by_sha(db, _sha_file(path))
+            if found is None:
+                errors.append(f"{sub.name}/{path.name}: unknown item (its content is not in the database)")
+                continue
+            when = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="milliseconds")
+            audits.append(Audit(found[0], found[1], sub.name, auditor, when, "folder"))
+    return audits, errors, skipped
+
+
+def write_audits(db, audits: list[Audit]) -> tuple[int, int, int]:
+    """Upsert on (item, auditor) in one transaction: (inserted, updated, unchanged)."""
+    counts = [0, 0, 0]
+    now = store.now_iso()
+    with db.atomic():
+        for a in audits:
+            old = db.execute("SELECT true_label FROM audits WHERE item_id = ? AND auditor = ?",
+                             [a.item_id, a.auditor]).fetchone()
+            if old and old[0] == a.true_label:
+                counts[2] += 1
+                continue
+            db.execute("INSERT INTO audits (item_id, sha256, true_label, auditor, audited_at, origin, imported_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(item_id, auditor) DO UPDATE SET "
+                       "true_label = excluded.true_label, audited_at = excluded.audited_at, "
+                       "origin = excluded.origin, imported_at = excluded.imported_at",
+                       [a.item_id, a.sha256, a.true_label, a.auditor, a.audited_at, a.origin, now])
+            counts[1 if old else 0] += 1
+    return counts[0], counts[1], counts[2]
+
+
+def _import(db_path: Path, resolve, partial: bool) -> ImportResult:
+    if not Path(db_path).exists():
+        raise FileNotFoundError(f"database {db_path} not found")
+    db = store.open_writer(db_path)
+    try:
+        audits, errors, skipped = resolve(db.conn)
+        result = ImportResult(skipped=skipped, errors=errors)
+        if errors and not partial:
+            return result
+        result.inserted, result.updated, result.unchanged = write_audits(db, audits)
+        result.written = True
+        return result
+    finally:
+        db.close()
+
+
+def import_csv(db_path: Path, csv_path: Path, labels: list[str], partial: bool = False) -> ImportResult:
+    """`sorter audit import`: validate every row, then write all (or, with errors, nothing)."""
+    rows = read_csv(csv_path)
+    now = store.now_iso()
+    return _import(db_path, lambda conn: resolve_csv(conn, rows, labels, csv_path.parent, now), partial)
+
+
+def import_folder(db_path: Path, folder: Path, labels: list[str], auditor: str = "",
+                  partial: bool = False) -> ImportResult:
+    """`sorter audit folder`: AUDIT_DIR/<true label>/<file>, matched by content hash."""
+    return _import(db_path, lambda conn: resolve_folder(conn, folder, labels, auditor), partial)
+
+
+# ---- sampling: what people should look at next ----
+
+def allocate(sizes: dict[str, int], weights: dict[str, float], n: int) -> dict[str, int]:
+    """Split n across strata by size × weight (largest remainder), each capped at its size and,
+    when n allows, at least one per stratum so rare verdicts are never left unchecked."""
+    live = {k: s for k, s in sizes.items() if s > 0}
+    n = min(n, sum(live.values()))
+    take = dict.fromkeys(live, 0)
+    if len(live) <= n:
+        take = dict.fromkeys(live, 1)
+    while sum(take.values()) < n:
+        open_ = {k: live[k] * weights.get(k, 1.0) for k in live if take[k] < live[k]}
+        left = n - sum(take.values())
+        total = sum(open_.values())
+        shares = {k: left * w / total for k, w in open_.items()}
+        whole = {k: min(int(s), live[k] - take[k]) for k, s in shares.items()}
+        if not any(whole.values()):  # hand out the remainder one by one, biggest share first
+            whole = dict.fromkeys(sorted(shares, key=lambda k: -shares[k])[:left], 1)
+        for k, extra in whole.items():
+            take[k] += extra
+    return take
+
+
+@dataclass
+class SampleResult:
+    drawn: int
+    candidates: int
+    by_verdict: dict[str, int]
+    manifest: Path
+
+
+def sample_candidates(conn: sqlite3.Connection, start: str, end: str) -> list[dict]:
+    """Classified, first-of-their-content items in the window that no one has audited yet."""
+    audited = "AND id NOT IN (SELECT item_id FROM audits)" if store.has_table(conn, "audits") else ""
+    rows = conn.execute("SELECT id, sha256, source_path, destination, label, confidence, verdict FROM items "
+                        "WHERE received_at >= ? AND received_at < ? AND duplicate_of IS NULL AND label IS NOT NULL "
+                        f"AND error IS NULL AND destination IS NOT NULL {audited} ORDER BY id", [start, end])
+    return [dict(r) for r in rows if Path(r["destination"]).is_file()]
+
+
+def draw(candidates: list[dict], n: int, seed: int | None) -> list[dict]:
+    """Stratified by verdict (uncertain weighted ×3); within a stratum, lower confidence is
+    likelier to be drawn (weight 1.5 − confidence)."""
+    rng = np.random.default_rng(seed)
+    strata: dict[str, list[dict]] = {}
+    for row in candidates:
+        strata.setdefault(row["verdict"] or "unknown", []).append(row)
+    quota = allocate({k: len(v) for k, v in strata.items()}, {"uncertain": UNCERTAIN_WEIGHT}, n)
+    picked: list[dict] = []
+    for key, rows in strata.items():
+        weights = np.array([1.5 - float(r["confidence"] or 0.0) for r in rows])
+        idx = rng.choice(len(rows), size=quota.get(key, 0), replace=False, p=weights / weights.sum())
+        picked += [rows[i] for i in sorted(idx)]
+    return sorted(picked, key=lambda r: r["id"])
+
+
+def sample(db_path: Path, out: Path, n: int, start: str, end: str, labels: list[str],
+           seed: int | None = None) -> SampleResult:
+    """Copy a sample into OUT with a `sample.csv` manifest and empty OUT/<label>/ folders, so OUT
+    works both as a CSV to fill in (`audit import`) and as a folder to sort (`audit folder`)."""
+    conn = store.open_reader(db_path)
+    try:
+        candidates = sample_candidates(conn, start, end)
+    finally:
+        conn.close()
+    picked = draw(candidates, n, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    for label in labels:
+        (out / label).mkdir(exist_ok=True)
+    manifest = out / "sample.csv"
+    with open(manifest, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["sha256", "file", "predicted", "confidence", "verdict", "true_label", "auditor"])
+        for row in picked:
+            src = Path(row["destination"])
+            name = f"{row['id']:06d}-{src.name}"
+            shutil.copy2(src, out / name)
+            writer.writerow([row["sha256"], name, row["label"], row["confidence"], row["verdict"], "", ""])
+    by_verdict: dict[str, int] = {}
+    for row in picked:
+        by_verdict[row["verdict"]] = by_verdict.get(row["verdict"], 0) + 1
+    return SampleResult(len(picked), len(candidates), by_verdict, manifest)

@@ -1,0 +1,375 @@
+"""Nightly figures: what was sorted, how sure the model was, how often audits say it was right.
+
+Everything is read through a read-only connection (`store.open_reader`), so a report can run
+while `sorter watch` or `sorter camera` writes. `build_report` returns plain JSON-ready data;
+`report_html` draws the page from that same dict, so the page can never disagree with the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sorter import store
+from sorter.card import ModelCard
+
+FORMAT = "sorter-report/1"
+BINS = [round(i / 10, 1) for i in range(11)]
+MAX_WRONG = 100
+_DATED = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _r(value: float) -> float:
+    return round(float(value), 6)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def parse_time(text: str) -> datetime:
+    """ISO date or date-time; naive means UTC (the store's clock)."""
+    moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def window(since: str | None = None, start: str | None = None, end: str | None = None,
+           now: datetime | None = None) -> tuple[datetime, datetime]:
+    """`--since 24h` (ending now) or `--from … [--to …]`; ValueError on nonsense."""
+    now = now or datetime.now(UTC)
+    if start:
+        lo, hi = parse_time(start), parse_time(end) if end else now
+    else:
+        hi = parse_time(end) if end else now
+        lo = hi - store.parse_age(since or "24h")
+    if hi <= lo:
+        raise ValueError(f"empty window: {_iso(lo)} .. {_iso(hi)}")
+    return lo, hi
+
+
+# ---- metrics over audited items (plain numpy: sorter/ never imports training/) ----
+
+def confusion(true: list[str], pred: list[str], labels: list[str]) -> np.ndarray:
+    """Rows = true label, columns = predicted label."""
+    index = {lbl: i for i, lbl in enumerate(labels)}
+    cm = np.zeros((len(labels), len(labels)), dtype=int)
+    for t, p in zip(true, pred, strict=True):
+        cm[index[t], index[p]] += 1
+    return cm
+
+
+def per_class(cm: np.ndarray, labels: list[str]) -> dict[str, dict[str, float]]:
+    """Precision/recall/F1/support per class from the matrix (0 where undefined)."""
+    out = {}
+    for i, lbl in enumerate(labels):
+        tp, col, row = cm[i, i], cm[:, i].sum(), cm[i, :].sum()
+        p = tp / col if col else 0.0
+        r = tp / row if row else 0.0
+        f = 2 * p * r / (p + r) if p + r else 0.0
+        out[lbl] = {"precision": _r(p), "recall": _r(r), "f1": _r(f), "support": int(row)}
+    return out
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> list[float] | None:
+    """95 % Wilson score interval: honest at small n and near 0 or 1, unlike p ± z·se."""
+    if n == 0:
+        return None
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return [_r(max(0.0, centre - half)), _r(min(1.0, centre + half))]
+
+
+def audit_figures(rows: list[dict], labels: list[str], rotten: list[str]) -> dict[str, Any]:
+    """Accuracy (with its interval), fresh-vs-rotten accuracy, per-class figures, confusion."""
+    n = len(rows)
+    true, pred = [r["true_label"] for r in rows], [r["label"] for r in rows]
+    cm = confusion(true, pred, labels)
+    correct = int(np.trace(cm))
+    classes = per_class(cm, labels)
+    present = [c for c in classes.values() if c["support"]]
+    return {
+        "n": n, "correct": correct,
+        "accuracy": _r(correct / n) if n else None,
+        "accuracy_ci95": wilson(correct, n),
+        "fresh_vs_rotten_accuracy": _r(sum((t in rotten) == (p in rotten) for t, p in zip(true, pred, strict=True))
+                                       / n) if n else None,
+        "per_class": classes,
+        "macro_f1": _r(sum(c["f1"] for c in present) / len(present)) if present else None,
+        "confusion_matrix": {"labels": labels, "rows": "true", "columns": "predicted", "matrix": cm.tolist()},
+        "wrong": [{k: r[k] for k in ("id", "sha256", "label", "true_label", "confidence", "verdict", "destination",
+                                     "auditor")} for r in rows if r["label"] != r["true_label"]][:MAX_WRONG],
+    }
+
+
+# ---- operational figures ----
+
+def _hours(lo: datetime, hi: datetime) -> list[str]:
+    first = lo.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    out = []
+    while first < hi:
+        out.append(first.isoformat()[:13])
+        first += timedelta(hours=1)
+    return out
+
+
+def hourly(items: list[dict], lo: datetime, hi: datetime) -> list[dict]:
+    """Volume, rotten and uncertain counts per UTC hour (every hour, empty ones too)."""
+    series = {h: {"hour": h + ":00Z", "items": 0, "rotten": 0, "uncertain": 0} for h in _hours(lo, hi)}
+    for item in items:
+        slot = series.get(item["received_at"][:13])
+        if slot is not None:
+            slot["items"] += 1
+            if item["verdict"] in ("rotten", "uncertain"):
+                slot[item["verdict"]] += 1
+    return list(series.values())
+
+
+def histograms(items: list[dict]) -> dict[str, list[int]]:
+    """Confidence counts per verdict in ten bins of 0.1 (1.0 falls in the last)."""
+    out: dict[str, list[int]] = {}
+    for item in items:
+        conf = float(item["confidence"] or 0.0)
+        bins = out.setdefault(item["verdict"], [0] * 10)
+        bins[min(int(conf * 10), 9)] += 1
+    return out
+
+
+def reason(error: str) -> str:
+    """'wrong-extension: .txt' → 'wrong-extension': group errors by kind, not by file."""
+    return error.split(":", 1)[0].strip() or "unknown"
+
+
+def camera_figures(conn: sqlite3.Connection, lo: datetime, hi: datetime) -> dict[str, dict]:
+    """Per device: seconds online inside the window, offline/reconnect events, dropped frames."""
+    start, end = _iso(lo), _iso(hi)
+    devices: dict[str, dict] = {}
+    state: dict[str, tuple[bool, datetime]] = {}
+    for row in conn.execute("SELECT time, device, event, detail FROM camera_events WHERE time < ? ORDER BY time, id",
+                            [end]):
+        dev, when = row["device"], max(parse_time(row["time"]), lo)
+        fig = devices.setdefault(dev, {"online_seconds": 0.0, "offline_events": 0, "reconnects": 0,
+                                       "drop_reports": 0, "dropped_frames": 0})
+        online, since = state.get(dev, (False, lo))
+        if online:
+            fig["online_seconds"] += (when - since).total_seconds()
+        if row["event"] in ("online", "reconnect", "offline"):
+            online = row["event"] != "offline"
+        state[dev] = (online, when)
+        if row["time"] < start:
+            continue
+        if row["event"] == "offline":
+            fig["offline_events"] += 1
+        elif row["event"] == "reconnect":
+            fig["reconnects"] += 1
+        elif row["event"] == "dropped":
+            fig["drop_reports"] += 1
+            match = re.match(r"\s*(\d+)", row["detail"] or "")
+            fig["dropped_frames"] += int(match.group(1)) if match else 0
+    until = min(hi, datetime.now(UTC))
+    span = (hi - lo).total_seconds()
+    for dev, (online, since) in state.items():
+        fig = devices[dev]
+        if online and until > since:
+            fig["online_seconds"] += (until - since).total_seconds()
+        fig["online_seconds"] = _r(fig["online_seconds"])
+        fig["online_fraction"] = _r(fig["online_seconds"] / span)
+    return devices
+
+
+# ---- drift ----
+
+def _delta(value: float | None, base: float | None) -> float | None:
+    return _r(value - base) if value is not None and base is not None else None
+
+
+def compare(current: dict, baseline: dict | None, name: str, margin: float, min_audited: int,
+            baseline_n: int | None) -> tuple[dict | None, list[dict]]:
+    """Deltas of the audited figures against a baseline; a flag when accuracy fell > margin."""
+    if not baseline or baseline.get("accuracy") is None:
+        return None, []
+    acc, base = current["accuracy"], baseline.get("accuracy")
+    out = {"accuracy": base, "accuracy_delta": _delta(acc, base),
+           "fresh_vs_rotten_delta": _delta(current["fresh_vs_rotten_accuracy"],
+                                           baseline.get("fresh_vs_rotten_accuracy")),
+           "per_class_recall_delta": {lbl: _delta(c["recall"], (baseline.get("per_class") or {}).get(lbl, {})
+                                                  .get("recall")) for lbl, c in current["per_class"].items()
+                                      if c["support"]}}
+    enough = current["n"] >= min_audited and (baseline_n is None or baseline_n >= min_audited)
+    flags = []
+    if enough and acc is not None and base is not None and base - acc > margin:
+        flags.append({"kind": "accuracy-vs-" + name.replace(" ", "-"), "value": acc, "baseline": base,
+                      "message": f"accuracy {acc:.1%} is {base - acc:.1%} below the {name}'s {base:.1%} "
+                                 f"(margin {margin:.1%}, {current['n']} audited items)"})
+    out["compared"] = enough
+    return out, flags
+
+
+def drift(audit: dict, rates: dict[str, float | None], card: ModelCard | None, previous: dict | None,
+          margin: float, min_audited: int) -> dict[str, Any]:
+    """Against the card's test-set figures and the previous report; flags only accuracy falls."""
+    card_base = ({"accuracy": card.score.accuracy, "per_class": card.score.per_class}
+                 if card and card.score.accuracy is not None else None)
+    vs_card, f1 = compare(audit, card_base, "model card", margin, min_audited, None)
+    vs_prev, f2 = None, []
+    if previous:
+        prev_audit = previous.get("audit") or {}
+        vs_prev, f2 = compare(audit, prev_audit, "previous report", margin, min_audited, prev_audit.get("n", 0))
+        vs_prev = {**(vs_prev or {}), "generated_at": previous.get("generated_at"),
+                   **{f"{k}_delta": _delta(v, previous.get(k)) for k, v in rates.items()}}
+    note = None if audit["n"] >= min_audited else f"only {audit['n']} audited items (< {min_audited}): no flag raised"
+    return {"margin": margin, "min_audited": min_audited, "vs_card": vs_card, "vs_previous": vs_prev,
+            "flags": f1 + f2, "flagged": bool(f1 or f2), "note": note}
+
+
+# ---- the report ----
+
+@dataclass
+class ReportOptions:
+    margin: float = 0.05
+    min_audited: int = 20
+
+
+def _items(conn: sqlite3.Connection, start: str, end: str) -> list[dict]:
+    return [dict(r) for r in conn.execute(
+        "SELECT id, sha256, label, confidence, verdict, model_id, error, duplicate_of, state, received_at, "
+        "destination FROM items WHERE received_at >= ? AND received_at < ? ORDER BY id", [start, end])]
+
+
+def _audited(conn: sqlite3.Connection, start: str, end: str) -> list[dict]:
+    """Each audited, classified item in the window with its latest audit."""
+    if not store.has_table(conn, "audits"):
+        return []
+    sql = ("SELECT i.id, i.sha256, i.label, i.confidence, i.verdict, i.destination, a.true_label, a.auditor "
+           "FROM items i JOIN audits a ON a.item_id = i.id WHERE i.received_at >= ? AND i.received_at < ? "
+           "AND i.label IS NOT NULL AND i.duplicate_of IS NULL AND a.id = (SELECT b.id FROM audits b "
+           "WHERE b.item_id = i.id ORDER BY b.audited_at DESC, b.id DESC LIMIT 1) ORDER BY i.id")
+    return [dict(r) for r in conn.execute(sql, [start, end])]
+
+
+def _count(values: list) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[str(v)] = out.get(str(v), 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def build_report(db_path: Path | str, lo: datetime, hi: datetime, card: ModelCard | None = None,
+                 previous: dict | None = None, options: ReportOptions | None = None) -> dict[str, Any]:
+    """Every figure of `report.json`, read through one read-only snapshot of the database."""
+    opts = options or ReportOptions()
+    start, end = _iso(lo), _iso(hi)
+    conn = store.open_reader(db_path)
+    try:
+        conn.execute("BEGIN")  # one snapshot: counts and audits agree even while the daemon writes
+        items = _items(conn, start, end)
+        audited = _audited(conn, start, end)
+        cameras = camera_figures(conn, lo, hi) if store.has_table(conn, "camera_events") else {}
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    firsts = [i for i in items if i["duplicate_of"] is None]
+    classified = [i for i in firsts if i["label"] is not None and i["verdict"] is not None]
+    seen = sorted({i["label"] for i in classified} | {a["true_label"] for a in audited})
+    labels = list(card.labels) if card else seen
+    labels += [lbl for lbl in seen if lbl not in labels]
+    rotten = list(card.rotten_labels) if card else [lbl for lbl in labels if "rotten" in lbl.lower()]
+    verdicts = _count([i["verdict"] for i in classified])
+    n, hours = len(classified), (hi - lo).total_seconds() / 3600
+    audit = audit_figures(audited, labels, rotten)
+    series = hourly(classified, lo, hi)
+    rates = [_r(verdicts.get(v, 0) / n) if n else None for v in ("rotten", "uncertain")]
+    return {
+        "format": FORMAT, "generated_at": store.now_iso(), "db": str(db_path),
+        "window": {"from": start, "to": end, "hours": _r(hours)},
+        "model": {"name": card.name, "labels": card.labels, "rotten_labels": card.rotten_labels,
+                  "card_accuracy": card.score.accuracy} if card else None,
+        "items": {"received": len(items), "classified": n, "duplicates": len(items) - len(firsts),
+                  "errors": sum(1 for i in firsts if i["error"]),
+                  "dry_run": sum(1 for i in firsts if i["state"] == "dry-run")},
+        "by_label": _count([i["label"] for i in classified]),
+        "by_verdict": verdicts,
+        "by_model": _count([i["model_id"] for i in classified]),
+        "rotten_rate": rates[0], "uncertain_rate": rates[1],
+        "throughput": {"per_hour": _r(n / hours), "peak_per_hour": max((s["items"] for s in series), default=0),
+                       "hourly": series},
+        "confidence_histogram": {"bins": BINS, "by_verdict": histograms(classified)},
+        "errors_by_reason": _count([reason(i["error"]) for i in firsts if i["error"]]),
+        "camera": cameras,
+        "audit": audit,
+        "drift": drift(audit, {"rotten_rate": rates[0], "uncertain_rate": rates[1]}, card, previous,
+                       opts.margin, opts.min_audited),
+    }
+
+
+# ---- report folders: dated, previous, pruned ----
+
+def dated_folders(root: Path) -> list[Path]:
+    """ROOT/YYYY-MM-DD folders, oldest first."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and _DATED.match(p.name)) if root.is_dir() else []
+
+
+def find_previous(out: Path, dated_root: Path | None) -> dict | None:
+    """The last report before this one: the newest earlier dated sibling, else OUT's own."""
+    candidates = ([p / "report.json" for p in dated_folders(dated_root) if p.name < out.name]
+                  if dated_root else [out / "report.json"])
+    for path in reversed(candidates):
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+    return None
+
+
+def prune_reports(root: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` dated folders; only YYYY-MM-DD names are ever touched."""
+    old = dated_folders(root)[:-keep] if keep > 0 else []
+    for folder in old:
+        shutil.rmtree(folder)
+    return old
+
+
+def write_json(report: dict, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "report.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+@dataclass
+class Written:
+    folder: Path
+    report: dict
+    pruned: list[Path]
+
+
+def generate(db_path: Path, out: Path, lo: datetime, hi: datetime, card: ModelCard | None = None,
+             options: ReportOptions | None = None, dated: bool = False, keep: int = 0,
+             previous: Path | None = None, max_thumbnails: int = 24) -> Written:
+    """`sorter report`: build, write report.json and report.html, then prune old dated folders.
+
+    With `dated`, the report goes to OUT/<window start date>/ and the previous report is the
+    newest earlier dated folder; `keep` > 0 keeps only that many dated folders.
+    """
+    from sorter.report_html import write_html
+
+    folder = out / lo.astimezone(UTC).date().isoformat() if dated else out
+    prior = json.loads(previous.read_text()) if previous else find_previous(folder, out if dated else None)
+    report = build_report(db_path, lo, hi, card, prior, options)
+    write_json(report, folder)
+    write_html(report, folder, max_thumbnails)
+    pruned = prune_reports(out, keep) if dated and keep else []
+    return Written(folder, report, pruned)

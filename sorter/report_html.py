@@ -1,0 +1,220 @@
+"""The report as one self-contained HTML page: plots and thumbnails embedded, readable on a phone.
+
+Drawn only from the `report.json` dict (plus the audited images on disk for thumbnails), so
+the page and the JSON cannot disagree. matplotlib (Agg) is imported here only.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+CSS = """
+body{font-family:system-ui,-apple-system,sans-serif;margin:0 auto;padding:12px;max-width:980px;color:#222}
+h1{font-size:1.4em;margin:.2em 0}h2{font-size:1.15em;margin-top:1.4em;border-bottom:1px solid #ddd}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(140px,1fr));gap:8px}
+.card{background:#f4f6f8;border-radius:8px;padding:10px}.card b{display:block;font-size:1.5em}
+.card small{color:#555}.flag{background:#fde2e1;border-left:4px solid #c62828;padding:8px;margin:6px 0}
+.ok{background:#e3f4e6;border-left:4px solid #2e7d32;padding:8px}img.plot{width:100%;height:auto}
+table{border-collapse:collapse;width:100%;font-size:.9em;overflow-x:auto;display:block}
+td,th{border:1px solid #ddd;padding:4px 6px;text-align:right}th{background:#f4f6f8}
+.thumbs{display:grid;grid-template-columns:repeat(auto-fill,minmax(110px,1fr));gap:8px}
+.thumbs figure{margin:0;font-size:.8em}.thumbs img{width:100%;height:auto;border-radius:4px}
+@media (max-width:600px){body{padding:8px}.card b{font-size:1.25em}}
+"""
+# Reports a broken embedded image to the console (a test watches for console errors).
+CHECK_JS = """addEventListener('load',()=>{const bad=[...document.images].filter(i=>!i.naturalWidth);
+document.body.dataset.brokenImages=bad.length;if(bad.length)console.error('broken images: '+bad.length)});"""
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _figure(width: float = 6.0, height: float = 3.2):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height))
+
+
+def plot_confusion(cm: dict) -> str:
+    labels, matrix = cm["labels"], cm["matrix"]
+    fig, ax = _figure(1.2 + 0.7 * len(labels), 1.0 + 0.6 * len(labels))
+    ax.imshow(matrix, cmap="Blues")
+    top = max((max(row) for row in matrix), default=0)
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            ax.text(j, i, str(value), ha="center", va="center", color="white" if value > top / 2 else "black")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (audit)")
+    return _png(fig)
+
+
+def plot_per_class(per_class: dict) -> str:
+    fig, ax = _figure()
+    names = list(per_class)
+    for k, metric in enumerate(("precision", "recall", "f1")):
+        ax.bar([i + (k - 1) * 0.27 for i in range(len(names))], [per_class[n][metric] for n in names], 0.27,
+               label=metric)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def plot_confidence(hist: dict) -> str:
+    fig, ax = _figure()
+    centres = [b + 0.05 for b in hist["bins"][:-1]]
+    for verdict, counts in sorted(hist["by_verdict"].items()):
+        ax.step(centres, counts, where="mid", label=verdict)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("items")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def plot_over_time(hourly: list[dict]) -> str:
+    fig, ax = _figure()
+    xs = range(len(hourly))
+    ax.bar(xs, [h["items"] for h in hourly], color="#90a4ae", label="items")
+    ax.set_ylabel("items per hour")
+    twin = ax.twinx()
+    twin.plot(xs, [h["rotten"] / h["items"] if h["items"] else float("nan") for h in hourly], color="#c62828",
+              marker=".", label="rotten rate")
+    twin.set_ylim(0, 1)
+    twin.set_ylabel("rotten rate")
+    step = max(1, len(hourly) // 8)
+    ax.set_xticks(list(xs)[::step], [h["hour"][5:13].replace("T", " ") for h in hourly][::step], rotation=30,
+                  ha="right", fontsize=8)
+    return _png(fig)
+
+
+def _plot(draw, data: Any, alt: str) -> str:
+    """An embedded plot, or a note where matplotlib is absent (it ships with the [train] extra)."""
+    try:
+        return f'<img class="plot" src="{draw(data)}" alt="{alt}">'
+    except ImportError:
+        return "<p>(plots need matplotlib: pip install matplotlib)</p>"
+
+
+def thumbnail(path: str | None, size: int = 160) -> str | None:
+    """A small embedded JPEG of an audited image; None when the file is gone or unreadable."""
+    if not path or not Path(path).is_file():
+        return None
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        return None
+    scale = size / max(img.shape[:2])
+    if scale < 1:
+        img = cv2.resize(img, (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))),
+                         interpolation=cv2.INTER_AREA)
+    ok, data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode() if ok else None
+
+
+def _card(title: str, value: str, note: str = "", ident: str = "", data: Any = None) -> str:
+    attrs = (f' id="{ident}"' if ident else "") + (f' data-value="{escape(str(data))}"' if ident else "")
+    return (f'<div class="card"><small>{escape(title)}</small><b{attrs}>{escape(value)}</b>'
+            f"<small>{escape(note)}</small></div>")
+
+
+def _headline(r: dict) -> str:
+    a = r["audit"]
+    ci = a["accuracy_ci95"]
+    return '<div class="cards">' + "".join([
+        _card("accuracy (audited)", _pct(a["accuracy"]),
+              f"95% CI {_pct(ci[0])}–{_pct(ci[1])}, n={a['n']}" if ci else "no audits", "headline-accuracy",
+              a["accuracy"]),
+        _card("fresh vs rotten", _pct(a["fresh_vs_rotten_accuracy"])),
+        _card("items classified", str(r["items"]["classified"]), f"{r['throughput']['per_hour']:.1f}/h"),
+        _card("rotten rate", _pct(r["rotten_rate"])),
+        _card("uncertain rate", _pct(r["uncertain_rate"])),
+        _card("errors", str(r["items"]["errors"]), f"duplicates {r['items']['duplicates']}"),
+    ]) + "</div>"
+
+
+def _drift(d: dict) -> str:
+    parts = [f'<div class="flag">{escape(f["message"])}</div>' for f in d["flags"]]
+    if not parts:
+        parts.append(f'<div class="ok">no drift flag (margin {d["margin"]:.1%})</div>')
+    if d.get("note"):
+        parts.append(f"<p>{escape(d['note'])}</p>")
+    return '<div id="drift">' + "".join(parts) + "</div>"
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> str:
+    body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return "<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + f"</tr>{body}</table>"
+
+
+def _wrong(wrong: list[dict], limit: int) -> str:
+    figures = []
+    for w in wrong[:limit]:
+        src = thumbnail(w["destination"])
+        img = f'<img src="{src}" alt="item {w["id"]}">' if src else "<div>(image gone)</div>"
+        figures.append(f'<figure>{img}<figcaption>#{w["id"]}: {escape(w["label"])} → '
+                       f'<b>{escape(w["true_label"])}</b> ({w["confidence"]:.2f})</figcaption></figure>')
+    more = f"<p>and {len(wrong) - limit} more in report.json</p>" if len(wrong) > limit else ""
+    return ('<div class="thumbs">' + "".join(figures) + "</div>" + more) if figures else "<p>none</p>"
+
+
+def render(report: dict, max_thumbnails: int = 24) -> str:
+    """The whole page as one string."""
+    r, a = report, report["audit"]
+    sections = [f"<h1>Sorter report</h1><p>{escape(r['window']['from'][:16])} → {escape(r['window']['to'][:16])} "
+                f"UTC · model {escape((r['model'] or {}).get('name', 'unknown'))}</p>", _headline(r),
+                "<h2>Drift</h2>", _drift(r["drift"])]
+    if a["n"]:
+        sections += ["<h2>Confusion matrix (audited)</h2>",
+                     _plot(plot_confusion, a["confusion_matrix"], "confusion matrix"),
+                     "<h2>Per class</h2>",
+                     _plot(plot_per_class, a["per_class"], "per-class bars"),
+                     _table(["label", "precision", "recall", "F1", "support"],
+                            [[k, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
+                             for k, v in a["per_class"].items()])]
+    if r["items"]["classified"]:
+        sections += ["<h2>Confidence by verdict</h2>",
+                     _plot(plot_confidence, r["confidence_histogram"], "confidence"),
+                     "<h2>Volume and rotten rate</h2>",
+                     _plot(plot_over_time, r["throughput"]["hourly"], "over time")]
+    sections += ["<h2>Counts</h2>", _table(["label", "items"], list(r["by_label"].items())),
+                 _table(["verdict", "items"], list(r["by_verdict"].items()))]
+    if r["errors_by_reason"]:
+        sections += ["<h2>Errors</h2>", _table(["reason", "items"], list(r["errors_by_reason"].items()))]
+    if r["camera"]:
+        sections += ["<h2>Cameras</h2>", _table(["device", "online", "offline events", "dropped frames"],
+                                                [[k, _pct(v["online_fraction"]), v["offline_events"],
+                                                  v["dropped_frames"]] for k, v in r["camera"].items()])]
+    sections += ["<h2>Audited items the model got wrong</h2>", _wrong(a["wrong"], max_thumbnails)]
+    return ('<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>Sorter report {escape(r['window']['from'][:10])}</title><style>{CSS}</style></head>"
+            f"<body>{''.join(sections)}<script>{CHECK_JS}</script></body></html>")
+
+
+def write_html(report: dict, out: Path, max_thumbnails: int = 24) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "report.html"
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(render(report, max_thumbnails), encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,181 @@
+"""Audits: CSV and folder imports (validated, idempotent, never touching predictions) and sampling."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sorter import store
+from sorter.audit import allocate, draw, import_csv, import_folder, sample
+from sorter.card import ModelCard, write_card
+from sorter.cli import app
+from tests.conftest import write_colour_jpeg
+
+runner = CliRunner()
+LABELS = ["freshred", "freshgreen", "rottenblue"]
+COLOUR = {"freshred": "red", "freshgreen": "green", "rottenblue": "blue"}
+RECEIVED = "2026-01-10T10:00:00.000+00:00"
+
+
+def _items(tmp: Path, specs: list[tuple[str, str, float]]) -> tuple[Path, list[dict]]:
+    """Items with real files under tmp/out; (label, verdict, confidence) each."""
+    path = tmp / "a.db"
+    db = store.open_writer(path)
+    made = []
+    for i, (label, verdict, conf) in enumerate(specs, start=1):
+        img = write_colour_jpeg(tmp / "out" / verdict / f"img{i:03d}.jpg", COLOUR[label], seed=i)
+        sha = hashlib.sha256(img.read_bytes()).hexdigest()
+        row = {"sha256": sha, "source_path": f"/in/img{i:03d}.jpg", "destination": str(img), "label": label,
+               "confidence": conf, "verdict": verdict, "source": "watch", "received_at": RECEIVED, "state": "done"}
+        row["id"] = db["items"].insert(row).last_pk
+        made.append(row)
+    db.close()
+    return path, made
+
+
+def _audits(db: Path) -> list[dict]:
+    conn = store.open_reader(db)
+    try:
+        return [dict(r) for r in conn.execute("SELECT * FROM audits ORDER BY item_id, auditor")]
+    finally:
+        conn.close()
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh).writerows([header, *rows])
+    return path
+
+
+@pytest.fixture
+def seeded(tmp_path):
+    return _items(tmp_path, [("freshred", "fresh", 0.9), ("freshgreen", "fresh", 0.8),
+                             ("rottenblue", "rotten", 0.7), ("freshred", "uncertain", 0.4)])
+
+
+def test_csv_import_validates_every_row_and_writes_nothing_on_error(seeded, tmp_path):
+    db, items = seeded
+    bad = _write_csv(tmp_path / "bad.csv", ["sha256", "file", "true_label", "auditor"], [
+        [items[0]["sha256"], "", "freshred", "ann"],
+        ["", "img002.jpg", "rottenblu", "ann"],        # row 3: misspelt label
+        ["f" * 64, "", "freshred", "ann"],             # row 4: unknown item
+        ["", "nope.jpg", "freshgreen", "ann"],         # row 5: unknown file name
+    ])
+    result = import_csv(db, bad, LABELS)
+    assert not result.written and result.inserted == 0
+    assert result.errors[0].startswith("row 3: unknown label 'rottenblu' (did you mean 'rottenblue'?)")
+    assert result.errors[1].startswith("row 4: unknown item sha256 ffffffffffff")
+    assert result.errors[2].startswith("row 5: unknown item 'nope.jpg'")
+    assert _audits(db) == []
+
+
+def test_csv_import_matches_hash_name_and_path_and_is_idempotent(seeded, tmp_path):
+    db, items = seeded
+    rows = [[items[0]["sha256"], "", "freshred", "ann", "2026-01-11T08:00:00"],
+            ["", "img002.jpg", "rottenblue", "ann", ""],            # by file name
+            ["", items[2]["destination"], "rottenblue", "", ""],     # by path on disk (hashed)
+            ["", "img004.jpg", "", "", ""]]                           # not filled in: skipped
+    good = _write_csv(tmp_path / "good.csv", ["SHA256", "Path", "True label", "Auditor", "Time"], rows)
+    first = import_csv(db, good, LABELS)
+    assert (first.inserted, first.updated, first.unchanged, first.skipped, first.errors) == (3, 0, 0, 1, [])
+    again = import_csv(db, good, LABELS)
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 3)
+    audits = _audits(db)
+    assert [(a["item_id"], a["true_label"]) for a in audits] == [(1, "freshred"), (2, "rottenblue"),
+                                                                 (3, "rottenblue")]
+    assert audits[0]["audited_at"] == "2026-01-11T08:00:00.000+00:00"
+    rows[1][2] = "freshgreen"  # ann corrects herself: her audit changes, no second row
+    fixed = import_csv(db, _write_csv(tmp_path / "fixed.csv", ["sha256", "file", "label", "auditor", "time"], rows),
+                       LABELS)
+    assert (fixed.inserted, fixed.updated, fixed.unchanged) == (0, 1, 2)
+    assert len(_audits(db)) == 3
+    conn = store.open_reader(db)
+    assert conn.execute("SELECT label FROM items WHERE id = 2").fetchone()[0] == "freshgreen"
+    assert conn.execute("SELECT label FROM items WHERE id = 3").fetchone()[0] == "rottenblue"  # prediction kept
+    conn.close()
+
+
+def test_folder_import_by_content_hash(seeded, tmp_path):
+    db, items = seeded
+    audit_dir = tmp_path / "audit"
+    for label, item in (("freshgreen", items[0]), ("rottenblue", items[3]), ("bogus", items[1])):
+        (audit_dir / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(item["destination"], audit_dir / label / f"renamed-{item['id']}.jpg")
+    write_colour_jpeg(audit_dir / "freshred" / "stranger.jpg", "red", seed=999)
+    (audit_dir / "freshred" / "notes.txt").write_text("not an image")
+    result = import_folder(db, audit_dir, LABELS, auditor="bob")
+    assert not result.written
+    assert result.errors[0].startswith("bogus/: unknown label 'bogus'")
+    assert result.errors[1] == "freshred/stranger.jpg: unknown item (its content is not in the database)"
+    partial = import_folder(db, audit_dir, LABELS, auditor="bob", partial=True)
+    assert partial.written and partial.inserted == 2 and partial.skipped == 1
+    assert [(a["item_id"], a["true_label"], a["auditor"], a["origin"]) for a in _audits(db)] == [
+        (1, "freshgreen", "bob", "folder"), (4, "rottenblue", "bob", "folder")]
+    assert import_folder(db, audit_dir, LABELS, auditor="bob", partial=True).unchanged == 2
+
+
+def test_cli_audit_import_reports_errors_and_exit_codes(seeded, tmp_path):
+    db, items = seeded
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"")
+    write_card(model, ModelCard(name="m", labels=LABELS, rotten_labels=["rottenblue"],
+                                input={"height": 32, "width": 32}, quantization="int8"))
+    bad = _write_csv(tmp_path / "b.csv", ["sha256", "true_label"], [[items[0]["sha256"], "banana"]])
+    result = runner.invoke(app, ["audit", "import", str(bad), "--db", str(db), "--model", str(model)])
+    assert result.exit_code == 1 and "row 2: unknown label 'banana'" in result.output
+    ok = _write_csv(tmp_path / "o.csv", ["sha256", "true_label"], [[items[0]["sha256"], "freshred"]])
+    result = runner.invoke(app, ["audit", "import", str(ok), "--db", str(db), "--model", str(model)])
+    assert result.exit_code == 0 and "1 new" in result.output
+    nolabel = _write_csv(tmp_path / "n.csv", ["sha256", "auditor"], [[items[0]["sha256"], "x"]])
+    result = runner.invoke(app, ["audit", "import", str(nolabel), "--db", str(db), "--model", str(model)])
+    assert result.exit_code == 2 and "no label column" in result.output
+    for args in (["audit"], ["audit", "import"], ["audit", "folder"], ["audit", "sample"], ["report"]):
+        assert len(runner.invoke(app, [*args, "--help"]).output) > 100, args
+
+
+def test_allocate_weights_caps_and_minimum_one():
+    assert allocate({"fresh": 100, "uncertain": 10, "rotten": 0}, {"uncertain": 3}, 13) == {"fresh": 10,
+                                                                                          "uncertain": 3}
+    assert allocate({"fresh": 100, "uncertain": 100}, {"uncertain": 3}, 20) == {"fresh": 5, "uncertain": 15}
+    assert allocate({"fresh": 50, "uncertain": 3}, {"uncertain": 3}, 30) == {"fresh": 27, "uncertain": 3}  # capped
+    assert allocate({"fresh": 3, "rotten": 1}, {}, 50) == {"fresh": 3, "rotten": 1}  # fewer than asked
+
+
+def test_draw_prefers_low_confidence_within_a_stratum():
+    rows = [{"id": i, "verdict": "fresh", "confidence": 0.55 if i % 2 else 0.99} for i in range(200)]
+    low = sum(r["confidence"] == 0.55 for seed in range(10) for r in draw(rows, 20, seed))
+    assert low > 0.58 * 200  # weights 0.95 vs 0.51: about 65 % low-confidence, 50 % if unweighted
+
+
+def test_sample_copies_files_writes_manifest_and_round_trips(tmp_path):
+    specs = [("freshred", "fresh", 0.95)] * 30 + [("rottenblue", "rotten", 0.9)] * 10 + \
+            [("freshgreen", "uncertain", 0.4)] * 10
+    db, _ = _items(tmp_path, specs)
+    window = ("2026-01-10T00:00:00.000+00:00", "2026-01-11T00:00:00.000+00:00")
+    out = tmp_path / "sample"
+    result = sample(db, out, 12, *window, LABELS, seed=7)
+    # weights 30×1 : 10×1 : 10×3 of 12 → 1 each first, then 9 split 30:10:30 → 3/1/3, the last 2 by largest share
+    assert result.drawn == 12 and result.candidates == 50
+    assert result.by_verdict == {"fresh": 5, "rotten": 2, "uncertain": 5}
+    manifest = list(csv.DictReader(result.manifest.read_text().splitlines()))
+    assert len(manifest) == 12 and all((out / m["file"]).is_file() for m in manifest)
+    assert all((out / label).is_dir() for label in LABELS)
+    again = sample(db, tmp_path / "again", 12, *window, LABELS, seed=7)
+    assert [m["sha256"] for m in csv.DictReader(again.manifest.read_text().splitlines())] == \
+        [m["sha256"] for m in manifest]
+    for m in manifest:  # a person fills in the truth
+        m["true_label"] = m["predicted"]
+    with open(result.manifest, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(manifest[0]))
+        writer.writeheader()
+        writer.writerows(manifest)
+    assert import_csv(db, result.manifest, LABELS).inserted == 12
+    assert sample(db, tmp_path / "next", 100, *window, LABELS).candidates == 38  # audited items left out
+    outside = sample(db, tmp_path / "none", 5, "2026-02-01T00:00:00.000+00:00", "2026-02-02T00:00:00.000+00:00",
+                     LABELS)
+    assert outside.drawn == 0
