@@ -13,7 +13,7 @@ $(BIN)/sorter: pyproject.toml
 	touch $@
 
 $(VENV)/.dev: pyproject.toml $(BIN)/sorter
-	$(BIN)/pip install -q -e '.[train,dev,bench]'
+	$(BIN)/pip install -q -e '.[train,report,bench,dev]'
 	touch $@
 
 setup: $(BIN)/sorter

@@ -122,6 +122,17 @@ def doctor(model: Path | None = ModelOpt, config: Path | None = ConfigOpt,
     raise typer.Exit(0 if report["ok"] else 1)
 
 
+def _stop_on_signals():
+    """An event set by SIGINT/SIGTERM: daemons finish the work in flight, then exit 0."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
 def _setup_logging() -> None:
     from sorter.logs import setup
 
@@ -179,8 +190,6 @@ def watch(incoming: Path = typer.Argument(..., help="Folder to watch; files alre
           metrics_port: int | None = MetricsPortOpt,
           model: Path | None = ModelOpt, config: Path | None = ConfigOpt) -> None:
     """Sort files dropped into INCOMING; SIGINT/SIGTERM finish the batch in flight and exit 0."""
-    import signal
-    import threading
 
     from sorter.watch import Watcher
 
@@ -189,9 +198,7 @@ def watch(incoming: Path = typer.Argument(..., help="Folder to watch; files alre
         fail(f"{incoming} is not a folder")
     settings, clf = load_classifier(model, config)
     target = out or settings.out or incoming.resolve().parent / "sorted"
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = _stop_on_signals()
     rules = _rules(settings, clf)
     telemetry, closers = _operations(settings, "watch", metrics_port)
     try:
@@ -235,8 +242,6 @@ def camera(device: str | None = typer.Option(None, "--device", "-d",
            model: Path | None = ModelOpt, config: Path | None = ConfigOpt) -> None:
     """Classify produce from a live stream; survives unplugs and stalls; SIGINT/SIGTERM exit 0."""
     import shlex
-    import signal
-    import threading
 
     from sorter.capture import probe
 
@@ -269,9 +274,7 @@ def camera(device: str | None = typer.Option(None, "--device", "-d",
         fail(str(exc))
     if settings.camera.device is None:
         fail("no camera: pass --device (or set camera.device in the config)")
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = _stop_on_signals()
     rules = _rules(settings, clf)
     telemetry, closers = _operations(settings, "camera", metrics_port)
     try:
@@ -562,7 +565,8 @@ def _forward(verb: str) -> None:
     """Register `sorter VERB` as a pass-through to training/, imported only when called."""
 
     @app.command(verb, context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-                 add_help_option=False, help=f"{verb.capitalize()} a model (needs the [train] extra; see --help).")
+                 add_help_option=False,
+                 help=f"{verb.capitalize()} a model (needs TensorFlow, the train extra; see --help).")
     def command(ctx: typer.Context) -> None:
         if importlib.util.find_spec("tensorflow") is None:
             fail(f"'sorter {verb}' needs TensorFlow: pip install 'sorter[train]'")

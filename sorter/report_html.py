@@ -109,11 +109,11 @@ def plot_over_time(hourly: list[dict]) -> str:
 
 
 def _plot(draw, data: Any, alt: str) -> str:
-    """An embedded plot, or a note where matplotlib is absent (it ships with the [train] extra)."""
+    """An embedded plot, or a note where matplotlib is absent (the [report] extra)."""
     try:
         return f'<img class="plot" src="{draw(data)}" alt="{alt}">'
     except ImportError:
-        return "<p>(plots need matplotlib: pip install matplotlib)</p>"
+        return "<p>(plots need matplotlib: pip install 'sorter[report]')</p>"
 
 
 def thumbnail(path: str | None, size: int = 160) -> str | None:

@@ -28,6 +28,17 @@ def write_colour_jpeg(path: Path, colour: str, size: tuple[int, int] = (48, 64),
     return path
 
 
+def import_tensorflow():
+    """TensorFlow limited to two threads (CI has two cores), or skip the module where it is absent."""
+    tf = pytest.importorskip("tensorflow")
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(2)
+        tf.config.threading.set_inter_op_parallelism_threads(2)
+    except RuntimeError:  # already initialised by an earlier test module
+        pass
+    return tf
+
+
 @pytest.fixture
 def colour_jpeg():
     return write_colour_jpeg

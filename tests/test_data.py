@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import import_tensorflow
 from training.data import (
     Augment,
     class_weights,
@@ -20,12 +21,7 @@ from training.data import (
     save_splits,
 )
 
-tf = pytest.importorskip("tensorflow")
-try:  # the CPU is shared: stay on two threads
-    tf.config.threading.set_intra_op_parallelism_threads(2)
-    tf.config.threading.set_inter_op_parallelism_threads(2)
-except RuntimeError:
-    pass
+tf = import_tensorflow()
 
 
 def _names(files: list[tuple[Path, int]]) -> set[str]:

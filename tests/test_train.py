@@ -10,13 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from sorter.cli import app
+from tests.conftest import import_tensorflow
 
-tf = pytest.importorskip("tensorflow")
-try:  # the CPU is shared: stay on two threads
-    tf.config.threading.set_intra_op_parallelism_threads(2)
-    tf.config.threading.set_inter_op_parallelism_threads(2)
-except RuntimeError:
-    pass
+tf = import_tensorflow()
 
 FAST = ["--weights", "none", "--img-size", "32", "--epochs", "1", "--batch-size", "8"]
 RUN_FILES = {"config.json", "history.json", "labels.json", "splits.json", "data.json", "model.keras",

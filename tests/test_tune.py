@@ -9,13 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from sorter.cli import app
+from tests.conftest import import_tensorflow
 
-tf = pytest.importorskip("tensorflow")
-try:  # the CPU is shared: stay on two threads
-    tf.config.threading.set_intra_op_parallelism_threads(2)
-    tf.config.threading.set_inter_op_parallelism_threads(2)
-except RuntimeError:
-    pass
+tf = import_tensorflow()
 
 
 def test_search_ranks_trials_with_baselines_and_best_json_trains(tmp_path, class_folders):
