@@ -68,7 +68,7 @@ fi
 run install -d -m 0755 "$PREFIX"
 [ -x "$PREFIX/venv/bin/python" ] || run python3 -m venv "$PREFIX/venv"
 run "$PREFIX/venv/bin/pip" install --quiet --upgrade pip
-run "$PREFIX/venv/bin/pip" install --quiet "$SRC[report]"
+run "$PREFIX/venv/bin/pip" install --quiet "${SRC}[report]"
 
 # 5. units, with the venv path of this prefix
 for unit in sorter-watch.service sorter-camera@.service sorter-prune.service sorter-prune.timer \

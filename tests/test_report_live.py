@@ -54,7 +54,7 @@ def test_reports_while_watch_writes(tmp_path):
     cmd = [str(Path(sys.executable).parent / "sorter"), "watch", str(incoming), "--out", str(tmp_path / "out"),
            "--db", str(db), "--model", str(MODEL)]
     with open(log, "w") as err:
-        proc = subprocess.Popen(["nice", *cmd], stderr=err, env=env)
+        proc = subprocess.Popen(cmd, stderr=err, env=env)
     try:
         wait_until(lambda: "ready" in log.read_text() or proc.poll() is not None, timeout=60, what="watch ready")
         assert proc.poll() is None, log.read_text()

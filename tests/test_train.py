@@ -65,11 +65,13 @@ def test_binary_run_second_run_and_config_round_trip(tmp_path, class_folders):
 
 @pytest.mark.parametrize("n_classes, source_px", [(10, 32), (13, 20)])
 def test_many_classes_imbalance_and_bad_files(tmp_path, class_folders, n_classes, source_px):
+    import keras
+
     names = [f"class{i:02d}" for i in range(n_classes)]
     data = class_folders(tmp_path / "data", names, per_class={n: 12 if n == "class00" else 3 for n in names},
                          size=source_px)
     (data / "class01" / "zero.jpg").write_bytes(b"")
-    result = sorter("train", data, *FAST, "--fine-tune-epochs", "0", "--class-weights",
+    result = sorter("train", data, *FAST, "--fine-tune-epochs", "0", "--class-weights", "--label-smoothing", "0.1",
                     "--runs-dir", tmp_path / "runs", "--name", "multi")
     assert result.exit_code == 0, result.output
     run = tmp_path / "runs" / "multi"
@@ -79,6 +81,9 @@ def test_many_classes_imbalance_and_bad_files(tmp_path, class_folders, n_classes
     assert [Path(p).name for p, _ in info["skipped"]] == ["zero.jpg"]
     assert sum(sum(c.values()) for c in info["counts"].values()) == 12 + 3 * (n_classes - 1)
     assert len(_json(run / "history.json")["loss"]) == 1
+    assert _json(run / "config.json")["label_smoothing"] == 0.1
+    model = keras.models.load_model(run / "model.keras")  # loads anywhere: no custom loss saved with it
+    assert model.output_shape == (None, n_classes)
 
 
 def test_no_network_ends_with_one_line(tmp_path, class_folders, monkeypatch):

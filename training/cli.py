@@ -39,6 +39,7 @@ def train(ctx: typer.Context,
           patience: int = typer.Option(5, help="Early stopping: epochs without a better val loss."),
           binary_sigmoid: bool = typer.Option(False, "--binary-sigmoid",
                                               help="Two classes: one sigmoid output instead of softmax."),
+          label_smoothing: float = typer.Option(0.0, help="Label smoothing of the softmax targets (0: off)."),
           baselines: bool = typer.Option(False, "--baselines",
                                          help="Also fit logistic-regression and linear-SVM heads on frozen "
                                               "features and record their test scores (baselines.json)."),
@@ -125,8 +126,24 @@ def evaluate(model: str = typer.Argument(..., help="Run folder, model.keras, or 
 
 
 # --- export (owner: export helper) ---
+def command_line(ctx: typer.Context) -> str:
+    """The command as a user would retype it: the verb, the arguments, and the options they set."""
+    import shlex
+
+    words = ["sorter", ctx.info_name or ""]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.param_type_name == "argument":
+            words.append(str(value))
+        elif ctx.get_parameter_source(param.name).name != "DEFAULT":
+            flag = param.opts[0] if not isinstance(value, bool) or value else (param.secondary_opts or [""])[0]
+            words += [flag] if isinstance(value, bool) else [flag, str(value)]
+    return shlex.join(w for w in words if w)
+
+
 @app.command()
-def export(source: str = typer.Argument(..., metavar="RUN_OR_MODEL", help="Run folder or model.keras."),
+def export(ctx: typer.Context,
+           source: str = typer.Argument(..., metavar="RUN_OR_MODEL", help="Run folder or model.keras."),
            data: str = typer.Option("", "--data", help="Data folder (default: the run's config.json)."),
            formats: str = typer.Option("float32,float16,dynamic,int8", "--formats",
                                        help="Comma-separated: float32, float16, dynamic, int8."),
@@ -138,8 +155,6 @@ def export(source: str = typer.Argument(..., metavar="RUN_OR_MODEL", help="Run f
            latency_runs: int = typer.Option(30, "--latency-runs", help="Timed batch-1 runs per export.")) -> None:
     """Export TFLite variants with model cards and an accuracy gate."""
     import logging
-    import shlex
-    import sys
     from pathlib import Path
 
     from rich.console import Console
@@ -153,7 +168,7 @@ def export(source: str = typer.Argument(..., metavar="RUN_OR_MODEL", help="Run f
         names = parse_formats(formats)
         console.print(export_table([FORMATS[n] for n in names]))
         results = run_export(Path(source), Path(data) if data else None, names, Path(out), name or None,
-                             calibration, allow_drop, max_drop, shlex.join(["sorter", *sys.argv[1:]]),
+                             calibration, allow_drop, max_drop, command_line(ctx),
                              latency_runs)
     except (ExportError, FileNotFoundError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)

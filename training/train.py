@@ -64,6 +64,7 @@ class TrainConfig:
     patience: int = 5
     binary_sigmoid: bool = False
     baselines: bool = False
+    label_smoothing: float = 0.0
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -92,6 +93,8 @@ class TrainConfig:
             problems.append(f"--batch-size must be ≥1, not {self.batch_size}")
         if self.lr <= 0 or self.fine_tune_lr <= 0:
             problems.append("--lr and --fine-tune-lr must be positive")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append(f"--label-smoothing must be in [0, 1), not {self.label_smoothing}")
         if not 0 <= self.dropout < 1:
             problems.append(f"--dropout must be in [0, 1), not {self.dropout}")
         if not (0 <= self.val_split < 1 and 0 <= self.test_split < 1 and self.val_split + self.test_split < 1):
@@ -180,8 +183,24 @@ def make_optimizer(name: str, lr: float):
     return factories[name]()
 
 
+def smoothed_sparse_ce(n_classes: int, smoothing: float):
+    """Sparse labels with label smoothing: softer targets keep a small data set from overconfident heads."""
+    import keras
+
+    def loss(y_true, y_pred):
+        target = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), n_classes)
+        return keras.losses.categorical_crossentropy(target, y_pred, label_smoothing=smoothing)
+
+    return loss
+
+
 def _compile(model, config: TrainConfig, lr: float, binary: bool) -> None:
-    loss = "binary_crossentropy" if binary else "sparse_categorical_crossentropy"
+    if binary:
+        loss = "binary_crossentropy"
+    elif config.label_smoothing:
+        loss = smoothed_sparse_ce(int(model.output_shape[-1]), config.label_smoothing)
+    else:
+        loss = "sparse_categorical_crossentropy"
     model.compile(optimizer=make_optimizer(config.optimizer, lr), loss=loss, metrics=["accuracy"])
 
 
@@ -340,6 +359,8 @@ def train(data: Path, config: TrainConfig, console: Console | None = None, verbo
     history = fit(model, backbone, config, train_ds, val_ds, strategy=strategy, binary=binary,
                   weights=weights, run_dir=run_dir, verbose=verbose)
     _write_json(run_dir / "history.json", history)
+    if config.label_smoothing and not binary:  # the closure loss would make model.keras unloadable elsewhere
+        model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.save(run_dir / "model.keras")
     console.print(f"saved {run_dir / 'model.keras'}", highlight=False, soft_wrap=True)
     if config.baselines:
