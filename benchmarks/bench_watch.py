@@ -81,6 +81,15 @@ def _env(threads: int, batch: int) -> dict[str, str]:
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .* routed ")
 
 
+def _vm_hwm_kb(pid: int) -> int:
+    """Peak resident set of a running process, from /proc (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return next((int(line.split()[1]) for line in fh if line.startswith("VmHWM:")), 0)
+    except OSError:
+        return 0
+
+
 def daemon_run(model: Path, work: Path, incoming: Path, threads: int, batch: int) -> dict[str, float]:
     """`sorter watch --once`: wall time, steady rate (first to last routed line), peak RSS (MB)."""
     log = work / f"{incoming.name}.log"
@@ -89,7 +98,11 @@ def daemon_run(model: Path, work: Path, incoming: Path, threads: int, batch: int
     start = time.perf_counter()
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, stderr=err, env=_env(threads, batch))
-    _, status, usage = os.wait4(proc.pid, 0)
+    peak_kb = 0
+    while proc.poll() is None:  # VmHWM of the daemon itself (ru_maxrss would start at this process's size)
+        peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+        time.sleep(0.02)
+    status = proc.returncode
     wall = time.perf_counter() - start
     if status != 0:
         raise SystemExit(f"sorter watch failed:\n{log.read_text()[-2000:]}")
@@ -98,7 +111,7 @@ def daemon_run(model: Path, work: Path, incoming: Path, threads: int, batch: int
     n = len(stamps)
     span = (stamps[-1] - stamps[0]).total_seconds() if n > 1 else wall
     return {"wall": wall, "steady": (n - 1) / span if span > 0 else float("nan"),
-            "end_to_end": n / wall, "rss_mb": usage.ru_maxrss / 1024, "routed": n}
+            "end_to_end": n / wall, "rss_mb": peak_kb / 1024, "routed": n}
 
 
 def time_to_ready(model: Path, work: Path, tries: int = 3) -> float:

@@ -172,19 +172,15 @@ def collect(broker: str, duration: float, topic: str = "sorter/fleet",
 
 
 def write_report(report: dict[str, Any], out: Path) -> list[Path]:
-    """report.json always; report.html through sorter.report's renderer when it offers one."""
+    """report.json for machines and report.html for people, written beside each other."""
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "report.json"]
     tmp = out / ".report.json.tmp"
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, written[0])
-    try:
-        from sorter import report as issue5  # another module's renderer, when it exists
-    except ImportError:
-        return written
-    render = getattr(issue5, "render_fleet_html", None)
-    if callable(render):
-        html = out / "report.html"
-        html.write_text(render(report))
-        written.append(html)
+    from sorter.report_html import render_fleet
+
+    html = out / "report.html"
+    html.write_text(render_fleet(report))
+    written.append(html)
     return written

@@ -211,6 +211,31 @@ def render(report: dict, max_thumbnails: int = 24) -> str:
             f"<body>{''.join(sections)}<script>{CHECK_JS}</script></body></html>")
 
 
+def _rate(counts: dict, verdict: str) -> float | None:
+    return counts["by_verdict"].get(verdict, 0) / counts["items"] if counts["items"] else None
+
+
+def render_fleet(report: dict) -> str:
+    """The fleet page: the same headline cards and count tables, one row per conveyor line."""
+    total, lines = report["total"], report["lines"]
+    cards = '<div class="cards">' + "".join([
+        _card("items classified", str(total["items"]), f"{len(lines)} lines", "fleet-items", total["items"]),
+        _card("rotten rate", _pct(_rate(total, "rotten"))),
+        _card("uncertain rate", _pct(_rate(total, "uncertain"))),
+    ]) + "</div>"
+    rows = [[name, c["items"], c["by_verdict"].get("fresh", 0), c["by_verdict"].get("rotten", 0),
+             c["by_verdict"].get("uncertain", 0), _pct(_rate(c, "rotten")), len(c.get("runs", []))]
+            for name, c in lines.items()]
+    sections = [f"<h1>Fleet report</h1><p>{escape(report['generated_at'])}</p>", cards, "<h2>Lines</h2>",
+                _table(["line", "items", "fresh", "rotten", "uncertain", "rotten rate", "runs"], rows),
+                "<h2>Counts</h2>", _table(["label", "items"], list(total["by_label"].items())),
+                _table(["verdict", "items"], list(total["by_verdict"].items()))]
+    return ('<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>Fleet report</title><style>{CSS}</style></head>"
+            f"<body>{''.join(sections)}<script>{CHECK_JS}</script></body></html>")
+
+
 def write_html(report: dict, out: Path, max_thumbnails: int = 24) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.html"

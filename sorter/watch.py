@@ -388,6 +388,7 @@ class Watcher:
         self.stability = Stability(settings.stable_seconds)
         self.decoded: queue.Queue[Item] = queue.Queue(maxsize=2 * settings.batch_size)
         self.router = Router(self.out, self.writer, classifier, self.intake, settings, dry_run)
+        self.classified: queue.Queue[list[Item] | None] = queue.Queue(maxsize=2)  # inference → routing
         self._halt = threading.Event()
         self.ready = threading.Event()  # set once the observer runs and the backlog is queued
 
@@ -430,7 +431,19 @@ class Watcher:
             self.intake.offer(path)
 
     def _idle(self) -> bool:
-        return self.intake.idle() and self.stability.empty() and self.decoded.empty()
+        return (self.intake.idle() and self.stability.empty() and self.decoded.empty()
+                and self.classified.unfinished_tasks == 0)
+
+    def _route_loop(self) -> None:
+        """Routing (intent → move → done) on its own thread, so the next batch's inference overlaps it."""
+        while (batch := self.classified.get()) is not None:
+            try:
+                self.router.route(batch)
+            except Exception:  # never lose the thread: the rows stay as intents and recover() finishes them
+                log.exception("routing failed for a batch of %d", len(batch))
+            finally:
+                self.classified.task_done()
+        self.classified.task_done()
 
     def _process(self, batch: list[Item]) -> None:
         started = time.monotonic()
@@ -440,10 +453,12 @@ class Watcher:
             log.exception("inference failed for a batch of %d", len(batch))
             for item in batch:
                 item.error = item.error or f"inference-failed: {exc}"
+        for item in batch:
+            item.image = None  # pixels are done with; only the verdict travels on
         if self.telemetry is not None:
             self.telemetry.batch(batch, time.monotonic() - started)
             self.telemetry.queue_depth.set(self.decoded.qsize())
-        self.router.route(batch)
+        self.classified.put(batch)
 
     def run(self, stop: threading.Event, once: bool = False) -> Summary:
         """Recover, start watching, scan the backlog, then process until stopped (or idle if once)."""
@@ -458,6 +473,8 @@ class Watcher:
                    for i in range(self.settings.decode_workers)]
         for worker in workers:
             worker.start()
+        router = threading.Thread(target=self._route_loop, name="route", daemon=True)
+        router.start()
         scan(self.incoming, self.intake, self.stability)
         self.ready.set()
         if self.telemetry is not None:
@@ -471,6 +488,8 @@ class Watcher:
                 elif once and self._idle():
                     break
         finally:
+            self.classified.put(None)  # drain: every classified batch is routed before exit
+            router.join()
             self._halt.set()
             if observer is not None:
                 observer.stop()

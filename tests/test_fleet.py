@@ -60,6 +60,9 @@ def test_three_sorters_one_broker_exact_report(tmp_path, broker):
     assert report["total"]["items"] == 8 and report["total"]["by_verdict"] == {"fresh": 4, "rotten": 3,
                                                                                 "uncertain": 1}
     assert all(len(line["runs"]) == 1 for line in lines.values())
+    page = (out / "report.html").read_text()
+    assert 'id="fleet-items" data-value="8"' in page
+    assert all(f"<td>{name}</td>" in page for name in LINES)
     listener.join(30)
     assert live["live_events"] == {"line-a": 3, "line-b": 4, "line-c": 1}  # every verdict arrived live too
     assert live["total"] == report["total"]
