@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sorter.config import Settings
 from sorter.imaging import ImageError, decode, is_image_name
 from sorter.model import Classifier
 from sorter.verdict import VerdictRules
@@ -35,9 +36,11 @@ def collect(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
-def rules_for(classifier: Classifier, default_min: float = 0.5,
-              per_class: dict[str, float] | None = None) -> VerdictRules:
-    return VerdictRules(frozenset(classifier.card.rotten_labels), default_min, per_class or {})
+def rules_for(classifier: Classifier, settings: Settings | None = None) -> VerdictRules:
+    """The card says which labels are rotten unless config `rotten_labels` maps them otherwise."""
+    settings = settings or Settings()
+    rotten = settings.rotten_labels if settings.rotten_labels is not None else classifier.card.rotten_labels
+    return VerdictRules(frozenset(rotten), settings.default_min_confidence, settings.min_confidence)
 
 
 def classify_files(files: list[Path], classifier: Classifier, rules: VerdictRules,

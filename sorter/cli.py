@@ -73,11 +73,11 @@ def classify(paths: list[Path] = typer.Argument(..., help="Image files or folder
     """Classify image files; exit 1 if any file could not be classified."""
     from rich.progress import Progress
 
-    from sorter.classify import classify_files, collect
+    from sorter.classify import classify_files, collect, rules_for
 
     settings, clf = load_classifier(model, config)
     files = collect(paths)
-    rules = _rules(settings, clf)
+    rules = rules_for(clf, settings)
     table = Table("path", "label", "confidence", "verdict")
     failed = 0
     with Progress(console=err, disable=silent or len(files) < 20, transient=True) as progress:
@@ -139,14 +139,6 @@ def _setup_logging() -> None:
     setup(_LOG["format"])  # type: ignore[arg-type]
 
 
-def _rules(settings, clf):
-    """Verdict rules: the card's rotten labels unless config `rotten_labels` maps them otherwise."""
-    from sorter.verdict import VerdictRules
-
-    rotten = settings.rotten_labels if settings.rotten_labels is not None else clf.card.rotten_labels
-    return VerdictRules(frozenset(rotten), settings.default_min_confidence, settings.min_confidence)
-
-
 def _operations(settings, source: str, metrics_port: int | None):
     """Telemetry for the hooks, the /metrics server and the fleet publisher, as configured."""
     from sorter.metrics import MetricsServer, Telemetry
@@ -190,7 +182,7 @@ def watch(incoming: Path = typer.Argument(..., help="Folder to watch; files alre
           metrics_port: int | None = MetricsPortOpt,
           model: Path | None = ModelOpt, config: Path | None = ConfigOpt) -> None:
     """Sort files dropped into INCOMING; SIGINT/SIGTERM finish the batch in flight and exit 0."""
-
+    from sorter.classify import rules_for
     from sorter.watch import Watcher
 
     _setup_logging()
@@ -199,7 +191,7 @@ def watch(incoming: Path = typer.Argument(..., help="Folder to watch; files alre
     settings, clf = load_classifier(model, config)
     target = out or settings.out or incoming.resolve().parent / "sorted"
     stop = _stop_on_signals()
-    rules = _rules(settings, clf)
+    rules = rules_for(clf, settings)
     telemetry, closers = _operations(settings, "watch", metrics_port)
     try:
         watcher = Watcher(incoming, target, db or settings.db, clf, rules, settings, dry_run=dry_run,
@@ -253,6 +245,7 @@ def camera(device: str | None = typer.Option(None, "--device", "-d",
             err.print("no local camera answered (indices 0-9)")
         raise typer.Exit(0 if found else 1)
     from sorter.camera import serve, with_flags
+    from sorter.classify import rules_for
     from sorter.config import ConfigError
 
     _setup_logging()
@@ -275,7 +268,7 @@ def camera(device: str | None = typer.Option(None, "--device", "-d",
     if settings.camera.device is None:
         fail("no camera: pass --device (or set camera.device in the config)")
     stop = _stop_on_signals()
-    rules = _rules(settings, clf)
+    rules = rules_for(clf, settings)
     telemetry, closers = _operations(settings, "camera", metrics_port)
     try:
         status = serve(settings.camera.device, clf, rules, settings, db or settings.db, stop, dry_run, max_items,

@@ -219,7 +219,6 @@ def classify(items: list[Item], classifier: Classifier, rules: VerdictRules) -> 
     for item, pred in zip(ok, preds, strict=True):
         item.label, item.confidence, item.scores = pred.label, round(pred.confidence, 6), pred.scores
         item.verdict = rules.decide(pred.label, pred.confidence)
-        item.image = None
 
 
 @dataclass
