@@ -434,6 +434,14 @@ def audit_sample(n: int = typer.Option(50, "--n", min=1, help="How many items to
                f"or fill {result.manifest.name} and run `sorter audit import`")
 
 
+def _report_options(settings, margin: float | None):
+    """Drift margin (--margin over config) and the audited count below which no flag is raised."""
+    from sorter.report import ReportOptions
+
+    return ReportOptions(margin if margin is not None else settings.report.drift_margin,
+                         settings.report.min_audited)
+
+
 @app.command()
 def report(out: Path = typer.Option(..., "--out", "-o", help="Folder for report.json and report.html."),
            since: str | None = typer.Option(None, "--since", help="Window ending now (default 24h)."),
@@ -446,19 +454,21 @@ def report(out: Path = typer.Option(..., "--out", "-o", help="Folder for report.
                                                 "default: the newest earlier dated report (or OUT's own)."),
            margin: float | None = typer.Option(None, "--margin", help="Accuracy fall that raises a drift flag."),
            fail_on_drift: bool = typer.Option(False, "--fail-on-drift", help="Exit 1 when a drift flag is raised."),
+           publish: bool = typer.Option(True, "--publish/--no-publish",
+                                        help="Send report.json (retained) to the fleet broker, when fleet.broker "
+                                             "is set; an unreachable broker is a warning, not a failure."),
            model: Path | None = ModelOpt, config: Path | None = ConfigOpt) -> None:
     """Write the accuracy report (JSON + one self-contained HTML page) for a time window."""
     from sorter.config import ConfigError, load_settings
-    from sorter.report import ReportOptions, generate, window
+    from sorter.report import generate, window
 
     if since and start:
         fail("use --since or --from/--to, not both")
     try:
         settings = load_settings(config, model=model, db=db)
         lo, hi = window(since, start, end)
-        opts = ReportOptions(margin if margin is not None else settings.report.drift_margin,
-                             settings.report.min_audited)
-        written = generate(settings.db, out, lo, hi, _card_or_none(settings.model, False), opts, dated, keep,
+        written = generate(settings.db, out, lo, hi, _card_or_none(settings.model, False),
+                           _report_options(settings, margin), dated, keep,
                            previous, settings.report.max_thumbnails)
     except (ConfigError, ValueError, OSError) as exc:
         fail(str(exc))
@@ -467,9 +477,24 @@ def report(out: Path = typer.Option(..., "--out", "-o", help="Folder for report.
     typer.echo(f"{written.folder}: {r['items']['classified']} items, rotten {r['rotten_rate']}, "
                f"accuracy {acc if acc is None else f'{acc:.3f}'} (n={r['audit']['n']}), "
                f"pruned {len(written.pruned)}")
+    if publish and settings.fleet.broker:
+        _publish(settings, r, [p.name for p in written.pruned])
     for flag in r["drift"]["flags"]:
         err.print(f"[red]drift:[/red] {flag['message']}", highlight=False)
     raise typer.Exit(1 if fail_on_drift and r["drift"]["flagged"] else 0)
+
+
+def _publish(settings, report: dict, pruned: list[str]) -> None:
+    """The report to the fleet broker; the files are what matters, so a failure is one warning line."""
+    from sorter.fleet import publish_report
+
+    try:
+        topic = publish_report(settings.fleet, settings.line, report, clear=pruned)
+    except (OSError, ValueError) as exc:
+        err.print(f"[yellow]warning:[/yellow] report not published to {settings.fleet.broker}: {exc}",
+                  highlight=False, soft_wrap=True)
+        return
+    typer.echo(f"published to {topic}")
 
 
 config_app = typer.Typer(help="Validate and show the configuration (file < SORTER_* environment < flags).",
@@ -536,22 +561,53 @@ app.add_typer(fleet_app, name="fleet")
 
 
 @fleet_app.command("report")
-def fleet_report(broker: str = typer.Option(..., "--broker", help="HOST:PORT of the fleet's MQTT broker."),
-                 duration: float = typer.Option(5.0, "--duration", help="Seconds to listen (retained counters "
-                                                                        "arrive at once)."),
-                 out: Path = typer.Option(..., "--out", help="Folder for report.json (and report.html)."),
-                 topic: str = typer.Option("sorter/fleet", "--topic", help="Fleet topic prefix.")) -> None:
-    """Counts per line and for the fleet, by verdict and label, from every sorter's hourly counters."""
-    from sorter.fleet import collect, write_report
+def fleet_report(broker: str | None = typer.Option(None, "--broker",
+                                                  help="HOST:PORT of the fleet's MQTT broker; default: config "
+                                                       "fleet.broker."),
+                 duration: float = typer.Option(5.0, "--duration", help="Seconds to listen (retained reports and "
+                                                                        "counters arrive at once)."),
+                 out: Path = typer.Option(..., "--out", help="Folder for report.json and report.html."),
+                 topic: str | None = typer.Option(None, "--topic", help="Fleet topic prefix; default: config "
+                                                                        "fleet.topic (sorter/fleet)."),
+                 date: str | None = typer.Option(None, "--date", help="Day (YYYY-MM-DD, the lines' window start) "
+                                                                      "to report; default: the newest reported."),
+                 margin: float | None = typer.Option(None, "--margin",
+                                                     help="Accuracy fall that raises a fleet drift flag."),
+                 fail_on_drift: bool = typer.Option(False, "--fail-on-drift",
+                                                    help="Exit 1 when a drift flag is raised (fleet or any line)."),
+                 config: Path | None = ConfigOpt) -> None:
+    """The nightly report across lines: every line's published report merged, plus the live hourly counters."""
+    from sorter.config import ConfigError, load_settings
+    from sorter.fleet import build_fleet_report, check_day, listen, write_report
 
     try:
-        report = collect(broker, duration, topic)
+        settings = load_settings(config)
+        date = check_day(date)
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc))
+    fleet = settings.fleet
+    broker = broker or fleet.broker
+    if not broker:
+        fail("no broker: pass --broker or set fleet.broker in the config")
+    password = fleet.password.get_secret_value() if fleet.password else None
+    try:
+        heard = listen(broker, duration, topic or fleet.topic, fleet.username, password, date)
     except (ValueError, OSError) as exc:
         fail(f"{broker}: {exc}")
-    files = write_report(report, out)
-    total = report["total"]
-    typer.echo(f"{len(report['lines'])} line(s), {total['items']} items {total['by_verdict']}; "
+    report = build_fleet_report(heard, date, _report_options(settings, margin))
+    files = write_report(report, out, settings.report.max_thumbnails)
+    total = report["live"]["total"]
+    live = f"live counters: {len(report['live']['lines'])} line(s), {total['items']} items {total['by_verdict']}"
+    if "audit" not in report:
+        typer.echo(f"{report['note']}; {live}; wrote {', '.join(str(f) for f in files)}")
+        raise typer.Exit(0)
+    acc = report["audit"]["accuracy"]
+    typer.echo(f"{report['date']}: {len(report['lines'])} line(s), {report['items']['classified']} items, "
+               f"accuracy {acc if acc is None else f'{acc:.3f}'} (n={report['audit']['n']}); {live}; "
                f"wrote {', '.join(str(f) for f in files)}")
+    for flag in report["drift"]["flags"]:
+        err.print(f"[red]drift:[/red] {flag['message']}", highlight=False)
+    raise typer.Exit(1 if fail_on_drift and report["drift"]["flagged"] else 0)
 
 
 def _forward(verb: str) -> None:

@@ -1,11 +1,14 @@
-"""Many conveyor lines, one broker: each sorter publishes verdicts and hourly counters; one report.
+"""Many conveyor lines, one broker: each sorter publishes verdicts, hourly counters and its nightly
+report; `sorter fleet report` turns them into one report.
 
 Topics under `fleet.topic` (default sorter/fleet), per line:
     <topic>/<line>/verdict/<verdict>             every decision, QoS 1, spooled on disk (MqttOutput)
     <topic>/<line>/counters/<hour>/<run>         RETAINED running totals for that UTC hour and process run
-Retained hourly counters are the source of truth for `sorter fleet report`: a report that
-subscribes at any time gets every line's totals at once, and a restarted sorter (a new `run`)
-never overwrites the counts of the run before it. Verdict events are the live stream.
+    <topic>/<line>/report/<YYYY-MM-DD>           RETAINED report.json of `sorter report` (window start date)
+Retained messages are what `sorter fleet report` reads: whenever it subscribes it gets every
+line's reports and totals at once, and a restarted sorter (a new `run`) never overwrites the
+counts of the run before it. The per-line reports are merged (`fleet_merge`) into the same
+report `sorter report` writes; the hourly counters stay beside it as the `live` view.
 """
 
 from __future__ import annotations
@@ -16,12 +19,17 @@ import os
 import threading
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sorter.config import FleetSettings
 from sorter.outputs import MqttOutput
+
+if TYPE_CHECKING:
+    from sorter.report import ReportOptions
 
 log = logging.getLogger("sorter.fleet")
 Counts = dict[str, dict[str, int]]  # verdict → label → n
@@ -129,15 +137,85 @@ def aggregate(counters: dict[str, dict[str, Any]], live: dict[str, int] | None =
             "total": total, "live_events": dict(sorted((live or {}).items()))}
 
 
-def collect(broker: str, duration: float, topic: str = "sorter/fleet",
-            username: str | None = None, password: str | None = None) -> dict[str, Any]:
-    """Subscribe for `duration` seconds: retained counters arrive at once, live verdicts as they come."""
+def _client(client_id: str, username: str | None, password: str | None, timeout: float = 10.0) -> Any:
     import paho.mqtt.client as mqtt
 
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.connect_timeout = timeout
+    if username:
+        client.username_pw_set(username, password)
+    return client
+
+
+def check_day(text: str | None) -> str | None:
+    """A YYYY-MM-DD day (the key of a line's retained report), or ValueError."""
+    if text is not None and date.fromisoformat(text).isoformat() != text:
+        raise ValueError(f"{text!r} is not a YYYY-MM-DD day")
+    return text
+
+
+def report_topic(topic: str, line: str, day: str) -> str:
+    return f"{topic.rstrip('/')}/{line}/report/{day}"
+
+
+def publish_report(settings: FleetSettings, line: str, report: dict[str, Any], clear: Iterable[str] = (),
+                   timeout: float = 10.0) -> str:
+    """Publish a line's report.json (retained, QoS 1) and wait for the broker's acknowledgement.
+
+    Retained, so a fleet report run at any time finds every line's report for a day; `clear`
+    names days whose retained reports are removed (the dated folders `--keep` pruned), so the
+    broker does not hoard a year of reports. Raises OSError (ConnectionError, TimeoutError)
+    when the broker is unreachable or does not acknowledge within `timeout`.
+    """
+    host, port = parse_broker(settings.broker or "")
+    password = settings.password.get_secret_value() if settings.password else None
+    day = report["window"]["from"][:10]
+    client = _client(f"sorter-report-{line}-{os.getpid()}", settings.username, password, timeout)
+    accepted, answer = threading.Event(), {}
+
+    def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
+        answer["reason"] = reason
+        accepted.set()
+
+    client.on_connect = on_connect
+    client.connect(host, port, 30)
+    client.loop_start()
+    try:
+        deadline = time.monotonic() + timeout
+        if not accepted.wait(timeout) or answer["reason"].is_failure:
+            raise ConnectionError(f"broker {host}:{port} refused the connection: {answer.get('reason', 'no answer')}")
+        topic = report_topic(settings.topic, line, day)
+        infos = [client.publish(topic, json.dumps({**report, "line": line}), qos=1, retain=True)]
+        infos += [client.publish(report_topic(settings.topic, line, old), b"", qos=1, retain=True)
+                  for old in clear if old != day]
+        for info in infos:
+            try:
+                info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+            except (RuntimeError, ValueError) as exc:
+                raise ConnectionError(f"broker {host}:{port}: {exc}") from exc
+            if not info.is_published():
+                raise TimeoutError(f"broker {host}:{port} did not acknowledge within {timeout:g} s")
+        return topic
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+@dataclass
+class Heard:
+    """What one subscription brought: latest counters per topic, live verdicts per line, reports by day."""
+
+    counters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    live: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    reports: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # day → line → report
+
+
+def listen(broker: str, duration: float, topic: str = "sorter/fleet", username: str | None = None,
+           password: str | None = None, day: str | None = None) -> Heard:
+    """Subscribe for `duration` seconds: retained counters and reports arrive at once, live verdicts as they
+    come. With `day`, only that day's reports are asked for."""
     host, port = parse_broker(broker)
-    counters: dict[str, dict[str, Any]] = {}
-    live: dict[str, int] = defaultdict(int)
-    lock, subscribed = threading.Lock(), threading.Event()
+    heard, lock, subscribed = Heard(), threading.Lock(), threading.Event()
     base = topic.rstrip("/")
 
     def on_message(client: Any, userdata: Any, msg: Any) -> None:
@@ -145,18 +223,19 @@ def collect(broker: str, duration: float, topic: str = "sorter/fleet",
         try:
             payload = json.loads(msg.payload)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return
+            return  # an emptied retained topic, or not ours
         with lock:
             if len(parts) == 4 and parts[1] == "counters":
-                counters[msg.topic] = payload
+                heard.counters[msg.topic] = payload
             elif len(parts) == 3 and parts[1] == "verdict":
-                live[parts[0]] += 1
+                heard.live[parts[0]] += 1
+            elif len(parts) == 3 and parts[1] == "report" and isinstance(payload, dict) and "audit" in payload:
+                heard.reports.setdefault(parts[2], {})[payload.get("line") or parts[0]] = payload
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sorter-fleet-report-{os.getpid()}")
-    if username:
-        client.username_pw_set(username, password)
+    client = _client(f"sorter-fleet-report-{os.getpid()}", username, password)
     client.on_message = on_message
-    client.on_connect = lambda c, *a: c.subscribe([(f"{base}/+/counters/#", 1), (f"{base}/+/verdict/#", 1)])
+    client.on_connect = lambda c, *a: c.subscribe([(f"{base}/+/counters/#", 1), (f"{base}/+/verdict/#", 1),
+                                                   (f"{base}/+/report/{day or '#'}", 1)])
     client.on_subscribe = lambda *a: subscribed.set()
     client.connect(host, port, 30)
     client.loop_start()
@@ -168,19 +247,33 @@ def collect(broker: str, duration: float, topic: str = "sorter/fleet",
         client.disconnect()
         client.loop_stop()
     with lock:
-        return aggregate(dict(counters), dict(live))
+        return Heard(dict(heard.counters), dict(heard.live), {d: dict(r) for d, r in heard.reports.items()})
 
 
-def write_report(report: dict[str, Any], out: Path) -> list[Path]:
+def collect(broker: str, duration: float, topic: str = "sorter/fleet",
+            username: str | None = None, password: str | None = None) -> dict[str, Any]:
+    """The hourly-counter view alone (per line and fleet totals by verdict and label)."""
+    heard = listen(broker, duration, topic, username, password)
+    return aggregate(heard.counters, heard.live)
+
+
+def build_fleet_report(heard: Heard, day: str | None = None, options: ReportOptions | None = None) -> dict[str, Any]:
+    """The merged report of `day` (default: the newest day any line reported) with the counters as `live`;
+    only `live` and a `note` when no line reported that day."""
+    from sorter.fleet_merge import merge
+
+    live = aggregate(heard.counters, heard.live)
+    day = day or max(heard.reports, default=None)
+    reports = heard.reports.get(day, {}) if day else {}
+    if not reports:
+        return {"date": day, "generated_at": live["generated_at"], "live": live,
+                "note": f"no line published a report for {day or 'any day'}: hourly counters only"}
+    return {**merge(reports, options), "date": day, "live": live}
+
+
+def write_report(report: dict[str, Any], out: Path, max_thumbnails: int = 24) -> list[Path]:
     """report.json for machines and report.html for people, written beside each other."""
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / "report.json"]
-    tmp = out / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, written[0])
-    from sorter.report_html import render_fleet
+    from sorter.report import write_json
+    from sorter.report_html import write_html
 
-    html = out / "report.html"
-    html.write_text(render_fleet(report))
-    written.append(html)
-    return written
+    return [write_json(report, out), write_html(report, out, max_thumbnails)]

@@ -12,6 +12,7 @@ import math
 import re
 import shutil
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -90,23 +91,41 @@ def wilson(successes: int, n: int, z: float = 1.96) -> list[float] | None:
     return [_r(max(0.0, centre - half)), _r(min(1.0, centre + half))]
 
 
-def audit_figures(rows: list[dict], labels: list[str], rotten: list[str]) -> dict[str, Any]:
-    """Accuracy (with its interval), fresh-vs-rotten accuracy, per-class figures, confusion."""
-    n = len(rows)
-    true, pred = [r["true_label"] for r in rows], [r["label"] for r in rows]
-    cm = confusion(true, pred, labels)
-    correct = int(np.trace(cm))
+def label_order(known: list[str] | None, seen: Iterable[str]) -> list[str]:
+    """The card's labels in its order, then any other label seen, sorted (one rule for line and fleet)."""
+    out = list(known or [])
+    return out + [lbl for lbl in sorted(set(seen)) if lbl not in out]
+
+
+def rotten_of(labels: list[str], known: list[str] | None) -> list[str]:
+    """The card's rotten labels; without a card, the labels that say so in their name."""
+    return list(known) if known is not None else [lbl for lbl in labels if "rotten" in lbl.lower()]
+
+
+def matrix_figures(cm: np.ndarray, labels: list[str], rotten: list[str]) -> dict[str, Any]:
+    """Accuracy (with its interval), fresh-vs-rotten accuracy, per-class figures from the matrix alone,
+    so a fleet can sum its lines' matrices and get the same figures a single line would."""
+    n, correct = int(cm.sum()), int(np.trace(cm))
+    bad = [lbl in rotten for lbl in labels]
+    same = sum(int(cm[i, j]) for i in range(len(labels)) for j in range(len(labels)) if bad[i] == bad[j])
     classes = per_class(cm, labels)
     present = [c for c in classes.values() if c["support"]]
     return {
         "n": n, "correct": correct,
         "accuracy": _r(correct / n) if n else None,
         "accuracy_ci95": wilson(correct, n),
-        "fresh_vs_rotten_accuracy": _r(sum((t in rotten) == (p in rotten) for t, p in zip(true, pred, strict=True))
-                                       / n) if n else None,
+        "fresh_vs_rotten_accuracy": _r(same / n) if n else None,
         "per_class": classes,
         "macro_f1": _r(sum(c["f1"] for c in present) / len(present)) if present else None,
         "confusion_matrix": {"labels": labels, "rows": "true", "columns": "predicted", "matrix": cm.tolist()},
+    }
+
+
+def audit_figures(rows: list[dict], labels: list[str], rotten: list[str]) -> dict[str, Any]:
+    """The matrix figures over audited rows, plus the items the model got wrong."""
+    cm = confusion([r["true_label"] for r in rows], [r["label"] for r in rows], labels)
+    return {
+        **matrix_figures(cm, labels, rotten),
         "wrong": [{k: r[k] for k in ("id", "sha256", "label", "true_label", "confidence", "verdict", "destination",
                                      "auditor")} for r in rows if r["label"] != r["true_label"]][:MAX_WRONG],
     }
@@ -215,11 +234,15 @@ def compare(current: dict, baseline: dict | None, name: str, margin: float, min_
     return out, flags
 
 
-def drift(audit: dict, rates: dict[str, float | None], card: ModelCard | None, previous: dict | None,
+def card_baseline(card: ModelCard | None) -> dict | None:
+    """The card's test-set figures as a baseline for `compare`; None without a card accuracy."""
+    return ({"accuracy": card.score.accuracy, "per_class": card.score.per_class}
+            if card and card.score.accuracy is not None else None)
+
+
+def drift(audit: dict, rates: dict[str, float | None], card_base: dict | None, previous: dict | None,
           margin: float, min_audited: int) -> dict[str, Any]:
     """Against the card's test-set figures and the previous report; flags only accuracy falls."""
-    card_base = ({"accuracy": card.score.accuracy, "per_class": card.score.per_class}
-                 if card and card.score.accuracy is not None else None)
     vs_card, f1 = compare(audit, card_base, "model card", margin, min_audited, None)
     vs_prev, f2 = None, []
     if previous:
@@ -257,11 +280,16 @@ def _audited(conn: sqlite3.Connection, start: str, end: str) -> list[dict]:
     return [dict(r) for r in conn.execute(sql, [start, end])]
 
 
+def ranked(counts: dict[str, int]) -> dict[str, int]:
+    """Most frequent first, ties by name: the order of every count table in the report."""
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def _count(values: list) -> dict[str, int]:
     out: dict[str, int] = {}
     for v in values:
         out[str(v)] = out.get(str(v), 0) + 1
-    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+    return ranked(out)
 
 
 def build_report(db_path: Path | str, lo: datetime, hi: datetime, card: ModelCard | None = None,
@@ -281,9 +309,8 @@ def build_report(db_path: Path | str, lo: datetime, hi: datetime, card: ModelCar
     firsts = [i for i in items if i["duplicate_of"] is None]
     classified = [i for i in firsts if i["label"] is not None and i["verdict"] is not None]
     seen = sorted({i["label"] for i in classified} | {a["true_label"] for a in audited})
-    labels = list(card.labels) if card else seen
-    labels += [lbl for lbl in seen if lbl not in labels]
-    rotten = list(card.rotten_labels) if card else [lbl for lbl in labels if "rotten" in lbl.lower()]
+    labels = label_order(card.labels if card else None, seen)
+    rotten = rotten_of(labels, card.rotten_labels if card else None)
     verdicts = _count([i["verdict"] for i in classified])
     n, hours = len(classified), (hi - lo).total_seconds() / 3600
     audit = audit_figures(audited, labels, rotten)
@@ -307,7 +334,7 @@ def build_report(db_path: Path | str, lo: datetime, hi: datetime, card: ModelCar
         "errors_by_reason": _count([reason(i["error"]) for i in firsts if i["error"]]),
         "camera": cameras,
         "audit": audit,
-        "drift": drift(audit, {"rotten_rate": rates[0], "uncertain_rate": rates[1]}, card, previous,
+        "drift": drift(audit, {"rotten_rate": rates[0], "uncertain_rate": rates[1]}, card_baseline(card), previous,
                        opts.margin, opts.min_audited),
     }
 

@@ -171,18 +171,31 @@ def _wrong(wrong: list[dict], limit: int) -> str:
     for w in wrong[:limit]:
         src = thumbnail(w["destination"])
         img = f'<img src="{src}" alt="item {w["id"]}">' if src else "<div>(image gone)</div>"
-        figures.append(f'<figure>{img}<figcaption>#{w["id"]}: {escape(w["label"])} → '
+        where = escape(f"{w['line']} ") if w.get("line") else ""
+        figures.append(f'<figure>{img}<figcaption>{where}#{w["id"]}: {escape(w["label"])} → '
                        f'<b>{escape(w["true_label"])}</b> ({w["confidence"]:.2f})</figcaption></figure>')
     more = f"<p>and {len(wrong) - limit} more in report.json</p>" if len(wrong) > limit else ""
     return ('<div class="thumbs">' + "".join(figures) + "</div>" + more) if figures else "<p>none</p>"
 
 
+def _page(title: str, sections: list[str]) -> str:
+    return ('<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{escape(title)}</title><style>{CSS}</style></head>"
+            f"<body>{''.join(sections)}<script>{CHECK_JS}</script></body></html>")
+
+
 def render(report: dict, max_thumbnails: int = 24) -> str:
-    """The whole page as one string."""
+    """The whole page as one string; a fleet report (one with `lines`) adds its per-line and live tables."""
     r, a = report, report["audit"]
-    sections = [f"<h1>Sorter report</h1><p>{escape(r['window']['from'][:16])} → {escape(r['window']['to'][:16])} "
+    fleet = "lines" in r
+    name = "Fleet report" if fleet else "Sorter report"
+    heading = f"{name} ({len(r['lines'])} lines)" if fleet else name
+    sections = [f"<h1>{escape(heading)}</h1><p>{escape(r['window']['from'][:16])} → {escape(r['window']['to'][:16])} "
                 f"UTC · model {escape((r['model'] or {}).get('name', 'unknown'))}</p>", _headline(r),
                 "<h2>Drift</h2>", _drift(r["drift"])]
+    if fleet:
+        sections += ["<h2>Lines</h2>", _lines(r["lines"])]
     if a["n"]:
         sections += ["<h2>Confusion matrix (audited)</h2>",
                      _plot(plot_confusion, a["confusion_matrix"], "confusion matrix"),
@@ -205,41 +218,56 @@ def render(report: dict, max_thumbnails: int = 24) -> str:
                                                 [[k, _pct(v["online_fraction"]), v["offline_events"],
                                                   v["dropped_frames"]] for k, v in r["camera"].items()])]
     sections += ["<h2>Audited items the model got wrong</h2>", _wrong(a["wrong"], max_thumbnails)]
-    return ('<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>Sorter report {escape(r['window']['from'][:10])}</title><style>{CSS}</style></head>"
-            f"<body>{''.join(sections)}<script>{CHECK_JS}</script></body></html>")
+    if fleet and r.get("live"):
+        sections += _live(r["live"])
+    return _page(f"{name} {r['window']['from'][:10]}", sections)
+
+
+def _lines(lines: dict) -> str:
+    """One row per line of a fleet report: its volume, rates, audited accuracy and whether it drifted."""
+    return _table(["line", "items", "rotten rate", "uncertain rate", "audited", "accuracy", "95% CI", "drift",
+                   "model", "window"],
+                  [[name, x["items"], _pct(x["rotten_rate"]), _pct(x["uncertain_rate"]), x["audit_n"],
+                    _pct(x["accuracy"]),
+                    f"{_pct(x['accuracy_ci95'][0])}–{_pct(x['accuracy_ci95'][1])}" if x["accuracy_ci95"] else "—",
+                    "FLAG" if x["drift_flagged"] else "ok", x["model"] or "—",
+                    f"{x['window']['from'][:16]} → {x['window']['to'][:16]}"] for name, x in lines.items()])
 
 
 def _rate(counts: dict, verdict: str) -> float | None:
     return counts["by_verdict"].get(verdict, 0) / counts["items"] if counts["items"] else None
 
 
-def render_fleet(report: dict) -> str:
-    """The fleet page: the same headline cards and count tables, one row per conveyor line."""
-    total, lines = report["total"], report["lines"]
+def _live(live: dict) -> list[str]:
+    """The hourly-counter view: every retained hour each line published, per line and for the fleet."""
+    total, lines = live["total"], live["lines"]
     cards = '<div class="cards">' + "".join([
-        _card("items classified", str(total["items"]), f"{len(lines)} lines", "fleet-items", total["items"]),
+        _card("items counted", str(total["items"]), f"{len(lines)} lines", "fleet-items", total["items"]),
         _card("rotten rate", _pct(_rate(total, "rotten"))),
         _card("uncertain rate", _pct(_rate(total, "uncertain"))),
     ]) + "</div>"
     rows = [[name, c["items"], c["by_verdict"].get("fresh", 0), c["by_verdict"].get("rotten", 0),
              c["by_verdict"].get("uncertain", 0), _pct(_rate(c, "rotten")), len(c.get("runs", []))]
             for name, c in lines.items()]
-    sections = [f"<h1>Fleet report</h1><p>{escape(report['generated_at'])}</p>", cards, "<h2>Lines</h2>",
-                _table(["line", "items", "fresh", "rotten", "uncertain", "rotten rate", "runs"], rows),
-                "<h2>Counts</h2>", _table(["label", "items"], list(total["by_label"].items())),
-                _table(["verdict", "items"], list(total["by_verdict"].items()))]
-    return ('<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>Fleet report</title><style>{CSS}</style></head>"
-            f"<body>{''.join(sections)}<script>{CHECK_JS}</script></body></html>")
+    return ["<h2>Live hourly counters</h2>", cards,
+            _table(["line", "items", "fresh", "rotten", "uncertain", "rotten rate", "runs"], rows),
+            _table(["label", "items"], list(total["by_label"].items())),
+            _table(["verdict", "items"], list(total["by_verdict"].items()))]
+
+
+def render_fleet(report: dict) -> str:
+    """The counters-only fleet page, for a day no line published a report for."""
+    sections = [f"<h1>Fleet report</h1><p>{escape(report['generated_at'])}</p>",
+                f"<p id=\"note\">{escape(report.get('note') or '')}</p>", *_live(report["live"])]
+    return _page("Fleet report", sections)
 
 
 def write_html(report: dict, out: Path, max_thumbnails: int = 24) -> Path:
+    """report.html beside report.json: the full page, or the counters-only fleet page."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.html"
     tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(render(report, max_thumbnails), encoding="utf-8")
+    page = render(report, max_thumbnails) if "audit" in report else render_fleet(report)
+    tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)
     return path

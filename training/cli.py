@@ -36,10 +36,15 @@ def train(ctx: typer.Context,
           shear: float = typer.Option(0.2, help="Augmentation: max shear (fraction)."),
           zoom: float = typer.Option(0.2, help="Augmentation: max zoom in/out (fraction)."),
           flip: bool = typer.Option(True, "--flip/--no-flip", help="Augmentation: random horizontal flips."),
+          fill: str = typer.Option("reflect", help="Augmentation: what fills the corners a transform uncovers: "
+                                                   "reflect | constant (black, as in pre-augmented photo sets) | "
+                                                   "nearest."),
           patience: int = typer.Option(5, help="Early stopping: epochs without a better val loss."),
           binary_sigmoid: bool = typer.Option(False, "--binary-sigmoid",
                                               help="Two classes: one sigmoid output instead of softmax."),
           label_smoothing: float = typer.Option(0.0, help="Label smoothing of the softmax targets (0: off)."),
+          ema: float = typer.Option(0.0, help="Phase 2: finish on an exponential moving average of the weights "
+                                               "with this momentum, e.g. 0.99 (0: off)."),
           baselines: bool = typer.Option(False, "--baselines",
                                          help="Also fit logistic-regression and linear-SVM heads on frozen "
                                               "features and record their test scores (baselines.json)."),

@@ -166,6 +166,9 @@ def load_splits(path: Path, root: Path | None = None) -> DataSplits:
 # --- augmentation and datasets ----------------------------------------------------------------
 
 
+FILLS = ("reflect", "constant", "nearest")
+
+
 @dataclass
 class Augment:
     """Training-split augmentation; degrees for rotation, fractions of the side for the rest."""
@@ -176,6 +179,7 @@ class Augment:
     shear: float = 0.2
     zoom: float = 0.2
     flip: bool = True
+    fill: str = "reflect"  # what the transforms paint into uncovered corners: reflect | constant (black) | nearest
 
     def layers(self, seed: int) -> list:
         """Keras 3 preprocessing layers, applied in the tf.data map (never inside the exported model)."""
@@ -183,14 +187,14 @@ class Augment:
 
         out: list = []
         if self.rotation:
-            out.append(keras.layers.RandomRotation(self.rotation / 360.0, fill_mode="reflect", seed=seed))
+            out.append(keras.layers.RandomRotation(self.rotation / 360.0, fill_mode=self.fill, seed=seed))
         if self.width_shift or self.height_shift:
             out.append(keras.layers.RandomTranslation(self.height_shift, self.width_shift,
-                                                      fill_mode="reflect", seed=seed + 1))
+                                                      fill_mode=self.fill, seed=seed + 1))
         if self.shear:
-            out.append(keras.layers.RandomShear(self.shear, self.shear, fill_mode="reflect", seed=seed + 2))
+            out.append(keras.layers.RandomShear(self.shear, self.shear, fill_mode=self.fill, seed=seed + 2))
         if self.zoom:
-            out.append(keras.layers.RandomZoom(self.zoom, fill_mode="reflect", seed=seed + 3))
+            out.append(keras.layers.RandomZoom(self.zoom, fill_mode=self.fill, seed=seed + 3))
         if self.flip:
             out.append(keras.layers.RandomFlip("horizontal", seed=seed + 4))
         return out

@@ -1,0 +1,150 @@
+"""Many lines' nightly reports → one report of the same format (`sorter-report/1`), plus `lines`.
+
+Counts add up; every ratio (rates, accuracy and its interval, per-class figures) is recomputed
+from the summed counts and the summed confusion matrix, never averaged, so a fleet of one line
+gives exactly that line's figures. The figures come from the functions `sorter report` uses.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from sorter import report as rp
+from sorter.store import now_iso
+
+Reports = dict[str, dict[str, Any]]  # line → its report.json
+
+
+def _sum(reports: Reports, key: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in reports.values():
+        for name, n in (r.get(key) or {}).items():
+            out[name] = out.get(name, 0) + n
+    return rp.ranked(out)
+
+
+def _items(reports: Reports) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in reports.values():
+        for name, n in r["items"].items():
+            out[name] = out.get(name, 0) + n
+    return out
+
+
+def _window(reports: Reports) -> tuple[datetime, datetime]:
+    """From the earliest line's start to the latest line's end."""
+    return (min(rp.parse_time(r["window"]["from"]) for r in reports.values()),
+            max(rp.parse_time(r["window"]["to"]) for r in reports.values()))
+
+
+def _throughput(reports: Reports, lo: datetime, hi: datetime, classified: int) -> dict[str, Any]:
+    """Every hour of the fleet's window, each line's counts added to its UTC hour."""
+    hours = (hi - lo).total_seconds() / 3600
+    series = {slot["hour"]: slot for slot in rp.hourly([], lo, hi)}
+    for r in reports.values():
+        for h in r["throughput"]["hourly"]:
+            slot = series.setdefault(h["hour"], {"hour": h["hour"], "items": 0, "rotten": 0, "uncertain": 0})
+            for key in ("items", "rotten", "uncertain"):
+                slot[key] += h[key]
+    hourly = [series[h] for h in sorted(series)]
+    return {"per_hour": rp._r(classified / hours) if hours else 0.0,
+            "peak_per_hour": max((s["items"] for s in hourly), default=0), "hourly": hourly}
+
+
+def _histograms(reports: Reports) -> dict[str, Any]:
+    out: dict[str, list[int]] = {}
+    for r in reports.values():
+        for verdict, counts in r["confidence_histogram"]["by_verdict"].items():
+            bins = out.setdefault(verdict, [0] * len(counts))
+            out[verdict] = [a + b for a, b in zip(bins, counts, strict=True)]
+    return {"bins": rp.BINS, "by_verdict": out}
+
+
+def _labels(reports: Reports) -> tuple[list[str], list[str], list[str] | None]:
+    """The lines' card labels, then any other label in their matrices (report.label_order, as for one line);
+    the cards' rotten labels when every line has a card, else the name rule; and the card labels alone."""
+    models = [r["model"] for r in reports.values() if r.get("model")]
+    known = list(dict.fromkeys(lbl for m in models for lbl in m["labels"])) if models else None
+    seen = {lbl for r in reports.values() for lbl in r["audit"]["confusion_matrix"]["labels"]}
+    labels = rp.label_order(known, seen)
+    every_card = len(models) == len(reports)
+    rotten = list(dict.fromkeys(lbl for m in models for lbl in m["rotten_labels"])) if every_card else None
+    return labels, rp.rotten_of(labels, rotten), known
+
+
+def _matrix(reports: Reports, labels: list[str]) -> np.ndarray:
+    """Each line's confusion matrix added cell by cell under the fleet's label order."""
+    index = {lbl: i for i, lbl in enumerate(labels)}
+    cm = np.zeros((len(labels), len(labels)), dtype=int)
+    for r in reports.values():
+        own = r["audit"]["confusion_matrix"]
+        for i, row in enumerate(own["matrix"]):
+            for j, n in enumerate(row):
+                cm[index[own["labels"][i]], index[own["labels"][j]]] += n
+    return cm
+
+
+def _model(reports: Reports, known: list[str] | None, rotten: list[str]) -> dict[str, Any] | None:
+    models = [r["model"] for r in reports.values() if r.get("model")]
+    if not models:
+        return None
+    accuracies = {m.get("card_accuracy") for m in models}
+    return {"name": ", ".join(sorted({m["name"] for m in models})), "labels": known, "rotten_labels": rotten,
+            "card_accuracy": accuracies.pop() if len(accuracies) == 1 and len(models) == len(reports) else None}
+
+
+def _drift(audit: dict, rates: dict[str, float | None], reports: Reports, model: dict | None,
+           options: rp.ReportOptions) -> dict[str, Any]:
+    """The fleet against the card (when every line reports the same card accuracy), then each line's flags."""
+    base = {"accuracy": model["card_accuracy"]} if model and model["card_accuracy"] is not None else None
+    out = rp.drift(audit, rates, base, None, options.margin, options.min_audited)
+    if base is None:
+        out["note"] = "; ".join(filter(None, [out["note"], "lines differ in model card accuracy (or have no "
+                                                          "card): no fleet comparison with a card"]))
+    for line, r in reports.items():
+        out["flags"] += [{**flag, "line": line, "message": f"{line}: {flag['message']}"}
+                         for flag in r["drift"]["flags"]]
+    out["flagged"] = bool(out["flags"])
+    return out
+
+
+def _line(r: dict[str, Any]) -> dict[str, Any]:
+    """The row of the per-line table."""
+    a = r["audit"]
+    return {"items": r["items"]["classified"], "rotten_rate": r["rotten_rate"], "uncertain_rate": r["uncertain_rate"],
+            "audit_n": a["n"], "accuracy": a["accuracy"], "accuracy_ci95": a["accuracy_ci95"],
+            "drift_flagged": r["drift"]["flagged"], "window": r["window"],
+            "model": (r.get("model") or {}).get("name"), "db": r.get("db"), "generated_at": r.get("generated_at")}
+
+
+def merge(reports: Reports, options: rp.ReportOptions | None = None) -> dict[str, Any]:
+    """One `sorter-report/1` report for the fleet from each line's report; `lines` holds one row per line."""
+    if not reports:
+        raise ValueError("no line reports to merge")
+    opts = options or rp.ReportOptions()
+    reports = dict(sorted(reports.items()))
+    labels, rotten, known = _labels(reports)
+    items = _items(reports)
+    verdicts = _sum(reports, "by_verdict")
+    n = items["classified"]
+    rates = {f"{v}_rate": rp._r(verdicts.get(v, 0) / n) if n else None for v in ("rotten", "uncertain")}
+    lo, hi = _window(reports)
+    audit = {**rp.matrix_figures(_matrix(reports, labels), labels, rotten),
+             "wrong": [{**w, "line": line} for line, r in reports.items() for w in r["audit"]["wrong"]]}
+    model = _model(reports, known, rotten)
+    return {
+        "format": rp.FORMAT, "generated_at": now_iso(), "db": None, "model": model,
+        "window": {"from": rp._iso(lo), "to": rp._iso(hi), "hours": rp._r((hi - lo).total_seconds() / 3600)},
+        "items": items, "by_label": _sum(reports, "by_label"), "by_verdict": verdicts,
+        "by_model": _sum(reports, "by_model"), **rates,
+        "throughput": _throughput(reports, lo, hi, n),
+        "confidence_histogram": _histograms(reports),
+        "errors_by_reason": _sum(reports, "errors_by_reason"),
+        "camera": {f"{line}/{dev}": fig for line, r in reports.items() for dev, fig in (r.get("camera") or {}).items()},
+        "audit": audit,
+        "drift": _drift(audit, rates, reports, model, opts),
+        "lines": {line: _line(r) for line, r in reports.items()},
+    }
