@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from sorter.imaging import decode  # noqa: E402
-from sorter.model import Classifier, default_threads  # noqa: E402
+from sorter.model import Classifier, default_threads, inference_layout  # noqa: E402
 
 SORTER = Path(sys.executable).parent / "sorter"
 
@@ -65,17 +66,30 @@ def decode_cost(data: list[bytes], size: tuple[int, int]) -> tuple[float, np.nda
     return (time.perf_counter() - start) / len(data), np.stack(images)
 
 
-def inference_rate(clf: Classifier, images: np.ndarray, batch: int) -> float:
-    clf.predict(images[:batch])  # warm-up and tensor allocation
+def inference_rate(clf: Classifier, images: np.ndarray, batch: int, interpreters: int = 1) -> float:
+    """Images/s of `interpreters` copies of the interpreter, each scoring its share of the images
+    in batches on its own thread: the raw interpreter with nothing else to do."""
+    clfs = [clf] + [clf.replica() for _ in range(interpreters - 1)]
+    for c in clfs:
+        c.predict(images[:batch])  # warm-up and tensor allocation
+    shares = np.array_split(np.arange(len(images)), interpreters)
+
+    def work(c: Classifier, idx: np.ndarray) -> None:
+        for i in range(0, len(idx), batch):
+            c.predict(images[idx[i : i + batch]])
+
+    threads = [threading.Thread(target=work, args=pair) for pair in zip(clfs, shares, strict=True)]
     start = time.perf_counter()
-    for i in range(0, len(images), batch):
-        clf.predict(images[i : i + batch])
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     return len(images) / (time.perf_counter() - start)
 
 
-def _env(threads: int, batch: int) -> dict[str, str]:
-    return {**os.environ, "SORTER_THREADS": str(threads), "SORTER_BATCH_SIZE": str(batch),
-            "SORTER_STABLE_SECONDS": "0"}
+def _env(layout: tuple[int, int], batch: int) -> dict[str, str]:
+    return {**os.environ, "SORTER_INTERPRETERS": str(layout[0]), "SORTER_THREADS": str(layout[1]),
+            "SORTER_BATCH_SIZE": str(batch), "SORTER_STABLE_SECONDS": "0"}
 
 
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .* routed ")
@@ -90,14 +104,14 @@ def _vm_hwm_kb(pid: int) -> int:
         return 0
 
 
-def daemon_run(model: Path, work: Path, incoming: Path, threads: int, batch: int) -> dict[str, float]:
+def daemon_run(model: Path, work: Path, incoming: Path, layout: tuple[int, int], batch: int) -> dict[str, float]:
     """`sorter watch --once`: wall time, steady rate (first to last routed line), peak RSS (MB)."""
     log = work / f"{incoming.name}.log"
     cmd = [str(SORTER), "watch", str(incoming), "--out", str(work / f"{incoming.name}-out"),
            "--db", str(work / f"{incoming.name}.db"), "--model", str(model), "--once"]
     start = time.perf_counter()
     with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, stderr=err, env=_env(threads, batch))
+        proc = subprocess.Popen(cmd, stderr=err, env=_env(layout, batch))
     peak_kb = 0
     while proc.poll() is None:  # VmHWM of the daemon itself (ru_maxrss would start at this process's size)
         peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
@@ -125,7 +139,7 @@ def time_to_ready(model: Path, work: Path, tries: int = 3) -> float:
         with open(log, "w") as err:
             proc = subprocess.Popen([str(SORTER), "watch", str(empty), "--out", str(work / "ready-out"),
                                      "--db", str(work / f"ready{i}.db"), "--model", str(model)],
-                                    stderr=err, env=_env(1, 8))
+                                    stderr=err, env=_env((1, 1), 8))
         while "ready" not in log.read_text():
             if proc.poll() is not None:
                 raise SystemExit(f"sorter watch exited early:\n{log.read_text()}")
@@ -141,43 +155,52 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "fruit-lite0-int8.tflite")
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--src", type=Path, default=ROOT.parent / "shared" / "data" / "fruit_dev")
-    parser.add_argument("--threads", type=int, default=default_threads())
+    parser.add_argument("--cores", type=int, default=default_threads(), help="Threads in all (default: every core).")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--keep", action="store_true", help="Keep the work folder.")
     args = parser.parse_args()
     photos = sorted(p for p in args.src.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
     if not photos:
         raise SystemExit(f"no photos under {args.src}")
-    clf = Classifier(args.model, num_threads=args.threads, max_batch=args.batch)
+    layout = inference_layout(None, None, args.cores)  # what `sorter watch` picks on this many cores
+    single = Classifier(args.model, num_threads=args.cores, max_batch=args.batch)
+    pooled = Classifier(args.model, num_threads=layout[1], max_batch=args.batch)
     work = Path(tempfile.mkdtemp(prefix="bench-watch-"))
     rows = []
     try:
         for label, side in (("224 px", 224), ("1000 px", 1000)):
             incoming = work / f"in{side}"
             data = make_set(photos, args.count, side, incoming)
-            per_image, images = decode_cost(data, clf.input_size)
-            alone = inference_rate(clf, images, args.batch)
-            run = daemon_run(args.model, work, incoming, args.threads, args.batch)
+            per_image, images = decode_cost(data, single.input_size)
+            alone = {f"1×{args.cores}": inference_rate(single, images, args.batch),
+                     f"{layout[0]}×{layout[1]}": inference_rate(pooled, images, args.batch, layout[0])}
+            run = daemon_run(args.model, work, incoming, layout, args.batch)
             rows.append((label, run, alone, per_image))
         ready = time_to_ready(args.model, work)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print_table(args, clf, rows, ready)
+    print_table(args, single, layout, rows, ready)
 
 
-def print_table(args: argparse.Namespace, clf: Classifier, rows: list, ready: float) -> None:
+def print_table(args: argparse.Namespace, clf: Classifier, layout: tuple[int, int], rows: list,
+                ready: float) -> None:
+    """The ratio divides by the FASTER of the two inference-alone layouts, whichever the daemon uses."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"sorter watch --once: {args.count} images, model {clf.path.name} "
-                        f"({clf.input_size[1]}×{clf.input_size[0]}), {args.threads} threads, batch {args.batch}")
-    for col in ("images", "watch img/s (steady)", "watch img/s (end-to-end)", "inference alone img/s",
-                "ratio (target ≥0.90)", "decode ms/img", "peak RSS MB (<250)"):
+                        f"({clf.input_size[1]}×{clf.input_size[0]}), {args.cores} cores, watch runs "
+                        f"{layout[0]} interpreter(s) × {layout[1]} thread(s), batch {args.batch}")
+    layouts = list(rows[0][2])
+    for col in ("images", "watch img/s (steady)", "watch img/s (end-to-end)",
+                *(f"inference alone {name} img/s" for name in layouts),
+                "ratio to the faster (target ≥0.90)", "decode ms/img", "peak RSS MB (<250)"):
         table.add_column(col, justify="right")
     for label, run, alone, per_image in rows:
-        table.add_row(label, f"{run['steady']:.0f}", f"{run['end_to_end']:.0f}", f"{alone:.0f}",
-                      f"{run['steady'] / alone:.2f}", f"{per_image * 1000:.2f}", f"{run['rss_mb']:.0f}")
+        table.add_row(label, f"{run['steady']:.0f}", f"{run['end_to_end']:.0f}",
+                      *(f"{alone[name]:.0f}" for name in layouts),
+                      f"{run['steady'] / max(alone.values()):.2f}", f"{per_image * 1000:.2f}", f"{run['rss_mb']:.0f}")
     Console().print(table)
     print(f"time to 'ready' (median of 3): {ready:.2f} s (target < 2 s)")
 

@@ -51,15 +51,16 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
     _LOG["format"] = log_format
 
 
-def load_classifier(model: Path | None, config: Path | None = None):
-    """Settings and a ready classifier, or one clear line and exit 2."""
+def load_classifier(model: Path | None, config: Path | None = None, pooled: bool = False):
+    """Settings and a ready classifier, or one clear line and exit 2. `pooled`: the first of several
+    interpreters side by side (watch), so its threads come from the inference layout."""
     from sorter.config import ConfigError, load_settings
-    from sorter.model import Classifier, ModelError
+    from sorter.model import Classifier, ModelError, inference_layout
 
     try:
         settings = load_settings(config, model=model)
-        return settings, Classifier(settings.model, num_threads=settings.threads,
-                                    max_batch=settings.batch_size)
+        threads = inference_layout(settings.interpreters, settings.threads)[1] if pooled else settings.threads
+        return settings, Classifier(settings.model, num_threads=threads, max_batch=settings.batch_size)
     except (ConfigError, ModelError) as exc:
         fail(str(exc))
     raise AssertionError("unreachable")
@@ -183,19 +184,21 @@ def watch(incoming: Path = typer.Argument(..., help="Folder to watch; files alre
           model: Path | None = ModelOpt, config: Path | None = ConfigOpt) -> None:
     """Sort files dropped into INCOMING; SIGINT/SIGTERM finish the batch in flight and exit 0."""
     from sorter.classify import rules_for
+    from sorter.model import inference_layout
     from sorter.watch import Watcher
 
     _setup_logging()
     if not incoming.is_dir():
         fail(f"{incoming} is not a folder")
-    settings, clf = load_classifier(model, config)
+    settings, clf = load_classifier(model, config, pooled=True)
+    interpreters, _ = inference_layout(settings.interpreters, settings.threads)
     target = out or settings.out or incoming.resolve().parent / "sorted"
     stop = _stop_on_signals()
     rules = rules_for(clf, settings)
     telemetry, closers = _operations(settings, "watch", metrics_port)
     try:
         watcher = Watcher(incoming, target, db or settings.db, clf, rules, settings, dry_run=dry_run,
-                          telemetry=telemetry)
+                          telemetry=telemetry, interpreters=interpreters)
     except Exception as exc:  # the database cannot be opened: say so in one line
         _close_all(closers)
         fail(f"cannot open database {db or settings.db}: {exc}")

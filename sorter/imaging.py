@@ -115,5 +115,12 @@ def resize_rgb(bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
 
 
+def one_image_per_thread() -> None:
+    """The daemons parallelise across images (decode workers); OpenCV's own pool inside each small
+    resize only adds wake-ups and competes with the interpreter's threads (0.39 → 0.27 ms per
+    224 px JPEG here). Process-wide, so called by the daemons, not on import."""
+    cv2.setNumThreads(1)
+
+
 def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES

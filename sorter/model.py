@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 import threading
@@ -44,6 +45,16 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def inference_layout(interpreters: int | None, threads: int | None, cores: int | None = None) -> tuple[int, int]:
+    """(interpreters, threads each) for a throughput daemon. Whole batches side by side beat one
+    batch split across threads: no per-op barrier, so other work (decode, moves) steals only its
+    own share of a core (here 2×1 runs 385 images/s where 1×2 runs 345). Unset values fill the cores."""
+    cores = cores or default_threads()
+    if interpreters is None:
+        interpreters = max(1, cores // (threads or 1))
+    return interpreters, threads or max(1, cores // interpreters)
+
+
 def resolve_model(path: Path | str | None) -> Path:
     model = Path(path) if path else Path(os.environ.get("SORTER_MODEL", DEFAULT_MODEL))
     if model.is_dir():
@@ -75,8 +86,13 @@ class Classifier:
         except ValueError as exc:
             raise ModelError(f"model card {card_path(self.path)} is invalid: {exc}") from exc
         self.sha256 = sha256_file(self.path)
-        self.backend, interpreter_cls = interpreter_backend()
         self.num_threads = num_threads or default_threads()
+        self.max_batch = max_batch
+        self._open()
+        self._check_card()
+
+    def _open(self) -> None:
+        self.backend, interpreter_cls = interpreter_backend()
         try:
             self._interp = interpreter_cls(model_path=str(self.path), num_threads=self.num_threads)
         except (ValueError, RuntimeError) as exc:
@@ -84,10 +100,14 @@ class Classifier:
         self._lock = threading.Lock()
         self._inp = self._interp.get_input_details()[0]
         self._out = self._interp.get_output_details()[0]
-        self.max_batch = max_batch
         self.batch_capable = True
         self._batch = 0
-        self._check_card()
+
+    def replica(self) -> Classifier:
+        """Another interpreter on the same checked bundle, for a second inference worker."""
+        twin = copy.copy(self)
+        twin._open()
+        return twin
 
     @property
     def labels(self) -> list[str]:

@@ -7,6 +7,7 @@ lets read-only readers (`sorter db`, reports) run alongside without "database is
 
 from __future__ import annotations
 
+import json
 import queue
 import re
 import sqlite3
@@ -182,44 +183,58 @@ class Writer:
 
 # ---- item queries and writes (each runs on the writer thread, given its db) ----
 
+def _encoded(value: Any) -> Any:
+    """dict/list columns (scores) as JSON text, as sqlite-utils stores them."""
+    return json.dumps(value) if isinstance(value, dict | list) else value
+
+
 def first_rows(db: Database, shas: list[str]) -> dict[str, dict]:
-    """The first (non-duplicate, real) row for each content hash that has one."""
-    found: dict[str, dict] = {}
-    for sha in set(shas):
-        rows = list(db.query("SELECT * FROM items WHERE sha256 = ? AND duplicate_of IS NULL "
-                             "AND state != 'dry-run'", [sha]))
-        if rows:
-            found[sha] = rows[0]
-    return found
+    """The first (non-duplicate, real) row for each content hash that has one: one indexed query."""
+    wanted = sorted(set(shas))
+    if not wanted:
+        return {}
+    marks = ",".join("?" * len(wanted))
+    rows = db.query(f"SELECT * FROM items WHERE sha256 IN ({marks}) AND duplicate_of IS NULL "
+                    "AND state != 'dry-run'", wanted)
+    return {row["sha256"]: row for row in rows}
 
 
 def held_rows(db: Database, paths: list[str]) -> dict[str, dict]:
     """Rows left `held` (recorded, not moved) for these source paths: a retry reuses them."""
-    found: dict[str, dict] = {}
-    for path in set(paths):
-        for row in db.query("SELECT * FROM items WHERE source_path = ? AND state = 'held'", [path]):
-            found[path] = row
-    return found
+    wanted = set(paths)
+    return {row["source_path"]: row for row in db.query("SELECT * FROM items WHERE state = 'held'")
+            if row["source_path"] in wanted}
+
+
+def _update(db: Database, item_id: int, changes: dict) -> None:
+    columns = [c for c in changes if c != "id"]
+    if columns:
+        db.execute(f"UPDATE items SET {', '.join(f'[{c}] = ?' for c in columns)} WHERE id = ?",
+                   [_encoded(changes[c]) for c in columns] + [item_id])
 
 
 def write_intents(db: Database, rows: list[dict]) -> list[int]:
     """Insert (or, for rows with an `id`, update) intent rows in one transaction; ids in order.
 
     A row's `duplicate_of` is resolved here, inside the transaction, so two copies of the same
-    bytes in one batch still make one first row and one duplicate.
+    bytes in one batch still make one first row and one duplicate. Plain parameterised SQL: this
+    runs for every item, and sqlite-utils' per-call table introspection would triple its cost.
     """
-    ids = []
+    ids: list[int] = []
     with db.atomic():
+        firsts = {sha: row["id"] for sha, row in first_rows(db, [r["sha256"] for r in rows if r.get("sha256")]).items()}
         for row in rows:
-            row = dict(row)
             if row.get("id") is not None:
-                db["items"].update(row["id"], row)
+                _update(db, row["id"], row)
                 ids.append(row["id"])
                 continue
-            if row.get("sha256"):
-                first = first_rows(db, [row["sha256"]]).get(row["sha256"])
-                row["duplicate_of"] = first["id"] if first else None
-            ids.append(db["items"].insert(row).last_pk)
+            row = {**row, "duplicate_of": firsts.get(row["sha256"]) if row.get("sha256") else None}
+            columns = list(row)
+            cursor = db.execute(f"INSERT INTO items ({', '.join(f'[{c}]' for c in columns)}) "
+                                f"VALUES ({', '.join('?' * len(columns))})", [_encoded(row[c]) for c in columns])
+            ids.append(cursor.lastrowid)
+            if row.get("sha256") and row["duplicate_of"] is None and row.get("state") != "dry-run":
+                firsts[row["sha256"]] = cursor.lastrowid
     return ids
 
 
@@ -227,7 +242,7 @@ def mark_done(db: Database, updates: list[dict]) -> None:
     """Record the outcome of a batch's moves in one transaction (`id` plus changed columns)."""
     with db.atomic():
         for update in updates:
-            db["items"].update(update["id"], {k: v for k, v in update.items() if k != "id"})
+            _update(db, update["id"], update)
 
 
 def unfinished(db: Database) -> list[dict]:

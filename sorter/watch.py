@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from sqlite_utils import Database
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from sorter import store
 from sorter.config import Settings
-from sorter.imaging import ImageError, decode, is_image_name
+from sorter.imaging import ImageError, decode, is_image_name, one_image_per_thread
 from sorter.metrics import Telemetry
 from sorter.model import Classifier
 from sorter.route import finish, free_name, move, target_dir
@@ -238,6 +239,7 @@ class Router:
         self.out, self.writer, self.clf, self.intake = out, writer, classifier, intake
         self.settings, self.dry_run, self.source = settings, dry_run, source
         self.summary = Summary()
+        self._finished: list[dict] = []  # outcomes of the last batch's moves, not yet committed
 
     def _row(self, item: Item, dst: Path, reuse: dict | None) -> dict:
         row = {"sha256": item.sha256, "source_path": str(item.path), "destination": str(dst),
@@ -250,11 +252,10 @@ class Router:
             row.update(source=self.source, received_at=item.received_at)
         return row
 
-    def plan(self, batch: list[Item]) -> list[dict]:
+    def plan(self, db: Database, batch: list[Item]) -> list[dict]:
         """Decide duplicate-or-not and a free destination name for each item, as intent rows."""
-        shas = [i.sha256 for i in batch if i.sha256]
-        paths = [str(i.path) for i in batch]
-        firsts, holds = self.writer.call(lambda db: (store.first_rows(db, shas), store.held_rows(db, paths)))
+        firsts = store.first_rows(db, [i.sha256 for i in batch if i.sha256])
+        holds = store.held_rows(db, [str(i.path) for i in batch])
         seen: set[str] = set()
         taken: set[Path] = set()
         rows = []
@@ -274,19 +275,35 @@ class Router:
             rows.append(self._row(item, dst, reuse))
         return rows
 
+    def _record(self, db: Database, batch: list[Item], finished: list[dict]) -> tuple[list[dict], list[int]]:
+        """One transaction, one fsync per batch: the previous batch's outcomes, then this batch's intents."""
+        with db.atomic():
+            store.mark_done(db, finished)
+            rows = self.plan(db, batch)
+            return rows, store.write_intents(db, rows)
+
     def route(self, batch: list[Item]) -> None:
-        rows = self.plan(batch)
-        ids = self.writer.call(lambda db: store.write_intents(db, rows))
-        updates = []
+        """Intents (committed) → moves; the outcomes are committed with the next batch's intents or by
+        `flush`. A crash in between leaves intents whose files already moved: `recover` finds them done."""
+        finished, self._finished = self._finished, []
+        try:
+            rows, ids = self.writer.call(lambda db: self._record(db, batch, finished))
+        except Exception:
+            self._finished = finished  # rolled back: keep them for the next commit
+            raise
         for item, row, item_id in zip(batch, rows, ids, strict=True):
             if self.dry_run:
                 self._log(item, Path(row["destination"]), "would route")
                 continue
-            updates.append(self._move(item, Path(row["destination"]), item_id))
-        if updates:
-            self.writer.call(lambda db: store.mark_done(db, updates))
+            self._finished.append(self._move(item, Path(row["destination"]), item_id))
         for item in batch:
             self.intake.done(item.path)
+
+    def flush(self) -> None:
+        """Commit the last batch's outcomes now (nothing else is coming to carry them)."""
+        finished, self._finished = self._finished, []
+        if finished:
+            self.writer.call(lambda db: store.mark_done(db, finished))
 
     def _move(self, item: Item, dst: Path, item_id: int) -> dict:
         done = {"id": item_id, "routed_at": store.now_iso()}
@@ -378,32 +395,35 @@ class Watcher:
 
     def __init__(self, incoming: Path, out: Path, db: Path, classifier: Classifier,
                  rules: VerdictRules, settings: Settings, dry_run: bool = False,
-                 telemetry: Telemetry | None = None):
+                 telemetry: Telemetry | None = None, interpreters: int = 1):
         self.incoming, self.out = incoming.resolve(), out.resolve()
         self.telemetry = telemetry  # metrics hook (sorter.metrics): None = no metrics
         self.clf, self.rules, self.settings = classifier, rules, settings
+        self.clfs = [classifier] + [classifier.replica() for _ in range(interpreters - 1)]
         self.writer = store.Writer(db)
         self.intake = Intake(settings.temp_suffixes)
         self.stability = Stability(settings.stable_seconds)
         self.decoded: queue.Queue[Item] = queue.Queue(maxsize=2 * settings.batch_size)
         self.router = Router(self.out, self.writer, classifier, self.intake, settings, dry_run)
-        self.classified: queue.Queue[list[Item] | None] = queue.Queue(maxsize=2)  # inference → routing
+        self.classified: queue.Queue[list[Item] | None] = queue.Queue(maxsize=4)  # inference → routing
         self._halt = threading.Event()
         self.ready = threading.Event()  # set once the observer runs and the backlog is queued
 
+    def _load(self, path: Path) -> Item | None:
+        """Read, hash and decode one file; None (and the path released) when it vanished."""
+        try:
+            item = load(path, self.clf.input_size, self.settings)
+        except Exception as exc:  # one bad file must never stop the daemon
+            log.exception("could not load %s", path.name)
+            item = Item(path, error=f"load-failed: {exc}")
+        if item is None:
+            self.intake.done(path)
+        return item
+
     def _decode_loop(self) -> None:
-        size = self.clf.input_size
         while not self._halt.is_set():
             path = self.intake.take(TICK_S)
-            if path is None:
-                continue
-            try:
-                item = load(path, size, self.settings)
-            except Exception as exc:  # one bad file must never stop the daemon
-                log.exception("could not load %s", path.name)
-                item = Item(path, error=f"load-failed: {exc}")
-            if item is None:
-                self.intake.done(path)
+            if path is None or (item := self._load(path)) is None:
                 continue
             while not self._halt.is_set():
                 try:
@@ -412,15 +432,29 @@ class Watcher:
                 except queue.Full:
                     continue
 
+    def _next(self, timeout: float) -> Item | None:
+        """The next decoded item: from the decode workers, or (with none) read right here."""
+        if self.settings.decode_workers:
+            try:
+                return self.decoded.get(timeout=timeout)
+            except queue.Empty:
+                return None
+        path = self.intake.take(timeout)
+        return None if path is None else self._load(path)
+
     def _gather(self, stop: threading.Event) -> list[Item]:
         batch: list[Item] = []
         deadline: float | None = None
         while len(batch) < self.settings.batch_size and not stop.is_set():
             wait = TICK_S if deadline is None else deadline - time.monotonic()
-            try:
-                batch.append(self.decoded.get(timeout=max(0.0, wait)))
-            except queue.Empty:
+            if wait <= 0:
                 break
+            item = self._next(wait)
+            if item is None:
+                if deadline is None:
+                    continue
+                break
+            batch.append(item)
             if deadline is None:
                 deadline = time.monotonic() + self.settings.batch_ms / 1000
         return batch
@@ -438,16 +472,19 @@ class Watcher:
         while (batch := self.classified.get()) is not None:
             try:
                 self.router.route(batch)
+                if self.classified.empty():
+                    self.router.flush()
             except Exception:  # never lose the thread: the rows stay as intents and recover() finishes them
                 log.exception("routing failed for a batch of %d", len(batch))
             finally:
                 self.classified.task_done()
+        self.router.flush()
         self.classified.task_done()
 
-    def _process(self, batch: list[Item]) -> None:
+    def _process(self, batch: list[Item], clf: Classifier) -> None:
         started = time.monotonic()
         try:
-            classify(batch, self.clf, self.rules)
+            classify(batch, clf, self.rules)
         except Exception as exc:  # a model failure rejects the batch, it does not kill the daemon
             log.exception("inference failed for a batch of %d", len(batch))
             for item in batch:
@@ -459,34 +496,47 @@ class Watcher:
             self.telemetry.queue_depth.set(self.decoded.qsize())
         self.classified.put(batch)
 
+    def _infer_loop(self, clf: Classifier, stop: threading.Event) -> None:
+        """One interpreter's worker: gather a batch, score it, hand it to routing; on stop, the
+        batch in flight is still finished."""
+        while not stop.is_set():
+            batch = self._gather(stop)
+            if batch:
+                self._process(batch, clf)
+
+    def _start(self, target, name: str, *args) -> threading.Thread:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        return thread
+
     def run(self, stop: threading.Event, once: bool = False) -> Summary:
         """Recover, start watching, scan the backlog, then process until stopped (or idle if once)."""
         self.router.summary.recovered = recover(self.out, self.writer)
+        one_image_per_thread()
         observer = None
         if not once:
             observer = Observer()
             observer.schedule(Events(self.incoming, self.intake, self.stability), str(self.incoming))
             observer.start()
             log.info("ready: watching %s -> %s", self.incoming, self.out)
-        workers = [threading.Thread(target=self._decode_loop, name=f"decode-{i}", daemon=True)
-                   for i in range(self.settings.decode_workers)]
-        for worker in workers:
-            worker.start()
-        router = threading.Thread(target=self._route_loop, name="route", daemon=True)
-        router.start()
+        workers = [self._start(self._decode_loop, f"decode-{i}") for i in range(self.settings.decode_workers)]
+        router = self._start(self._route_loop, "route")
+        halt_inference = threading.Event()
+        inferrers = [self._start(self._infer_loop, f"infer-{i}", clf, halt_inference)
+                     for i, clf in enumerate(self.clfs)]
         scan(self.incoming, self.intake, self.stability)
         self.ready.set()
         if self.telemetry is not None:
             self.telemetry.set_ready()
         try:
-            while not stop.is_set():
+            while not stop.wait(TICK_S):
                 self._tick()
-                batch = self._gather(stop)
-                if batch:
-                    self._process(batch)
-                elif once and self._idle():
+                if once and self._idle():
                     break
         finally:
+            halt_inference.set()  # each worker finishes its batch in flight
+            for thread in inferrers:
+                thread.join()
             self.classified.put(None)  # drain: every classified batch is routed before exit
             router.join()
             self._halt.set()

@@ -81,3 +81,27 @@ def test_missing_model_card_and_garbage_are_clear_errors(tmp_path):
     card_path(garbage).write_text(card.model_dump_json())
     with pytest.raises(ModelError, match="not a loadable"):
         Classifier(garbage)
+
+
+@pytest.mark.parametrize(("interpreters", "threads", "cores", "expected"), [
+    (None, None, 4, (4, 1)),   # default: whole batches side by side, one per core
+    (None, 2, 4, (2, 2)),      # threads given: as many interpreters as fit
+    (2, None, 4, (2, 2)),      # interpreters given: the cores shared among them
+    (1, None, 2, (1, 2)),      # the old layout, one interpreter on every core
+    (None, 8, 2, (1, 8)),      # more threads than cores: still one interpreter
+])
+def test_inference_layout_fills_the_cores(interpreters, threads, cores, expected):
+    from sorter.model import inference_layout
+
+    assert inference_layout(interpreters, threads, cores) == expected
+
+
+def test_a_replica_is_a_second_interpreter_with_the_same_answers():
+    clf = Classifier(COLOR_INT8, num_threads=1, max_batch=4)
+    twin = clf.replica()
+    assert twin._interp is not clf._interp and twin._lock is not clf._lock
+    assert (twin.sha256, twin.labels, twin.num_threads) == (clf.sha256, clf.labels, 1)
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(twin.scores(images[:2]), clf.scores(images[:2]))
+    np.testing.assert_array_equal(twin.scores(images), clf.scores(images))

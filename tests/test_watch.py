@@ -36,6 +36,52 @@ def test_backlog_routes_each_colour_exactly(tmp_path):
         assert row["model_sha256"] and row["routed_at"] and row["scores"]
 
 
+@pytest.mark.parametrize(("interpreters", "decode_workers"), [(2, 0), (3, 1), (2, 2)])
+def test_side_by_side_interpreters_route_each_file_once(tmp_path, interpreters, decode_workers):
+    """Several inference workers (decoding inline or fed by decode threads) share one intake:
+    every file once, every copy of the same bytes a duplicate of one first row, all rows done."""
+    w = make_watcher(tmp_path, interpreters=interpreters, decode_workers=decode_workers, batch_size=4)
+    assert len({id(c._interp) for c in w.clfs}) == interpreters
+    colours = ["red", "green", "blue", "grey"] * 10
+    for i, color in enumerate(colours):
+        path = tmp_path / "in" / f"{color}{i}.jpg"
+        path.write_bytes(jpeg(color, tag=str(i % 20)))  # file i+20 has the bytes of file i
+        _old(path)
+    summary = w.run(watch.threading.Event(), once=True)
+    assert not list((tmp_path / "in").iterdir())
+    got = rows(tmp_path / "db.sqlite")
+    assert len(got) == 40 and {r["state"] for r in got} == {"done"}
+    firsts = [r for r in got if r["duplicate_of"] is None]
+    assert len(firsts) == len({r["sha256"] for r in got}) == 20
+    assert (summary.routed, summary.duplicates) == (20, 20)
+    for row in firsts:
+        color = Path(row["source_path"]).name.rstrip("0123456789.jpg")
+        assert Path(row["destination"]).parent == tmp_path / "out" / EXPECTED[color]
+    assert len(files_under(tmp_path / "out")) == 40
+
+
+def test_outcomes_ride_on_the_next_commit_and_a_crash_before_it_recovers(tmp_path):
+    """Moves are committed with the next batch's intents (one fsync per batch); if the process dies
+    first, the rows are intents whose files already moved, and the next start finds them done."""
+    w = make_watcher(tmp_path)
+    paths = []
+    for i, color in enumerate(["red", "blue", "green"]):
+        paths.append(tmp_path / "in" / f"{color}{i}.jpg")
+        paths[-1].write_bytes(jpeg(color, tag=str(i)))
+    batch = [watch.load(p, w.clf.input_size, w.settings) for p in paths]
+    watch.classify(batch, w.clf, w.rules)
+    w.router.route(batch)
+    moved = files_under(tmp_path / "out")
+    assert len(moved) == 3 and not list((tmp_path / "in").iterdir())
+    assert {r["state"] for r in rows(tmp_path / "db.sqlite")} == {"intent"}
+    w.writer.close()  # dies here: the outcomes were never committed
+    again = make_watcher(tmp_path)
+    summary = again.run(watch.threading.Event(), once=True)
+    assert summary.recovered == 3 and files_under(tmp_path / "out") == moved
+    got = rows(tmp_path / "db.sqlite")
+    assert {r["state"] for r in got} == {"done"} and sorted(r["destination"] for r in got) == [str(p) for p in moved]
+
+
 def test_part_file_renamed_is_classified_once_and_complete(tmp_path):
     w = make_watcher(tmp_path)
     run = Running(w)

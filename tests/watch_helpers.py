@@ -40,12 +40,13 @@ def settings(**kw) -> Settings:
     return Settings(**{**base, **kw})
 
 
-def make_watcher(tmp: Path, out: Path | None = None, dry_run: bool = False, **kw) -> Watcher:
+def make_watcher(tmp: Path, out: Path | None = None, dry_run: bool = False, interpreters: int = 1,
+                 **kw) -> Watcher:
     cfg = settings(**kw)
     clf = Classifier(MODEL, num_threads=1, max_batch=cfg.batch_size)
     (tmp / "in").mkdir(exist_ok=True)
     return Watcher(tmp / "in", out or tmp / "out", tmp / "db.sqlite", clf, rules_for(clf), cfg,
-                   dry_run=dry_run)
+                   dry_run=dry_run, interpreters=interpreters)
 
 
 class Running:
