@@ -136,3 +136,28 @@ def test_binary_labels_are_float_columns(tmp_path, class_folders):
     loaded = load_split(discover(tmp_path, val_fraction=0, test_fraction=0).train, 32)
     _, y = next(iter(make_dataset(loaded.images, loaded.labels, 4, training=False, binary=True)))
     assert y.shape == (4, 1) and y.dtype.name == "float32"
+
+
+def _through(augment: Augment, image: np.ndarray, seed: int) -> np.ndarray:
+    out = image[None].astype(np.float32)
+    for layer in augment.layers(seed):
+        out = layer(out, training=True)
+    return np.asarray(out)[0]
+
+
+def test_fill_decides_what_uncovered_corners_show():
+    white = np.full((32, 32, 3), 255, np.uint8)
+    turn = {"rotation": 45.0, "width_shift": 0.0, "height_shift": 0.0, "shear": 0.0, "zoom": 0.0, "flip": False}
+    black = [_through(Augment(**turn, fill="constant"), white, s).min() for s in range(6)]
+    kept = [_through(Augment(**turn, fill="reflect"), white, s).min() for s in range(6)]
+    assert min(black) == 0 and min(kept) > 250  # black corners only with constant fill
+
+
+def test_vertical_flip_flips_top_and_bottom():
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[:16] = (255, 0, 0)  # red top, black bottom
+    only = {"rotation": 0.0, "width_shift": 0.0, "height_shift": 0.0, "shear": 0.0, "zoom": 0.0}
+    tops = {float(_through(Augment(**only, flip=False, vflip=True), image, s)[0, 0, 0]) for s in range(12)}
+    assert tops == {0.0, 255.0}  # some draws flipped upside down, some not
+    mirrors = {float(_through(Augment(**only, flip=True), image, s)[0, 0, 0]) for s in range(12)}
+    assert mirrors == {255.0}  # a horizontal flip keeps the top on top

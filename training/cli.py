@@ -36,6 +36,7 @@ def train(ctx: typer.Context,
           shear: float = typer.Option(0.2, help="Augmentation: max shear (fraction)."),
           zoom: float = typer.Option(0.2, help="Augmentation: max zoom in/out (fraction)."),
           flip: bool = typer.Option(True, "--flip/--no-flip", help="Augmentation: random horizontal flips."),
+          vflip: bool = typer.Option(False, "--vflip/--no-vflip", help="Augmentation: random vertical flips."),
           fill: str = typer.Option("reflect", help="Augmentation: what fills the corners a transform uncovers: "
                                                    "reflect | constant (black, as in pre-augmented photo sets) | "
                                                    "nearest."),

@@ -180,6 +180,7 @@ class Augment:
     zoom: float = 0.2
     flip: bool = True
     fill: str = "reflect"  # what the transforms paint into uncovered corners: reflect | constant (black) | nearest
+    vflip: bool = False  # upside-down produce is as real as mirrored produce on a belt
 
     def layers(self, seed: int) -> list:
         """Keras 3 preprocessing layers, applied in the tf.data map (never inside the exported model)."""
@@ -195,8 +196,9 @@ class Augment:
             out.append(keras.layers.RandomShear(self.shear, self.shear, fill_mode=self.fill, seed=seed + 2))
         if self.zoom:
             out.append(keras.layers.RandomZoom(self.zoom, fill_mode=self.fill, seed=seed + 3))
-        if self.flip:
-            out.append(keras.layers.RandomFlip("horizontal", seed=seed + 4))
+        if self.flip or self.vflip:
+            mode = "horizontal_and_vertical" if self.flip and self.vflip else "horizontal" if self.flip else "vertical"
+            out.append(keras.layers.RandomFlip(mode, seed=seed + 4))
         return out
 
 

@@ -63,6 +63,7 @@ class TrainConfig:
     zoom: float = Augment.zoom
     flip: bool = Augment.flip
     fill: str = Augment.fill
+    vflip: bool = Augment.vflip
     patience: int = 5
     binary_sigmoid: bool = False
     baselines: bool = False
@@ -113,7 +114,7 @@ class TrainConfig:
         if not self.augment:
             return None
         return Augment(self.rotation, self.width_shift, self.height_shift, self.shear, self.zoom, self.flip,
-                       self.fill)
+                       self.fill, self.vflip)
 
 
 @dataclass
