@@ -202,7 +202,7 @@ class Settings(BaseModel):
     stable_seconds: float = Field(default=1.0, ge=0)
     temp_suffixes: list[str] = Field(default_factory=lambda: [".part", ".partial", ".tmp", ".crdownload",
                                                               ".download", ".swp", "~"])
-    decode_workers: int = Field(default=2, ge=0, le=32)
+    decode_workers: int = Field(default=2, ge=1, le=32)
     retry_seconds: float = Field(default=30.0, gt=0)
     max_file_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     camera: CameraSettings = Field(default_factory=CameraSettings)

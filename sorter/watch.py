@@ -432,16 +432,6 @@ class Watcher:
                 except queue.Full:
                     continue
 
-    def _next(self, timeout: float) -> Item | None:
-        """The next decoded item: from the decode workers, or (with none) read right here."""
-        if self.settings.decode_workers:
-            try:
-                return self.decoded.get(timeout=timeout)
-            except queue.Empty:
-                return None
-        path = self.intake.take(timeout)
-        return None if path is None else self._load(path)
-
     def _gather(self, stop: threading.Event) -> list[Item]:
         batch: list[Item] = []
         deadline: float | None = None
@@ -449,12 +439,12 @@ class Watcher:
             wait = TICK_S if deadline is None else deadline - time.monotonic()
             if wait <= 0:
                 break
-            item = self._next(wait)
-            if item is None:
+            try:
+                batch.append(self.decoded.get(timeout=wait))
+            except queue.Empty:
                 if deadline is None:
                     continue
                 break
-            batch.append(item)
             if deadline is None:
                 deadline = time.monotonic() + self.settings.batch_ms / 1000
         return batch

@@ -36,9 +36,9 @@ def test_backlog_routes_each_colour_exactly(tmp_path):
         assert row["model_sha256"] and row["routed_at"] and row["scores"]
 
 
-@pytest.mark.parametrize(("interpreters", "decode_workers"), [(2, 0), (3, 1), (2, 2)])
+@pytest.mark.parametrize(("interpreters", "decode_workers"), [(2, 1), (3, 2)])
 def test_side_by_side_interpreters_route_each_file_once(tmp_path, interpreters, decode_workers):
-    """Several inference workers (decoding inline or fed by decode threads) share one intake:
+    """Several inference workers, fed by the decode threads, share one intake:
     every file once, every copy of the same bytes a duplicate of one first row, all rows done."""
     w = make_watcher(tmp_path, interpreters=interpreters, decode_workers=decode_workers, batch_size=4)
     assert len({id(c._interp) for c in w.clfs}) == interpreters
