@@ -185,7 +185,7 @@ def write_audits(db, audits: list[Audit]) -> tuple[int, int, int]:
     """Upsert on (item, auditor) in one transaction: (inserted, updated, unchanged)."""
     counts = [0, 0, 0]
     now = store.now_iso()
-    with db.atomic():
+    with store.immediate(db):
         for a in audits:
             old = db.execute("SELECT true_label FROM audits WHERE item_id = ? AND auditor = ?",
                              [a.item_id, a.auditor]).fetchone()

@@ -12,8 +12,9 @@ import queue
 import re
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -183,6 +184,24 @@ class Writer:
 
 # ---- item queries and writes (each runs on the writer thread, given its db) ----
 
+@contextmanager
+def immediate(db: Database) -> Iterator[Database]:
+    """A write transaction that takes the write lock first (BEGIN IMMEDIATE). A deferred one that reads
+    and then writes fails at once with "database is locked" when another process committed meanwhile
+    (its snapshot is stale: the busy timeout does not apply); this one waits its turn instead."""
+    if db.conn.in_transaction:
+        with db.atomic():  # nested: a savepoint inside the outer write transaction
+            yield db
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 def _encoded(value: Any) -> Any:
     """dict/list columns (scores) as JSON text, as sqlite-utils stores them."""
     return json.dumps(value) if isinstance(value, dict | list) else value
@@ -221,7 +240,7 @@ def write_intents(db: Database, rows: list[dict]) -> list[int]:
     runs for every item, and sqlite-utils' per-call table introspection would triple its cost.
     """
     ids: list[int] = []
-    with db.atomic():
+    with immediate(db):
         firsts = {sha: row["id"] for sha, row in first_rows(db, [r["sha256"] for r in rows if r.get("sha256")]).items()}
         for row in rows:
             if row.get("id") is not None:
@@ -240,7 +259,7 @@ def write_intents(db: Database, rows: list[dict]) -> list[int]:
 
 def mark_done(db: Database, updates: list[dict]) -> None:
     """Record the outcome of a batch's moves in one transaction (`id` plus changed columns)."""
-    with db.atomic():
+    with immediate(db):
         for update in updates:
             _update(db, update["id"], update)
 
@@ -316,7 +335,7 @@ def prune(path: Path | str, older_than: timedelta, dry_run: bool = False,
     deleted = 0
     try:
         while True:
-            with db.atomic():
+            with immediate(db):
                 cur = db.execute(f"DELETE FROM items WHERE id IN (SELECT id FROM items WHERE {where} "
                                  f"LIMIT {int(batch_size)})", [cutoff])
             if not cur.rowcount:
@@ -358,7 +377,7 @@ def prune_camera_events(path: Path | str, older_than: timedelta, dry_run: bool =
     deleted = 0
     try:
         while True:
-            with db.atomic():
+            with immediate(db):
                 cur = db.execute("DELETE FROM camera_events WHERE id IN (SELECT id FROM camera_events "
                                  f"WHERE time < ? LIMIT {int(batch_size)})", [cutoff])
             if not cur.rowcount:

@@ -277,7 +277,7 @@ class Router:
 
     def _record(self, db: Database, batch: list[Item], finished: list[dict]) -> tuple[list[dict], list[int]]:
         """One transaction, one fsync per batch: the previous batch's outcomes, then this batch's intents."""
-        with db.atomic():
+        with store.immediate(db):
             store.mark_done(db, finished)
             rows = self.plan(db, batch)
             return rows, store.write_intents(db, rows)
@@ -288,8 +288,11 @@ class Router:
         finished, self._finished = self._finished, []
         try:
             rows, ids = self.writer.call(lambda db: self._record(db, batch, finished))
-        except Exception:
-            self._finished = finished  # rolled back: keep them for the next commit
+        except Exception:  # rolled back, nothing moved: keep the outcomes, try these files again later
+            self._finished = finished
+            for item in batch:
+                self.intake.hold(item.path, self.settings.retry_seconds)
+                self.intake.done(item.path)
             raise
         for item, row, item_id in zip(batch, rows, ids, strict=True):
             if self.dry_run:

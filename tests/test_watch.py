@@ -247,6 +247,29 @@ def test_move_failure_holds_in_place_backs_off_and_later_finishes(tmp_path, monk
     assert (tmp_path / "out" / "rotten" / "rottenblue" / "a.jpg").exists()
 
 
+def test_database_locked_by_another_process_files_wait_and_finish_once(tmp_path, monkeypatch):
+    """Another process holds the write lock past the busy timeout: the batch's records roll back,
+    its files stay in INCOMING, and they are retried after the delay, each recorded once."""
+    import sqlite3
+
+    monkeypatch.setattr(watch.store, "BUSY_TIMEOUT_MS", 200)
+    w = make_watcher(tmp_path, retry_seconds=0.3)
+    run = Running(w)
+    other = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    for i, color in enumerate(["red", "blue", "green"]):
+        (tmp_path / "in" / f"{color}.jpg").write_bytes(jpeg(color, tag=f"locked-{i}"))
+    time.sleep(1.5)  # several attempts fail while the lock is held
+    assert len(list((tmp_path / "in").iterdir())) == 3
+    other.execute("ROLLBACK")
+    other.close()
+    wait_until(lambda: not list((tmp_path / "in").iterdir()), timeout=15, what="retry after the lock")
+    run.stop()
+    got = rows(tmp_path / "db.sqlite")
+    assert len(got) == 3 and {r["state"] for r in got} == {"done"} and all(r["duplicate_of"] is None for r in got)
+    assert len(files_under(tmp_path / "out")) == 3
+
+
 def test_out_on_another_device(tmp_path):
     shm = Path("/dev/shm")
     if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
