@@ -306,7 +306,11 @@ class Router:
         """Commit the last batch's outcomes now (nothing else is coming to carry them)."""
         finished, self._finished = self._finished, []
         if finished:
-            self.writer.call(lambda db: store.mark_done(db, finished))
+            try:
+                self.writer.call(lambda db: store.mark_done(db, finished))
+            except Exception:
+                self._finished = finished + self._finished  # the next commit carries them
+                raise
 
     def _move(self, item: Item, dst: Path, item_id: int) -> dict:
         done = {"id": item_id, "routed_at": store.now_iso()}
@@ -471,7 +475,10 @@ class Watcher:
                 log.exception("routing failed for a batch of %d", len(batch))
             finally:
                 self.classified.task_done()
-        self.router.flush()
+        try:
+            self.router.flush()
+        except Exception:  # the rows stay intents whose files moved: the next start's recover() marks them done
+            log.exception("could not record the last batch's moves")
         self.classified.task_done()
 
     def _process(self, batch: list[Item], clf: Classifier) -> None:
