@@ -70,7 +70,13 @@ run install -d -m 0755 "$PREFIX"
 run "$PREFIX/venv/bin/pip" install --quiet --upgrade pip
 run "$PREFIX/venv/bin/pip" install --quiet "${SRC}[report]"
 
-# 5. units, with the venv path of this prefix
+# 5. the bundled default model, when none is installed yet (a new bundle later: sorter model install)
+if [ ! -e "$STATE/models/current" ]; then
+  run "$PREFIX/venv/bin/sorter" model install "$SRC/models/fruit-lite0-int8.tflite" --dir "$STATE/models"
+  run chown -R sorter:sorter "$STATE/models"
+fi
+
+# 6. units, with the venv path of this prefix
 for unit in sorter-watch.service sorter-camera@.service sorter-prune.service sorter-prune.timer \
             sorter-report.service sorter-report.timer; do
   [ -f "$SRC/deploy/systemd/$unit" ] || continue
@@ -86,6 +92,6 @@ run systemctl daemon-reload
 run systemctl enable --now sorter-prune.timer
 [ -f "$UNITS/sorter-report.timer" ] && run systemctl enable --now sorter-report.timer
 
-echo "installed. Next: put a model in place (sorter model install NEW.tflite --dir $STATE/models),"
-echo "edit $CONF/sorter.toml, check it (sorter config check; sorter doctor), then:"
+echo "installed, with the bundled model as $STATE/models/current (your own: sorter model install NEW.tflite"
+echo "--dir $STATE/models). Edit $CONF/sorter.toml, check it (sorter config check; sorter doctor), then:"
 echo "  systemctl enable --now sorter-watch.service    # and/or sorter-camera@0.service"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -72,6 +73,8 @@ def test_install_script_dry_run_changes_nothing_and_honours_prefix(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert f"{tmp_path / 'opt'}/venv/bin/pip install" in result.stdout and "sorter-watch.service" in result.stdout
+    if not Path("/var/lib/sorter/models/current").exists():  # a fresh box gets the bundled model
+        assert "sorter model install" in result.stdout and "models/fruit-lite0-int8.tflite" in result.stdout
     assert not (tmp_path / "opt").exists()
     bad = subprocess.run(["bash", str(DEPLOY / "install.sh"), "--bogus"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "unknown option" in bad.stderr
@@ -82,3 +85,6 @@ def test_runtime_container_has_no_tensorflow():
     assert "python:3.11-slim" in runtime and "[train]" not in runtime and "tensorflow" not in runtime.replace(
         '! /opt/sorter/venv/bin/python -c "import tensorflow"', "")
     assert "[train]" in (DEPLOY / "Containerfile.train").read_text()
+    bundled = re.search(r"COPY (models/\S+\.tflite) (models/\S+\.card\.json) /opt/sorter/models/", runtime)
+    assert bundled and all((DEPLOY.parent / p).is_file() for p in bundled.groups())
+    assert f"SORTER_MODEL=/opt/sorter/models/{Path(bundled.group(1)).name}" in runtime
