@@ -149,17 +149,17 @@ def _bomb_png() -> bytes:
 
 
 def test_bad_inputs_are_rejected_with_reasons_and_the_daemon_goes_on(tmp_path):
-    w = make_watcher(tmp_path)
+    w = make_watcher(tmp_path, max_file_bytes=20_000)
     run = Running(w)
     incoming = tmp_path / "in"
     good = jpeg("red", tag="good")
     bad = {"zero.jpg": b"", "trunc.jpg": jpeg("blue", tag="t" * 300)[:330], "text.jpg": b"hello, not a jpeg",
-           "notes.txt": b"a note", "bomb.png": _bomb_png()}
+           "notes.txt": b"a note", "bomb.png": _bomb_png(), "huge.jpg": jpeg("green", tag="h" * 30_000)}
     for name, data in bad.items():
         (incoming / name).write_bytes(data)
     (incoming / "good.jpg").write_bytes(good)
-    wait_until(lambda: len(rows(tmp_path / "db.sqlite")) == 6 and not list(incoming.iterdir()),
-               what="all six recorded")
+    wait_until(lambda: len(rows(tmp_path / "db.sqlite")) == 7 and not list(incoming.iterdir()),
+               what="all seven recorded")
     run.stop()
     reasons = {Path(r["source_path"]).name: r["error"] for r in rows(tmp_path / "db.sqlite")}
     assert reasons["zero.jpg"].startswith("empty")
@@ -167,9 +167,22 @@ def test_bad_inputs_are_rejected_with_reasons_and_the_daemon_goes_on(tmp_path):
     assert reasons["text.jpg"].startswith("not-an-image")
     assert reasons["notes.txt"].startswith("wrong-extension")
     assert reasons["bomb.png"].startswith("pixel-bomb")
+    assert reasons["huge.jpg"].startswith("too-large")
     assert reasons["good.jpg"] is None
     assert sorted(p.name for p in (tmp_path / "out" / "rejected").iterdir()) == sorted(bad)
     assert (tmp_path / "out" / "fresh" / "freshred" / "good.jpg").read_bytes() == good
+
+
+def test_a_file_that_grows_past_the_limit_while_read_is_cut_off(tmp_path):
+    path = tmp_path / "growing.jpg"
+    path.write_bytes(b"x" * 5_000)
+    assert watch.read_at_most(path, 10_000, expected=100) == b"x" * 5_000  # a stale size still reads it all
+    path.write_bytes(b"x" * 50_000)
+    assert len(watch.read_at_most(path, 10_000, expected=5_000)) == 10_001  # one byte over: too large
+    item = watch.load(path, (32, 32), make_watcher(tmp_path, max_file_bytes=60_000).settings)
+    assert item.error.startswith("not-an-image")  # read whole, then refused for what it is
+    item = watch.load(path, (32, 32), make_watcher(tmp_path, max_file_bytes=10_000).settings)
+    assert item.error.startswith("too-large")
 
 
 def test_symlink_is_rejected_and_its_target_untouched(tmp_path):
