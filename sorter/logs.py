@@ -42,4 +42,5 @@ def setup(fmt: LogFormat = "text", level: int | str = logging.INFO) -> logging.H
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False  # never printed: skip per record
     return handler

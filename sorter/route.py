@@ -92,13 +92,19 @@ def copy_across(src: Path, dst: Path) -> None:
 
 
 def move(src: Path, dst: Path) -> None:
-    """Move src to dst atomically and without overwriting; copies when dst is on another device."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    """Move src to dst atomically and without overwriting; copies when dst is on another device.
+    The destination folder is made only when the move says it is missing (not once per file)."""
     try:
         _link_or_rename(src, dst)
+    except FileNotFoundError:
+        if dst.parent.is_dir():
+            raise  # the source vanished
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        move(src, dst)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
+        dst.parent.mkdir(parents=True, exist_ok=True)
         copy_across(src, dst)
 
 
