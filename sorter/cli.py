@@ -580,7 +580,7 @@ def fleet_report(broker: str | None = typer.Option(None, "--broker",
                                                     help="Exit 1 when a drift flag is raised (fleet or any line)."),
                  config: Path | None = ConfigOpt) -> None:
     """The nightly report across lines: every line's published report merged, plus the live hourly counters."""
-    from sorter.config import ConfigError, load_settings
+    from sorter.config import ConfigError, load_settings, reveal
     from sorter.fleet import build_fleet_report, check_day, listen, write_report
 
     try:
@@ -592,9 +592,8 @@ def fleet_report(broker: str | None = typer.Option(None, "--broker",
     broker = broker or fleet.broker
     if not broker:
         fail("no broker: pass --broker or set fleet.broker in the config")
-    password = fleet.password.get_secret_value() if fleet.password else None
     try:
-        heard = listen(broker, duration, topic or fleet.topic, fleet.username, password, date)
+        heard = listen(broker, duration, topic or fleet.topic, fleet.username, reveal(fleet.password), date)
     except (ValueError, OSError) as exc:
         fail(f"{broker}: {exc}")
     report = build_fleet_report(heard, date, _report_options(settings, margin))

@@ -63,6 +63,11 @@ class CommandOutput(BaseModel):
     verdicts: list[str] = Field(default_factory=lambda: ["fresh", "rotten", "uncertain"])
 
 
+def reveal(secret: SecretStr | None) -> str | None:
+    """The plain value, only at the point of use (a connection), never for printing."""
+    return secret.get_secret_value() if secret else None
+
+
 def _read_secret(model: BaseModel, key: str) -> BaseModel:
     """`<key>_file` fills `<key>` from a file (systemd credentials, Docker secrets): never in the TOML."""
     path = getattr(model, f"{key}_file")

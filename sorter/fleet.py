@@ -25,7 +25,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sorter.config import FleetSettings
+from sorter.config import FleetSettings, reveal
 from sorter.outputs import MqttOutput
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class FleetPublisher:
         self.line, self.settings = line, settings
         self.base = f"{settings.topic.rstrip('/')}/{line}"
         self.run = f"{source}-{os.getpid()}-{int(time.time())}"
-        password = settings.password.get_secret_value() if settings.password else None
+        password = reveal(settings.password)
         self.out = MqttOutput(host, port, self.base, settings.spool / source, client_id=f"sorter-{line}-{self.run}",
                               username=settings.username, password=password)
         self.hours: dict[str, Counts] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
@@ -168,7 +168,7 @@ def publish_report(settings: FleetSettings, line: str, report: dict[str, Any], c
     when the broker is unreachable or does not acknowledge within `timeout`.
     """
     host, port = parse_broker(settings.broker or "")
-    password = settings.password.get_secret_value() if settings.password else None
+    password = reveal(settings.password)
     day = report["window"]["from"][:10]
     client = _client(f"sorter-report-{line}-{os.getpid()}", settings.username, password, timeout)
     accepted, answer = threading.Event(), {}

@@ -19,17 +19,10 @@ Reports = dict[str, dict[str, Any]]  # line → its report.json
 
 
 def _sum(reports: Reports, key: str) -> dict[str, int]:
+    """One count table of every line's reports added up, name by name."""
     out: dict[str, int] = {}
     for r in reports.values():
         for name, n in (r.get(key) or {}).items():
-            out[name] = out.get(name, 0) + n
-    return rp.ranked(out)
-
-
-def _items(reports: Reports) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for r in reports.values():
-        for name, n in r["items"].items():
             out[name] = out.get(name, 0) + n
     return out
 
@@ -127,8 +120,8 @@ def merge(reports: Reports, options: rp.ReportOptions | None = None) -> dict[str
     opts = options or rp.ReportOptions()
     reports = dict(sorted(reports.items()))
     labels, rotten, known = _labels(reports)
-    items = _items(reports)
-    verdicts = _sum(reports, "by_verdict")
+    items = _sum(reports, "items")
+    verdicts = rp.ranked(_sum(reports, "by_verdict"))
     n = items["classified"]
     rates = {f"{v}_rate": rp._r(verdicts.get(v, 0) / n) if n else None for v in ("rotten", "uncertain")}
     lo, hi = _window(reports)
@@ -138,11 +131,11 @@ def merge(reports: Reports, options: rp.ReportOptions | None = None) -> dict[str
     return {
         "format": rp.FORMAT, "generated_at": now_iso(), "db": None, "model": model,
         "window": {"from": rp._iso(lo), "to": rp._iso(hi), "hours": rp._r((hi - lo).total_seconds() / 3600)},
-        "items": items, "by_label": _sum(reports, "by_label"), "by_verdict": verdicts,
-        "by_model": _sum(reports, "by_model"), **rates,
+        "items": items, "by_label": rp.ranked(_sum(reports, "by_label")), "by_verdict": verdicts,
+        "by_model": rp.ranked(_sum(reports, "by_model")), **rates,
         "throughput": _throughput(reports, lo, hi, n),
         "confidence_histogram": _histograms(reports),
-        "errors_by_reason": _sum(reports, "errors_by_reason"),
+        "errors_by_reason": rp.ranked(_sum(reports, "errors_by_reason")),
         "camera": {f"{line}/{dev}": fig for line, r in reports.items() for dev, fig in (r.get("camera") or {}).items()},
         "audit": audit,
         "drift": _drift(audit, rates, reports, model, opts),

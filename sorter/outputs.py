@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sorter.config import OutputSettings
+from sorter.config import OutputSettings, reveal
 
 log = logging.getLogger("sorter.outputs")
 
@@ -321,11 +321,9 @@ def build_outputs(settings: OutputSettings) -> list[tuple[Output, list[str]]]:
     if (c := settings.command) is not None:
         built.append((CommandOutput(c.argv, c.timeout_seconds), c.verdicts))
     if (w := settings.webhook) is not None:
-        token = w.token.get_secret_value() if w.token else None
-        built.append((WebhookOutput(w.url, w.timeout_seconds, token), w.verdicts))
+        built.append((WebhookOutput(w.url, w.timeout_seconds, reveal(w.token)), w.verdicts))
     if (m := settings.mqtt) is not None:
-        password = m.password.get_secret_value() if m.password else None
-        built.append((MqttOutput(m.host, m.port, m.topic, m.spool, m.client_id, m.username, password,
+        built.append((MqttOutput(m.host, m.port, m.topic, m.spool, m.client_id, m.username, reveal(m.password),
                                  m.keepalive), m.verdicts))
     if (g := settings.gpio) is not None:
         built.append((GpioOutput(g.pin, g.pulse_ms), g.verdicts))
