@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import difflib
-import hashlib
 import re
 import shutil
 import sqlite3
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sorter import store
+from sorter.card import sha256_file
 from sorter.imaging import is_image_name
 
 _SHA = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -54,14 +54,6 @@ class ImportResult:
 
 class AuditError(ValueError):
     """The input cannot be read at all (no header, no label column, not a folder)."""
-
-
-def _sha_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _utc(text: str | None, default: str) -> str:
@@ -113,7 +105,7 @@ def _find_item(db: sqlite3.Connection, sha: str, name: str, base: Path) -> tuple
         return "neither sha256 nor file given"
     on_disk = next((p for p in (Path(name), base / name) if p.is_file()), None)
     if on_disk is not None:
-        sha = _sha_file(on_disk)
+        sha = sha256_file(on_disk)
         return item_by_sha(db, sha) or f"unknown item '{name}' (its content is not in the database)"
     return item_by_name(db, name)
 
@@ -172,7 +164,7 @@ def resolve_folder(db: sqlite3.Connection, folder: Path, labels: list[str],
             if not is_image_name(path.name):
                 skipped += 1
                 continue
-            found = item_by_sha(db, _sha_file(path))
+            found = item_by_sha(db, sha256_file(path))
             if found is None:
                 errors.append(f"{sub.name}/{path.name}: unknown item (its content is not in the database)")
                 continue

@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from sorter.card import card_path, sha256_file
+from sorter.card import card_path
 from sorter.doctor import Check, check_model
 
 DEFAULT_DIR = Path("/var/lib/sorter/models")
@@ -44,7 +44,8 @@ def install(new: Path, models: Path = DEFAULT_DIR) -> tuple[Path, list[Check]]:
         failed = "; ".join(f"{c.name}: {c.detail}" for c in checks if not c.ok)
         raise BundleError(f"{new} failed its checks, nothing installed: {failed}")
     name = new.name.removesuffix(".tflite")
-    folder = models / f"{name}-{sha256_file(new)[:12]}"
+    digest = next(c.data["sha256"] for c in checks if c.name == "model_hash")
+    folder = models / f"{name}-{digest[:12]}"
     if not folder.is_dir():
         staging = models / f".{folder.name}.partial"
         shutil.rmtree(staging, ignore_errors=True)

@@ -61,7 +61,6 @@ def _sample_image(card: Any, model_path: Path, size: tuple[int, int]) -> tuple[n
 def check_model(path: Path | str | None, threads: int | None = None) -> list[Check]:
     """Load, re-hash against the card, tensor/card agreement, and one inference that must give
     finite probabilities summing to 1: a bundle that passes this is safe to swap in."""
-    from sorter.card import sha256_file
     from sorter.model import Classifier, ModelError
 
     try:
@@ -72,7 +71,7 @@ def check_model(path: Path | str | None, threads: int | None = None) -> list[Che
                     f"{clf.num_threads} threads)",
                     {"path": str(clf.path), "name": clf.card.name, "threads": clf.num_threads,
                      "backend": clf.backend, "labels": clf.labels, "quantization": clf.card.quantization})]
-    rehash = sha256_file(clf.path)
+    rehash = clf.sha256  # hashed as it loaded
     want = clf.card.model_sha256
     checks.append(Check("model_hash", want is None or rehash == want,
                         "card has no model_sha256" if want is None else

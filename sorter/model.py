@@ -174,6 +174,8 @@ class Classifier:
 
     def _invoke(self, batch: np.ndarray) -> np.ndarray:
         self._resize(len(batch))
+        if len(batch) > 1 and not self.batch_capable:  # the model refused the batch size: one by one
+            return np.concatenate([self._invoke(image[None]) for image in batch], axis=0)
         self._interp.set_tensor(self._inp["index"], self._quantize(batch))
         self._interp.invoke()
         return self._dequantize(self._interp.get_tensor(self._out["index"]))
@@ -182,17 +184,9 @@ class Classifier:
         """Class probabilities for an (N, H, W, 3) uint8 array; splits into allowed batches."""
         if images.ndim == 3:
             images = images[None]
-        step = self.max_batch if self.batch_capable else 1
-        parts = []
         with self._lock:
-            for start in range(0, len(images), step):
-                chunk = images[start : start + step]
-                if not self.batch_capable:
-                    parts.extend(self._invoke(img[None]) for img in chunk)
-                    continue
-                parts.append(self._invoke(chunk))
-                if not self.batch_capable:
-                    step = 1
+            parts = [self._invoke(images[start : start + self.max_batch])
+                     for start in range(0, len(images), self.max_batch)]
         return np.concatenate(parts, axis=0)
 
     def predict(self, images: np.ndarray) -> list[Prediction]:

@@ -10,11 +10,12 @@ which `finish` (recovery) resolves by content hash — never zero.
 from __future__ import annotations
 
 import errno
-import hashlib
 import itertools
 import os
 import shutil
 from pathlib import Path
+
+from sorter.card import sha256_file
 
 DUPLICATES = "duplicates"
 REJECTED = "rejected"
@@ -108,21 +109,13 @@ def move(src: Path, dst: Path) -> None:
         copy_across(src, dst)
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _same(src: Path, dst: Path, sha256: str | None) -> bool:
     """Is dst already the finished copy of src? Same inode, or (across devices) same bytes."""
     if src.is_symlink() or dst.is_symlink():
         return src.is_symlink() and dst.is_symlink() and os.readlink(src) == os.readlink(dst)
     if os.path.samefile(src, dst):
         return True
-    return sha256 is not None and sha256_of(dst) == sha256
+    return sha256 is not None and sha256_file(dst) == sha256
 
 
 def finish(src: Path, dst: Path, sha256: str | None) -> str:

@@ -105,3 +105,21 @@ def test_a_replica_is_a_second_interpreter_with_the_same_answers():
     images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_array_equal(twin.scores(images[:2]), clf.scores(images[:2]))
     np.testing.assert_array_equal(twin.scores(images), clf.scores(images))
+
+
+def test_a_model_that_refuses_batches_is_scored_one_image_at_a_time(monkeypatch):
+    """Some converted models have a fixed batch of 1: the first batch falls back, same scores."""
+    clf = Classifier(COLOR_FLOAT, max_batch=4)
+    images = np.random.default_rng(3).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    expected = Classifier(COLOR_FLOAT, max_batch=1).scores(images)
+    real = clf._interp.resize_tensor_input
+
+    def fixed_batch(index, shape, strict=False):
+        if shape[0] != 1:
+            raise ValueError("this model's batch dimension is fixed")
+        return real(index, shape, strict=strict)
+
+    monkeypatch.setattr(clf._interp, "resize_tensor_input", fixed_batch)
+    np.testing.assert_allclose(clf.scores(images), expected, atol=1e-6)
+    assert not clf.batch_capable
+    np.testing.assert_allclose(clf.scores(images[:3]), expected[:3], atol=1e-6)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sorter import route
+from sorter.card import sha256_file
 
 
 def test_target_dir(tmp_path):
@@ -108,7 +109,7 @@ def test_enospc_during_copy_leaves_source_and_no_debris(tmp_path, monkeypatch):
 
 
 def test_finish_covers_every_crash_point(tmp_path):
-    sha = route.sha256_of
+    sha = sha256_file
     d = tmp_path / "out"
     d.mkdir()
     # src only: the move never happened
