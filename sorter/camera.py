@@ -73,10 +73,10 @@ class SnapshotStore:
         """Delete snapshots older than the retention, then the oldest beyond `max_files`."""
         if not self.folder.is_dir():
             return 0
-        files = sorted(self.folder.glob("*/*.jpg"), key=lambda p: p.stat().st_mtime)
+        stamped = sorted((p.stat().st_mtime, p) for p in self.folder.glob("*/*.jpg"))  # one stat per file
         cutoff = ((now or datetime.now(UTC)) - self.retention).timestamp()
-        doomed = [p for p in files if p.stat().st_mtime < cutoff]
-        keep = [p for p in files if p.stat().st_mtime >= cutoff]
+        doomed = [p for mtime, p in stamped if mtime < cutoff]
+        keep = [p for mtime, p in stamped if mtime >= cutoff]
         doomed += keep[: max(0, len(keep) - self.max_files)]
         for path in doomed:
             path.unlink(missing_ok=True)

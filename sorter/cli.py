@@ -476,15 +476,23 @@ def report(out: Path = typer.Option(..., "--out", "-o", help="Folder for report.
     except (ConfigError, ValueError, OSError) as exc:
         fail(str(exc))
     r = written.report
-    acc = r["audit"]["accuracy"]
     typer.echo(f"{written.folder}: {r['items']['classified']} items, rotten {r['rotten_rate']}, "
-               f"accuracy {acc if acc is None else f'{acc:.3f}'} (n={r['audit']['n']}), "
-               f"pruned {len(written.pruned)}")
+               f"{_accuracy(r)}, pruned {len(written.pruned)}")
     if publish and settings.fleet.broker:
         _publish(settings, r, [p.name for p in written.pruned])
-    for flag in r["drift"]["flags"]:
+    _exit_on_drift(r, fail_on_drift)
+
+
+def _accuracy(report: dict) -> str:
+    acc = report["audit"]["accuracy"]
+    return f"accuracy {acc if acc is None else f'{acc:.3f}'} (n={report['audit']['n']})"
+
+
+def _exit_on_drift(report: dict, fail_on_drift: bool) -> None:
+    """Each drift flag as a red line on stderr; exit 1 with --fail-on-drift when any was raised."""
+    for flag in report["drift"]["flags"]:
         err.print(f"[red]drift:[/red] {flag['message']}", highlight=False)
-    raise typer.Exit(1 if fail_on_drift and r["drift"]["flagged"] else 0)
+    raise typer.Exit(1 if fail_on_drift and report["drift"]["flagged"] else 0)
 
 
 def _publish(settings, report: dict, pruned: list[str]) -> None:
@@ -603,13 +611,9 @@ def fleet_report(broker: str | None = typer.Option(None, "--broker",
     if "audit" not in report:
         typer.echo(f"{report['note']}; {live}; wrote {', '.join(str(f) for f in files)}")
         raise typer.Exit(0)
-    acc = report["audit"]["accuracy"]
     typer.echo(f"{report['date']}: {len(report['lines'])} line(s), {report['items']['classified']} items, "
-               f"accuracy {acc if acc is None else f'{acc:.3f}'} (n={report['audit']['n']}); {live}; "
-               f"wrote {', '.join(str(f) for f in files)}")
-    for flag in report["drift"]["flags"]:
-        err.print(f"[red]drift:[/red] {flag['message']}", highlight=False)
-    raise typer.Exit(1 if fail_on_drift and report["drift"]["flagged"] else 0)
+               f"{_accuracy(report)}; {live}; wrote {', '.join(str(f) for f in files)}")
+    _exit_on_drift(report, fail_on_drift)
 
 
 def _forward(verb: str) -> None:
