@@ -40,14 +40,13 @@ def calibration(n: int) -> np.ndarray:
     """Real fruit photos when the shared set is here (stratified), else seeded noise."""
     if FRUIT.is_dir():
         from training.data import discover
-        from training.evaluate import load_images
-        from training.export import stratified_sample
+        from training.export import calibration_images
 
-        images, _ = load_images(stratified_sample(discover(FRUIT.parent).train, n), (SIZE, SIZE))
+        images = calibration_images(discover(FRUIT.parent), (SIZE, SIZE), n)  # what `sorter export` uses
         print(f"calibration: {len(images)} real images from {FRUIT}")
-    else:
-        images = np.random.default_rng(0).integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
-        print(f"calibration: {n} synthetic images ({FRUIT} absent)")
+        return images
+    images = np.random.default_rng(0).integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
+    print(f"calibration: {n} synthetic images ({FRUIT} absent)")
     images[0, 0, 0], images[0, 0, 1] = 0, 255
     return images
 

@@ -105,25 +105,27 @@ class Loaded:
     skipped: list[tuple[Path, str]]
 
 
-def _decode_file(path: Path, size: int) -> np.ndarray | str:
+def _decode_file(path: Path, size: tuple[int, int]) -> np.ndarray | str:
     """Pixels, or the reason the file cannot be used (a bad file must never stop an epoch)."""
     try:
-        return decode(path.read_bytes(), (size, size))
+        return decode(path.read_bytes(), size)
     except ImageError as exc:
         return str(exc)
     except OSError as exc:
         return f"unreadable: {exc.strerror or exc}"
 
 
-def load_split(files: list[tuple[Path, int]], size: int, workers: int | None = None) -> Loaded:
+def load_split(files: list[tuple[Path, int]], size: int | tuple[int, int], workers: int | None = None) -> Loaded:
     """Decode every file once with the edge runtime's decoder, in threads (OpenCV releases the GIL),
-    so training sees exactly the pixels the device will see, at any source size, format or mode."""
+    so training sees exactly the pixels the device will see, at any source size, format or mode.
+    `size`: a side, or (height, width)."""
+    size = (size, size) if isinstance(size, int) else size
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
         results = list(pool.map(lambda f: _decode_file(f[0], size), files))
     good = [(f, r) for f, r in zip(files, results, strict=True) if not isinstance(r, str)]
     skipped = [(f[0], r) for f, r in zip(files, results, strict=True) if isinstance(r, str)]
-    images = np.stack([r for _, r in good]) if good else np.zeros((0, size, size, 3), np.uint8)
+    images = np.stack([r for _, r in good]) if good else np.zeros((0, *size, 3), np.uint8)
     labels = np.array([f[1] for f, _ in good], dtype=np.int32)
     return Loaded(images, labels, [f[0] for f, _ in good], skipped)
 

@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sorter.card import guess_rotten
-from sorter.imaging import ImageError, decode
-from training.data import SPLITS, DataSplits, discover
+from training.data import SPLITS, DataSplits, discover, load_split
 from training.metrics import compute_metrics, pr_curves, worst_errors
 
 log = logging.getLogger(__name__)
@@ -151,16 +150,12 @@ def resolve_splits(data: Path, splits_file: Path | None = None) -> DataSplits:
 
 
 def load_images(files: list[Path], size: tuple[int, int]) -> tuple[np.ndarray, list[int]]:
-    """Decode with the runtime's decoder; unreadable files are skipped (and logged), not fatal."""
-    images, kept = [], []
-    for i, path in enumerate(files):
-        try:
-            images.append(decode(path.read_bytes(), size))
-            kept.append(i)
-        except (ImageError, OSError) as exc:
-            log.warning("skipping %s: %s", path, exc)
-    arr = np.stack(images) if images else np.zeros((0, *size, 3), np.uint8)
-    return arr, kept
+    """Decode with the runtime's decoder (training's threaded loader); unreadable files are skipped
+    and logged, not fatal. Returns the pixels and the indices of the files kept."""
+    loaded = load_split([(path, i) for i, path in enumerate(files)], size)
+    for path, reason in loaded.skipped:
+        log.warning("skipping %s: %s", path, reason)
+    return loaded.images, loaded.labels.tolist()
 
 
 @dataclass

@@ -211,6 +211,7 @@ class ExportJob:
     name: str
     command: str
     latency_runs: int = 30
+    dataset_sha256: str = ""  # the data set's fingerprint, taken once for every format's card
 
     @property
     def size(self) -> tuple[int, int]:
@@ -227,7 +228,7 @@ def base_card(job: ExportJob, fmt: ExportFormat, path: Path) -> ModelCard:
         name=path.name.removesuffix(".tflite"), labels=job.labels, rotten_labels=job.rotten_labels,
         input=InputSpec(height=height, width=width, dtype=fmt.input_dtype), quantization=fmt.name,
         backbone=str(job.run.config.get("backbone", "unknown")), model_sha256=sha256_file(path),
-        file_size_bytes=path.stat().st_size, command=job.command, dataset_sha256=job.splits.fingerprint(),
+        file_size_bytes=path.stat().st_size, command=job.command, dataset_sha256=job.dataset_sha256,
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         converter={"path": "TFLiteConverter.from_keras_model", "options": fmt.options},
         float_accuracy=job.float_accuracy, baselines=job.run.baselines or {},
@@ -303,7 +304,8 @@ def prepare(source: Path, data: Path | None, out: Path, name: str | None, comman
     log.info("scoring exports on %d %s images", len(sample.y), split)
     out.mkdir(parents=True, exist_ok=True)
     return ExportJob(model, run, list(labels), list(rotten), splits, sample.images, sample.y,
-                     keras_scores(model, sample.images), out, name or run.name, command, latency_runs)
+                     keras_scores(model, sample.images), out, name or run.name, command, latency_runs,
+                     splits.fingerprint())
 
 
 def export(source: Path, data: Path | None = None, formats: list[str] | None = None, out: Path = Path("models"),

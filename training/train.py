@@ -30,7 +30,6 @@ from training.data import (
 )
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "nadam", "adadelta")
-BACKBONES = ("resnet50", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 META_KEYS = ("data",)  # recorded in config.json beside the options, ignored when it is reused
 
 
@@ -84,6 +83,8 @@ class TrainConfig:
 
     def check(self) -> None:
         """Reject impossible settings with one clear sentence each, before any work starts."""
+        from training.backbones import BACKBONES  # keras: imported when a config is checked, not before
+
         problems = []
         if self.backbone not in BACKBONES:
             problems.append(f"--backbone must be one of {', '.join(BACKBONES)}, not '{self.backbone}'")
@@ -331,11 +332,15 @@ def write_run_files(run_dir: Path, data: Path, config: TrainConfig, splits: Data
 # --- the whole run --------------------------------------------------------------------------
 
 
-def _baselines(splits: DataSplits, config: TrainConfig, size: int, console: Console) -> dict:
-    """Linear heads on frozen features: the bar fine-tuning has to clear, recorded for the card."""
-    from training.tune import frozen_baselines
+def _baselines(loaded: dict[str, Loaded], config: TrainConfig, size: int, console: Console) -> dict:
+    """Linear heads on frozen features: the bar fine-tuning has to clear, recorded for the card.
+    Fitted on train+val, scored on test, from the pixels the run already decoded."""
+    from training.tune import baselines_on
 
-    result = frozen_baselines(splits, config.backbone, config.weights, size)
+    tr, va = loaded["train"], loaded["val"]
+    fit_set = Loaded(np.concatenate([tr.images, va.images]), np.concatenate([tr.labels, va.labels]),
+                     [*tr.paths, *va.paths], [])
+    result = baselines_on(fit_set, loaded["test"], config.backbone, config.weights, size)
     console.print(f"frozen-feature baselines on test: logreg {result['logreg']['accuracy']:.4f}, "
                   f"linear SVM {result['linear_svm']['accuracy']:.4f}", highlight=False)
     return result
@@ -380,5 +385,5 @@ def train(data: Path, config: TrainConfig, console: Console | None = None, verbo
     model.save(run_dir / "model.keras")
     console.print(f"saved {run_dir / 'model.keras'}", highlight=False, soft_wrap=True)
     if config.baselines:
-        _write_json(run_dir / "baselines.json", _baselines(splits, config, size, console))
+        _write_json(run_dir / "baselines.json", _baselines(loaded, config, size, console))
     return TrainResult(run_dir, splits.classes, history, counts, skipped)

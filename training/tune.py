@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from training.data import DataSplits, discover, load_split, make_dataset
+from training.data import DataSplits, Loaded, discover, load_split, make_dataset
 from training.train import TrainConfig, build_model, fit, is_binary, next_run_dir
 
 GRID = {"lr": [1e-3, 3e-4, 1e-4], "dropout": [0.3, 0.5], "unfreeze": [0, 30],
@@ -61,17 +61,24 @@ def baseline_scores(x_fit, y_fit, x_test, y_test, seed: int = 42) -> dict[str, d
 def frozen_baselines(splits: DataSplits, backbone_name: str, weights: str = "imagenet",
                      img_size: int | None = None) -> dict:
     """Baselines fitted on train(+val) and scored on test, for the model card."""
-    from training.backbones import build_backbone, default_input_size
+    from training.backbones import default_input_size
 
     size = img_size or default_input_size(backbone_name)
-    backbone = build_backbone(backbone_name, weights=weights, input_size=size)
-    fit_set = [*splits.train, *splits.val]
-    a, b = load_split(fit_set, size), load_split(splits.test, size)
-    if not len(b.labels):
+    return baselines_on(load_split([*splits.train, *splits.val], size), load_split(splits.test, size),
+                        backbone_name, weights, size)
+
+
+def baselines_on(fit_set: Loaded, test: Loaded, backbone_name: str, weights: str, size: int) -> dict:
+    """The same, on splits already decoded (a training run has them in memory)."""
+    from training.backbones import build_backbone
+
+    if not len(test.labels):
         raise ValueError("frozen baselines need a non-empty test split")
-    scores = baseline_scores(embed(backbone, a.images), a.labels, embed(backbone, b.images), b.labels)
+    backbone = build_backbone(backbone_name, weights=weights, input_size=size)
+    scores = baseline_scores(embed(backbone, fit_set.images), fit_set.labels, embed(backbone, test.images),
+                             test.labels)
     return {"backbone": backbone_name, "weights": weights, "img_size": size,
-            "n_train": len(a.labels), "n_test": len(b.labels), **scores}
+            "n_train": len(fit_set.labels), "n_test": len(test.labels), **scores}
 
 
 # --- the search -----------------------------------------------------------------------------
@@ -153,8 +160,8 @@ def tune(data: Path, *, search: str = "random", trials: int | None = None, folds
         raise ValueError(f"--folds {folds} needs at least {folds} readable images per class; smallest has {smallest}")
     fold_idx = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(pool.images, pool.labels))
     feats = embed(frozen, pool.images)
-    rows = [_row(f"{name} (frozen)", [baseline_scores(feats[a], pool.labels[a], feats[b], pool.labels[b])[name]
-                                      ["accuracy"] for a, b in fold_idx]) for name in BASELINES]
+    per_fold = [baseline_scores(feats[a], pool.labels[a], feats[b], pool.labels[b]) for a, b in fold_idx]
+    rows = [_row(f"{name} (frozen)", [fold[name]["accuracy"] for fold in per_fold]) for name in BASELINES]
     test = load_split(splits.test, size)
     baselines_test = (baseline_scores(feats, pool.labels, embed(frozen, test.images), test.labels)
                       if len(test.labels) else None)
