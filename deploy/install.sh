@@ -69,6 +69,9 @@ run install -d -m 0755 "$PREFIX"
 [ -x "$PREFIX/venv/bin/python" ] || run python3 -m venv "$PREFIX/venv"
 run "$PREFIX/venv/bin/pip" install --quiet --upgrade pip
 run "$PREFIX/venv/bin/pip" install --quiet "${SRC}[report]"
+# the documentation the units' Documentation= lines point at
+run install -D -m 0644 "$SRC/deploy/README.md" "$PREFIX/deploy/README.md"
+run install -D -m 0644 "$SRC/docs/reports.md" "$PREFIX/docs/reports.md"
 
 # 5. the bundled default model, when none is installed yet (a new bundle later: sorter model install)
 if [ ! -e "$STATE/models/current" ]; then
@@ -76,14 +79,14 @@ if [ ! -e "$STATE/models/current" ]; then
   run chown -R sorter:sorter "$STATE/models"
 fi
 
-# 6. units, with the venv path of this prefix
+# 6. units, with the paths of this prefix
 for unit in sorter-watch.service sorter-camera@.service sorter-prune.service sorter-prune.timer \
             sorter-report.service sorter-report.timer; do
   [ -f "$SRC/deploy/systemd/$unit" ] || continue
   if [ "$DRY_RUN" = 1 ]; then
     echo "would install $UNITS/$unit"
   else
-    sed "s#/opt/sorter/venv#$PREFIX/venv#g" "$SRC/deploy/systemd/$unit" > "$UNITS/$unit.tmp"
+    sed "s#/opt/sorter/#$PREFIX/#g" "$SRC/deploy/systemd/$unit" > "$UNITS/$unit.tmp"
     chmod 0644 "$UNITS/$unit.tmp"
     mv "$UNITS/$unit.tmp" "$UNITS/$unit"
   fi

@@ -121,3 +121,15 @@ def write_run_folder(run: Path, model, labels: list[str], rotten: list[str], dat
 @pytest.fixture
 def run_folder():
     return write_run_folder
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A real mosquitto on a free loopback port for one test; the test skips where mosquitto is missing."""
+    from tests.mqtt_helpers import MOSQUITTO, Broker
+
+    if MOSQUITTO is None:
+        pytest.skip("the mosquitto binary is missing (apt-get install mosquitto; .ci/run does this)")
+    b = Broker(tmp_path).start()
+    yield b
+    b.stop()

@@ -16,17 +16,9 @@ from sorter.config import CameraSettings
 from sorter.model import Classifier
 from sorter.outputs import Dispatcher
 from tests.camera_helpers import MjpegCamera, colour_frame, write_video
+from tests.watch_helpers import wait_for
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def wait_for(predicate, timeout: float, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def drain(cap: Capture, timeout: float = 10.0) -> list[Frame]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -23,20 +22,11 @@ from sorter.fleet import aggregate, collect, listen, publish_report
 from sorter.fleet_merge import merge
 from sorter.report import ReportOptions, build_report, wilson
 from tests.camera_helpers import free_port
-from tests.test_mqtt import Broker
 from tests.test_report import DAY, HI, LO, _bundle, build_db, card, t
-from tests.watch_helpers import MODEL, jpeg
+from tests.watch_helpers import MODEL, SORTER, jpeg
 
 pytestmark = pytest.mark.timeout(120)
-SORTER = [sys.executable, "-c", "from sorter.cli import app; app(prog_name='sorter')"]
 LINES = {"line-a": ["red", "red", "blue"], "line-b": ["green", "blue", "blue", "grey"], "line-c": ["red"]}
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = Broker(tmp_path).start()
-    yield b
-    b.stop()
 
 
 def start_sorter(tmp_path, line: str, colours: list[str], port: int) -> subprocess.Popen:

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-import sys
 
 import pytest
 
 from sorter.logs import setup
-from tests.watch_helpers import MODEL, jpeg
+from tests.watch_helpers import MODEL, SORTER, jpeg
 
 pytestmark = pytest.mark.timeout(60)
-SORTER = [sys.executable, "-c", "from sorter.cli import app; app(prog_name='sorter')"]
 
 
 def test_text_lines_stay_single_even_with_tracebacks(capsys):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -21,10 +20,9 @@ from sorter.metrics import MetricsServer, Telemetry
 from sorter.model import Classifier
 from sorter.watch import Watcher
 from tests.camera_helpers import free_port, write_video
-from tests.watch_helpers import MODEL, Running, jpeg, settings, wait_until
+from tests.watch_helpers import MODEL, SORTER, Running, jpeg, settings, wait_until
 
 pytestmark = pytest.mark.timeout(60)
-SORTER = [sys.executable, "-c", "from sorter.cli import app; app(prog_name='sorter')"]
 
 
 def get(port: int, path: str) -> tuple[int, str]:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,49 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.camera_helpers import free_port
+from tests.mqtt_helpers import MOSQUITTO
+from tests.watch_helpers import wait_for
 
 pytestmark = pytest.mark.timeout(90)
-MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.path.exists(p)), None)
 if MOSQUITTO is None:
     pytest.skip("the mosquitto binary is missing (apt-get install mosquitto; .ci/run does this)",
                 allow_module_level=True)
 mqtt = pytest.importorskip("paho.mqtt.client")
 REPO = Path(__file__).resolve().parent.parent
 EVENT = {"item_id": 1, "verdict": "rotten", "label": "rottenblue", "confidence": 0.99}
-
-
-class Broker:
-    def __init__(self, folder: Path):
-        self.port = free_port()
-        self.conf = folder / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Broker:
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = Broker(tmp_path).start()
-    yield b
-    b.stop()
 
 
 class Watcher:
@@ -177,7 +142,4 @@ def test_events_are_buffered_on_disk_while_the_broker_is_down(broker, tmp_path):
 
 
 def wait_empty(spool: Path, timeout: float = 5) -> bool:
-    deadline = time.monotonic() + timeout
-    while list(spool.glob("*.json")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not list(spool.glob("*.json"))
+    return wait_for(lambda: not list(spool.glob("*.json")), timeout, 0.05)

@@ -13,17 +13,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from sorter.outputs import CommandOutput, Dispatcher, GpioOutput, SerialOutput, Spool, WebhookOutput, build_outputs
+from tests.watch_helpers import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 EVENT = {"item_id": 7, "time": "2026-01-01T00:00:00.000+00:00", "device": "0", "verdict": "rotten",
          "label": "rottenblue", "confidence": 0.996, "votes": "3/4", "snapshot": "/s/7.jpg"}
-
-
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not predicate():
-        time.sleep(0.02)
-    return predicate()
 
 
 def test_command_gets_the_verdict_in_its_environment(tmp_path):

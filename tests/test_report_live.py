@@ -7,7 +7,6 @@ import hashlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -15,17 +14,11 @@ from pathlib import Path
 
 from sorter.audit import import_csv
 from sorter.report import build_report, generate
-from tests.watch_helpers import MODEL, jpeg, rows, wait_until
+from tests.watch_helpers import drop, jpeg, rows, wait_until, watch_command
 
 COLOURS = ["red", "green", "blue", "grey"]
 TRUTH = {"red": "freshred", "green": "freshgreen", "blue": "rottenblue"}
 N = 80
-
-
-def _drop(incoming: Path, name: str, data: bytes) -> None:
-    part = incoming / f"{name}.part"
-    part.write_bytes(data)
-    part.rename(incoming / name)
 
 
 class Reporter(threading.Thread):
@@ -51,10 +44,8 @@ def test_reports_while_watch_writes(tmp_path):
     incoming.mkdir()
     env = {**os.environ, "SORTER_STABLE_SECONDS": "0.2", "SORTER_BATCH_SIZE": "4", "SORTER_THREADS": "1"}
     log = tmp_path / "watch.log"
-    cmd = [str(Path(sys.executable).parent / "sorter"), "watch", str(incoming), "--out", str(tmp_path / "out"),
-           "--db", str(db), "--model", str(MODEL)]
     with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, stderr=err, env=env)
+        proc = subprocess.Popen(watch_command(tmp_path), stderr=err, env=env)
     try:
         wait_until(lambda: "ready" in log.read_text() or proc.poll() is not None, timeout=60, what="watch ready")
         assert proc.poll() is None, log.read_text()
@@ -65,7 +56,7 @@ def test_reports_while_watch_writes(tmp_path):
         for i in range(N):
             data = jpeg(COLOURS[i % 4], tag=f"live-{i}")
             colour_of[hashlib.sha256(data).hexdigest()] = COLOURS[i % 4]
-            _drop(incoming, f"f{i:03d}.jpg", data)
+            drop(incoming, f"f{i:03d}.jpg", data)
             if i % 4 == 3:
                 time.sleep(0.05)
             if i == N // 2:  # a second writer (audit import) while the daemon is busy

@@ -7,14 +7,22 @@ import os
 import signal
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from sorter import watch
-from tests.watch_helpers import EXPECTED, MODEL, Running, files_under, jpeg, make_watcher, rows, wait_until
+from tests.watch_helpers import (
+    EXPECTED,
+    Running,
+    files_under,
+    jpeg,
+    make_watcher,
+    rows,
+    wait_until,
+    watch_command,
+)
 
 
 def _old(path: Path) -> None:
@@ -313,16 +321,11 @@ def test_dry_run_records_without_moving(tmp_path):
     assert (tmp_path / "in" / "b.jpg").exists() and not (tmp_path / "out").exists()
 
 
-def _cli(tmp_path: Path, *extra: str) -> list[str]:
-    return [str(Path(sys.executable).parent / "sorter"), "watch", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
-            "--db", str(tmp_path / "db.sqlite"), "--model", str(MODEL), *extra]
-
-
 def test_cli_once_processes_backlog_and_exits(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "r.jpg").write_bytes(jpeg("red"))
     _old(tmp_path / "in" / "r.jpg")
-    proc = subprocess.run(_cli(tmp_path, "--once"), capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(watch_command(tmp_path, "--once"), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "routed r.jpg -> fresh/freshred" in proc.stderr
     assert (tmp_path / "out" / "fresh" / "freshred" / "r.jpg").exists()
@@ -332,7 +335,7 @@ def test_sigterm_drains_and_exits_zero_consistently(tmp_path):
     (tmp_path / "in").mkdir()
     log = tmp_path / "stderr.log"
     with open(log, "w") as err:
-        proc = subprocess.Popen(_cli(tmp_path), stderr=err)
+        proc = subprocess.Popen(watch_command(tmp_path), stderr=err)
     wait_until(lambda: "ready" in log.read_text(), timeout=30, what="ready")
     names = []
     for i in range(80):

@@ -7,36 +7,24 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-from tests.watch_helpers import EXPECTED, MODEL, files_under, jpeg, rows, wait_until
+from tests.watch_helpers import EXPECTED, drop, files_under, jpeg, rows, wait_until, watch_command
 
 COLORS = ["red", "green", "blue", "grey"]
 N_DISTINCT, N_DUPES = 240, 60
-
-
-def _command(tmp: Path, *extra: str) -> list[str]:
-    return [str(Path(sys.executable).parent / "sorter"), "watch", str(tmp / "in"), "--out", str(tmp / "out"),
-            "--db", str(tmp / "db.sqlite"), "--model", str(MODEL), *extra]
 
 
 def _env() -> dict[str, str]:
     return {**os.environ, "SORTER_STABLE_SECONDS": "0.2", "SORTER_BATCH_SIZE": "8", "SORTER_THREADS": "1"}
 
 
-def _drop(incoming: Path, name: str, data: bytes) -> None:
-    part = incoming / f"{name}.part"
-    part.write_bytes(data)
-    part.rename(incoming / name)
-
-
 def _start(tmp: Path, n: int) -> subprocess.Popen:
     log = tmp / f"run{n}.log"
     with open(log, "w") as err:
-        proc = subprocess.Popen(_command(tmp), stderr=err, env=_env())
+        proc = subprocess.Popen(watch_command(tmp), stderr=err, env=_env())
     wait_until(lambda: "ready" in log.read_text() or proc.poll() is not None, timeout=30, what="ready")
     assert proc.poll() is None, log.read_text()
     return proc
@@ -54,7 +42,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path):
     color_of = {hashlib.sha256(data).hexdigest(): color for _, data, color in files}
 
     for name, data, _ in files[:100]:  # a backlog before the first start
-        _drop(incoming, name, data)
+        drop(incoming, name, data)
     queue = files[100:]
     kills = 0
     for run in range(4):
@@ -62,7 +50,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path):
         chunk, queue = queue[:50], queue[50:]
         kill_at = rng.randrange(len(chunk))
         for i, (name, data, _) in enumerate(chunk):
-            _drop(incoming, name, data)
+            drop(incoming, name, data)
             if i == kill_at:  # mid-flow: some files queued, some decoded, a batch maybe half moved
                 time.sleep(rng.uniform(0, 0.3))
                 proc.send_signal(signal.SIGKILL)
@@ -70,8 +58,8 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path):
         kills += 1
     assert kills >= 3
     for name, data, _ in queue:
-        _drop(incoming, name, data)
-    final = subprocess.run(_command(tmp_path, "--once"), env=_env(), capture_output=True, text=True, timeout=120)
+        drop(incoming, name, data)
+    final = subprocess.run(watch_command(tmp_path, "--once"), env=_env(), capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr
 
     assert list(incoming.iterdir()) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -64,13 +65,35 @@ class Running:
         assert not self.thread.is_alive()
 
 
-def wait_until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+def wait_for(pred: Callable[[], bool], timeout: float = 10.0, step: float = 0.02) -> bool:
+    """Poll until `pred()` holds or the time is up; its last answer."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+            return True
+        time.sleep(step)
+    return pred()
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    if not wait_for(pred, timeout, 0.05):
+        raise AssertionError(f"timed out waiting for {what}")
+
+
+SORTER = [sys.executable, "-c", "from sorter.cli import app; app(prog_name='sorter')"]
+
+
+def watch_command(tmp: Path, *extra: str) -> list[str]:
+    """The installed `sorter watch` on tmp/in → tmp/out with tmp/db.sqlite and the colour model."""
+    return [str(Path(sys.executable).parent / "sorter"), "watch", str(tmp / "in"), "--out", str(tmp / "out"),
+            "--db", str(tmp / "db.sqlite"), "--model", str(MODEL), *extra]
+
+
+def drop(incoming: Path, name: str, data: bytes) -> None:
+    """Write under a temporary name, then rename: how cameras and copy tools deliver a file."""
+    part = incoming / f"{name}.part"
+    part.write_bytes(data)
+    part.rename(incoming / name)
 
 
 def rows(db: Path) -> list[dict]:
