@@ -109,10 +109,11 @@ def resize_rgb(bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if bgr.dtype != np.uint8:
         bgr = cv2.convertScaleAbs(bgr, alpha=255.0 / max(1, int(np.iinfo(bgr.dtype).max)))
     height, width = size
-    shrinking = bgr.shape[0] > height or bgr.shape[1] > width
-    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    resized = cv2.resize(bgr, (width, height), interpolation=interp)
-    return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+    if bgr.shape[:2] != (height, width):  # a camera or photo already at the model's size skips a copy
+        shrinking = bgr.shape[0] > height or bgr.shape[1] > width
+        interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        bgr = cv2.resize(bgr, (width, height), interpolation=interp)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def one_image_per_thread() -> None:

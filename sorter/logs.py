@@ -43,4 +43,5 @@ def setup(fmt: LogFormat = "text", level: int | str = logging.INFO) -> logging.H
     root.addHandler(handler)
     root.setLevel(level)
     logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False  # never printed: skip per record
+    logging._srcfile = None  # nor is the caller's file and line: no stack walk per record (logging's own advice)
     return handler

@@ -70,9 +70,8 @@ class Telemetry:
             except Exception:  # a broken publisher must not stop sorting
                 log.exception("item listener failed")
 
-    def batch(self, items: list[Any], seconds: float) -> None:
-        """Hook for `sorter watch`: one model call over a batch of Items."""
-        self.latency.observe(seconds)
+    def batch(self, items: list[Any]) -> None:
+        """Hook for `sorter watch`: a routed batch of Items (the model's time is `latency`)."""
         for it in items:
             self.item(it.verdict, it.label, it.error)
 

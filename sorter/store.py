@@ -232,36 +232,46 @@ def _update(db: Database, item_id: int, changes: dict) -> None:
                    [_encoded(changes[c]) for c in columns] + [item_id])
 
 
-def write_intents(db: Database, rows: list[dict]) -> list[int]:
+def write_intents(db: Database, rows: list[dict], firsts: dict[str, dict] | None = None) -> list[int]:
     """Insert (or, for rows with an `id`, update) intent rows in one transaction; ids in order.
 
     A row's `duplicate_of` is resolved here, inside the transaction, so two copies of the same
-    bytes in one batch still make one first row and one duplicate. Plain parameterised SQL: this
-    runs for every item, and sqlite-utils' per-call table introspection would triple its cost.
+    bytes in one batch still make one first row and one duplicate; `firsts` is `first_rows` of
+    these hashes when the caller already read it in the same transaction. Plain parameterised
+    SQL: this runs for every item, and sqlite-utils' per-call table introspection would triple its cost.
     """
     ids: list[int] = []
     with immediate(db):
-        firsts = {sha: row["id"] for sha, row in first_rows(db, [r["sha256"] for r in rows if r.get("sha256")]).items()}
+        if firsts is None:
+            firsts = first_rows(db, [r["sha256"] for r in rows if r.get("sha256")])
+        first_ids = {sha: row["id"] for sha, row in firsts.items()}
         for row in rows:
             if row.get("id") is not None:
                 _update(db, row["id"], row)
                 ids.append(row["id"])
                 continue
-            row = {**row, "duplicate_of": firsts.get(row["sha256"]) if row.get("sha256") else None}
+            row = {**row, "duplicate_of": first_ids.get(row["sha256"]) if row.get("sha256") else None}
             columns = list(row)
             cursor = db.execute(f"INSERT INTO items ({', '.join(f'[{c}]' for c in columns)}) "
                                 f"VALUES ({', '.join('?' * len(columns))})", [_encoded(row[c]) for c in columns])
             ids.append(cursor.lastrowid)
             if row.get("sha256") and row["duplicate_of"] is None and row.get("state") != "dry-run":
-                firsts[row["sha256"]] = cursor.lastrowid
+                first_ids[row["sha256"]] = cursor.lastrowid
     return ids
 
 
 def mark_done(db: Database, updates: list[dict]) -> None:
-    """Record the outcome of a batch's moves in one transaction (`id` plus changed columns)."""
+    """Record the outcome of a batch's moves in one transaction (`id` plus changed columns); rows
+    that change the same columns go in one executemany."""
+    groups: dict[tuple[str, ...], list[list]] = {}
+    for update in updates:
+        columns = tuple(c for c in update if c != "id")
+        if columns:
+            groups.setdefault(columns, []).append([_encoded(update[c]) for c in columns] + [update["id"]])
     with immediate(db):
-        for update in updates:
-            _update(db, update["id"], update)
+        for columns, params in groups.items():
+            db.conn.executemany(f"UPDATE items SET {', '.join(f'[{c}] = ?' for c in columns)} WHERE id = ?",
+                                params)
 
 
 def unfinished(db: Database) -> list[dict]:

@@ -85,6 +85,19 @@ class Intake:
         except queue.Empty:
             return None
 
+    def take_many(self, limit: int, timeout: float) -> list[Path]:
+        """The first path waits up to `timeout`; up to `limit` - 1 more that are already queued come along."""
+        first = self.take(timeout)
+        if first is None:
+            return []
+        paths = [first]
+        while len(paths) < limit:
+            try:
+                paths.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return paths
+
     def done(self, path: Path) -> None:
         with self._lock:
             self._pending.discard(path)
@@ -182,11 +195,12 @@ def read_at_most(path: Path, limit: int, expected: int) -> bytes:
     try:
         chunks, total = [], 0
         while total <= limit:
-            chunk = os.read(fd, min(limit + 1 - total, max(expected + 1, 1 << 16)))
-            if not chunk:
-                break
+            want = min(limit + 1 - total, max(expected + 1, 1 << 16))
+            chunk = os.read(fd, want)
             chunks.append(chunk)
             total += len(chunk)
+            if len(chunk) < want:  # a regular file reads short only at its end: no extra call for EOF
+                break
         return b"".join(chunks)
     finally:
         os.close(fd)
@@ -270,9 +284,8 @@ class Router:
             row.update(source=self.source, received_at=item.received_at)
         return row
 
-    def plan(self, db: Database, batch: list[Item]) -> list[dict]:
+    def plan(self, db: Database, batch: list[Item], firsts: dict[str, dict]) -> list[dict]:
         """Decide duplicate-or-not and a free destination name for each item, as intent rows."""
-        firsts = store.first_rows(db, [i.sha256 for i in batch if i.sha256])
         holds = store.held_rows(db, [str(i.path) for i in batch])
         seen: set[str] = set()
         taken: set[Path] = set()
@@ -297,8 +310,9 @@ class Router:
         """One transaction, one fsync per batch: the previous batch's outcomes, then this batch's intents."""
         with store.immediate(db):
             store.mark_done(db, finished)
-            rows = self.plan(db, batch)
-            return rows, store.write_intents(db, rows)
+            firsts = store.first_rows(db, [i.sha256 for i in batch if i.sha256])
+            rows = self.plan(db, batch, firsts)
+            return rows, store.write_intents(db, rows, firsts)
 
     def route(self, batch: list[Item]) -> None:
         """Intents (committed) → moves; the outcomes are committed with the next batch's intents or by
@@ -428,9 +442,13 @@ class Watcher:
         self.writer = store.Writer(db)
         self.intake = Intake(settings.temp_suffixes)
         self.stability = Stability(settings.stable_seconds)
-        self.decoded: queue.Queue[Item] = queue.Queue(maxsize=2 * settings.batch_size)
+        # decode → inference in chunks of up to batch_size items: one hand-off (and one thread wake-up)
+        # per chunk instead of per image, which on a 2-core box is CPU the interpreters get back
+        self.decoded: queue.Queue[list[Item]] = queue.Queue(maxsize=2)
         self.router = Router(self.out, self.writer, classifier, self.intake, settings, dry_run)
-        self.classified: queue.Queue[list[Item] | None] = queue.Queue(maxsize=4)  # inference → routing
+        # inference → routing: batches without their pixels are small, so a deep queue costs little and
+        # absorbs a slow commit (fsync) without ever making an interpreter wait
+        self.classified: queue.Queue[list[Item] | None] = queue.Queue(maxsize=64)
         self._halt = threading.Event()
         self.ready = threading.Event()  # set once the observer runs and the backlog is queued
 
@@ -447,32 +465,36 @@ class Watcher:
 
     def _decode_loop(self) -> None:
         while not self._halt.is_set():
-            path = self.intake.take(TICK_S)
-            if path is None or (item := self._load(path)) is None:
-                continue
-            while not self._halt.is_set():
+            paths = self.intake.take_many(self.settings.batch_size, TICK_S)
+            chunk = [item for path in paths if (item := self._load(path)) is not None]
+            while chunk and not self._halt.is_set():
                 try:
-                    self.decoded.put(item, timeout=TICK_S)
+                    self.decoded.put(chunk, timeout=TICK_S)
                     break
                 except queue.Full:
                     continue
 
-    def _gather(self, stop: threading.Event) -> list[Item]:
-        batch: list[Item] = []
-        deadline: float | None = None
-        while len(batch) < self.settings.batch_size and not stop.is_set():
+    def _gather(self, stop: threading.Event, carry: list[Item]) -> list[Item]:
+        """Chunks until batch_size items or batch_ms after the first; what overflows the batch is left
+        in `carry` (the worker's own) to start the next one. Items stay pending in the intake until
+        routed, so `--once` never mistakes a carried item for an idle pipeline."""
+        batch, carry[:] = carry[:], []
+        size = self.settings.batch_size
+        deadline = time.monotonic() + self.settings.batch_ms / 1000 if batch else None
+        while len(batch) < size and not stop.is_set():
             wait = TICK_S if deadline is None else deadline - time.monotonic()
             if wait <= 0:
                 break
             try:
-                batch.append(self.decoded.get(timeout=wait))
+                batch.extend(self.decoded.get(timeout=wait))
             except queue.Empty:
                 if deadline is None:
                     continue
                 break
             if deadline is None:
                 deadline = time.monotonic() + self.settings.batch_ms / 1000
-        return batch
+        carry[:] = batch[size:]
+        return batch[:size]
 
     def _tick(self) -> None:
         for path in self.stability.due() + self.intake.due_holds():
@@ -487,6 +509,8 @@ class Watcher:
         while (batch := self.classified.get()) is not None:
             try:
                 self.router.route(batch)
+                if self.telemetry is not None:
+                    self.telemetry.batch(batch)
                 if self.classified.empty():
                     self.router.flush()
             except Exception:  # never lose the thread: the rows stay as intents and recover() finishes them
@@ -509,18 +533,21 @@ class Watcher:
                 item.error = item.error or f"inference-failed: {exc}"
         for item in batch:
             item.image = None  # pixels are done with; only the verdict travels on
-        if self.telemetry is not None:
-            self.telemetry.batch(batch, time.monotonic() - started)
-            self.telemetry.queue_depth.set(self.decoded.qsize())
+        if self.telemetry is not None:  # only the latency here: counting waits for the routing thread
+            self.telemetry.latency.observe(time.monotonic() - started)
+            self.telemetry.queue_depth.set(sum(len(chunk) for chunk in list(self.decoded.queue)))
         self.classified.put(batch)
 
     def _infer_loop(self, clf: Classifier, stop: threading.Event) -> None:
         """One interpreter's worker: gather a batch, score it, hand it to routing; on stop, the
         batch in flight is still finished."""
+        carry: list[Item] = []
         while not stop.is_set():
-            batch = self._gather(stop)
+            batch = self._gather(stop, carry)
             if batch:
                 self._process(batch, clf)
+        if carry:  # gathered before the stop: finish it too
+            self._process(carry, clf)
 
     def _start(self, target, name: str, *args) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)

@@ -161,3 +161,15 @@ def test_vertical_flip_flips_top_and_bottom():
     assert tops == {0.0, 255.0}  # some draws flipped upside down, some not
     mirrors = {float(_through(Augment(**only, flip=True), image, s)[0, 0, 0]) for s in range(12)}
     assert mirrors == {255.0}  # a horizontal flip keeps the top on top
+
+
+def test_brightness_and_contrast_jitter_change_pixels_within_their_bounds():
+    image = np.full((16, 16, 3), 128, np.uint8)
+    image[:8] = 64
+    only = {"rotation": 0.0, "width_shift": 0.0, "height_shift": 0.0, "shear": 0.0, "zoom": 0.0, "flip": False}
+    means = [float(_through(Augment(**only, brightness=0.2), image, s).mean()) for s in range(8)]
+    assert len({round(m, 3) for m in means}) > 1  # each draw shifts by its own amount
+    assert all(abs(m - 96.0) <= 0.2 * 255 + 1e-3 for m in means)
+    spreads = [float(np.ptp(_through(Augment(**only, contrast=0.5), image, s))) for s in range(8)]
+    assert len({round(x, 3) for x in spreads}) > 1 and all(32.0 <= x <= 96.0 + 1e-3 for x in spreads)
+    assert len(Augment(**only).layers(0)) == 0  # both default off

@@ -270,11 +270,14 @@ def test_move_failure_holds_in_place_backs_off_and_later_finishes(tmp_path, monk
 
 def test_database_locked_by_another_process_files_wait_and_finish_once(tmp_path, monkeypatch):
     """Another process holds the write lock past the busy timeout: the batch's records roll back,
-    its files stay in INCOMING, and they are retried after the delay, each recorded once."""
+    its files stay in INCOMING, and they are retried after the delay, each recorded (and counted) once."""
     import sqlite3
+
+    from sorter.metrics import Telemetry
 
     monkeypatch.setattr(watch.store, "BUSY_TIMEOUT_MS", 200)
     w = make_watcher(tmp_path, retry_seconds=0.3)
+    w.telemetry = Telemetry("watch")
     run = Running(w)
     other = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
@@ -289,6 +292,9 @@ def test_database_locked_by_another_process_files_wait_and_finish_once(tmp_path,
     got = rows(tmp_path / "db.sqlite")
     assert len(got) == 3 and {r["state"] for r in got} == {"done"} and all(r["duplicate_of"] is None for r in got)
     assert len(files_under(tmp_path / "out")) == 3
+    counted = w.telemetry.registry.get_sample_value  # the failed attempts were classified but never counted
+    assert sum(counted("sorter_items_total", {"verdict": r["verdict"], "label": r["label"]}) or 0
+               for r in {(r["verdict"], r["label"]): r for r in got}.values()) == 3
 
 
 def test_out_on_another_device(tmp_path):

@@ -37,6 +37,8 @@ def train(ctx: typer.Context,
           zoom: float = typer.Option(0.2, help="Augmentation: max zoom in/out (fraction)."),
           flip: bool = typer.Option(True, "--flip/--no-flip", help="Augmentation: random horizontal flips."),
           vflip: bool = typer.Option(False, "--vflip/--no-vflip", help="Augmentation: random vertical flips."),
+          brightness: float = typer.Option(0.0, help="Augmentation: max brightness shift (fraction of 0..255)."),
+          contrast: float = typer.Option(0.0, help="Augmentation: max contrast change (fraction)."),
           fill: str = typer.Option("reflect", help="Augmentation: what fills the corners a transform uncovers: "
                                                    "reflect | constant (black, as in pre-augmented photo sets) | "
                                                    "nearest."),

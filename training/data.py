@@ -183,6 +183,8 @@ class Augment:
     flip: bool = True
     fill: str = "reflect"  # what the transforms paint into uncovered corners: reflect | constant (black) | nearest
     vflip: bool = False  # upside-down produce is as real as mirrored produce on a belt
+    brightness: float = 0.0  # max brightness shift, fraction of the 0..255 range (belt lighting drifts)
+    contrast: float = 0.0  # max contrast change, fraction
 
     def layers(self, seed: int) -> list:
         """Keras 3 preprocessing layers, applied in the tf.data map (never inside the exported model)."""
@@ -201,6 +203,10 @@ class Augment:
         if self.flip or self.vflip:
             mode = "horizontal_and_vertical" if self.flip and self.vflip else "horizontal" if self.flip else "vertical"
             out.append(keras.layers.RandomFlip(mode, seed=seed + 4))
+        if self.brightness:
+            out.append(keras.layers.RandomBrightness(self.brightness, value_range=(0.0, 255.0), seed=seed + 5))
+        if self.contrast:
+            out.append(keras.layers.RandomContrast(self.contrast, value_range=(0.0, 255.0), seed=seed + 6))
         return out
 
 

@@ -63,6 +63,8 @@ class TrainConfig:
     flip: bool = Augment.flip
     fill: str = Augment.fill
     vflip: bool = Augment.vflip
+    brightness: float = Augment.brightness
+    contrast: float = Augment.contrast
     patience: int = 5
     binary_sigmoid: bool = False
     baselines: bool = False
@@ -102,6 +104,8 @@ class TrainConfig:
             problems.append(f"--label-smoothing must be in [0, 1), not {self.label_smoothing}")
         if self.fill not in FILLS:
             problems.append(f"--fill must be one of {', '.join(FILLS)}, not '{self.fill}'")
+        if not (0 <= self.brightness < 1 and 0 <= self.contrast < 1):
+            problems.append("--brightness and --contrast must be in [0, 1)")
         if not 0 <= self.ema < 1:
             problems.append(f"--ema must be in [0, 1), not {self.ema}")
         if not 0 <= self.dropout < 1:
@@ -115,7 +119,7 @@ class TrainConfig:
         if not self.augment:
             return None
         return Augment(self.rotation, self.width_shift, self.height_shift, self.shear, self.zoom, self.flip,
-                       self.fill, self.vflip)
+                       self.fill, self.vflip, self.brightness, self.contrast)
 
 
 @dataclass
