@@ -2,9 +2,10 @@
 
 Threads: the watchdog observer offers paths to an `Intake` (deduplicated, so the two or three
 events a copy produces count once); decode workers read each file once (hash + decode the
-same bytes) into a bounded queue; the calling thread gathers batches (N items or T ms), runs
-the model and routes; one store thread writes. Per batch: record intents → move → record done,
-so a SIGKILL at any instant leaves rows that `recover` can finish on the next start.
+same bytes) and hand chunks of up to a batch to a bounded queue; one inference worker per
+interpreter gathers a batch (N items or T ms) and scores it; one routing thread records and
+moves each batch through the single store thread. Per batch: record intents → move → record
+done, so a SIGKILL at any instant leaves rows that `recover` can finish on the next start.
 """
 
 from __future__ import annotations

@@ -361,3 +361,21 @@ def test_sigterm_drains_and_exits_zero_consistently(tmp_path):
             assert name not in recorded
         else:
             assert recorded[name]["state"] == "done" and Path(recorded[name]["destination"]).exists()
+
+
+def test_chunks_fill_batches_exactly_and_the_overflow_starts_the_next(tmp_path):
+    """Decode workers hand over chunks; a batch never exceeds batch_size (the model's tensor keeps its
+    size), and what overflows is carried into the next batch, not dropped."""
+    w = make_watcher(tmp_path, batch_size=8, batch_ms=20)
+    items = [watch.Item(tmp_path / f"{i}.jpg") for i in range(13)]
+    w.decoded.put(items[:5])
+    w.decoded.put(items[5:])
+    stop, carry = watch.threading.Event(), []
+    first = w._gather(stop, carry)
+    assert first == items[:8] and carry == items[8:]
+    timer = watch.threading.Timer(2.0, stop.set)  # were the carry lost, this gather would wait for a stop
+    timer.start()
+    second = w._gather(stop, carry)  # nothing more arrives: the carried five go after batch_ms
+    timer.cancel()
+    assert second == items[8:] and carry == [] and not stop.is_set()
+    w.writer.close()
