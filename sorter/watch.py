@@ -315,9 +315,10 @@ class Router:
             rows = self.plan(db, batch, firsts)
             return rows, store.write_intents(db, rows, firsts)
 
-    def route(self, batch: list[Item]) -> None:
+    def route(self, batch: list[Item]) -> list[Item]:
         """Intents (committed) → moves; the outcomes are committed with the next batch's intents or by
-        `flush`. A crash in between leaves intents whose files already moved: `recover` finds them done."""
+        `flush`. A crash in between leaves intents whose files already moved: `recover` finds them done.
+        Returns the items settled for good (not held in place for a retry that will see them again)."""
         finished, self._finished = self._finished, []
         try:
             rows, ids = self.writer.call(lambda db: self._record(db, batch, finished))
@@ -327,13 +328,19 @@ class Router:
                 self.intake.hold(item.path, self.settings.retry_seconds)
                 self.intake.done(item.path)
             raise
+        settled = []
         for item, row, item_id in zip(batch, rows, ids, strict=True):
             if self.dry_run:
                 self._log(item, Path(row["destination"]), "would route")
+                settled.append(item)
                 continue
-            self._finished.append(self._move(item, Path(row["destination"]), item_id))
+            outcome = self._move(item, Path(row["destination"]), item_id)
+            self._finished.append(outcome)
+            if outcome["state"] != "held":
+                settled.append(item)
         for item in batch:
             self.intake.done(item.path)
+        return settled
 
     def flush(self) -> None:
         """Commit the last batch's outcomes now (nothing else is coming to carry them)."""
@@ -509,9 +516,9 @@ class Watcher:
         """Routing (intent → move → done) on its own thread, so the next batch's inference overlaps it."""
         while (batch := self.classified.get()) is not None:
             try:
-                self.router.route(batch)
-                if self.telemetry is not None:
-                    self.telemetry.batch(batch)
+                settled = self.router.route(batch)
+                if self.telemetry is not None:  # counted once settled: a retried item is not counted twice
+                    self.telemetry.batch(settled)
                 if self.classified.empty():
                     self.router.flush()
             except Exception:  # never lose the thread: the rows stay as intents and recover() finishes them

@@ -239,7 +239,10 @@ def test_unwritable_out_holds_files_in_place(tmp_path):
 
 
 def test_move_failure_holds_in_place_backs_off_and_later_finishes(tmp_path, monkeypatch):
+    from sorter.metrics import Telemetry
+
     w = make_watcher(tmp_path, retry_seconds=0.4)
+    w.telemetry = Telemetry("watch")
     calls = []
     real_move = watch.move
 
@@ -266,6 +269,9 @@ def test_move_failure_holds_in_place_backs_off_and_later_finishes(tmp_path, monk
     assert [r["id"] for r in done] == [r["id"] for r in held]
     assert {r["state"] for r in done} == {"done"} and all(r["duplicate_of"] is None for r in done)
     assert (tmp_path / "out" / "rotten" / "rottenblue" / "a.jpg").exists()
+    counted = w.telemetry.registry.get_sample_value  # each held attempt was classified, counted once settled
+    assert counted("sorter_items_total", {"verdict": "rotten", "label": "rottenblue"}) == 1
+    assert counted("sorter_items_total", {"verdict": "fresh", "label": "freshred"}) == 1
 
 
 def test_database_locked_by_another_process_files_wait_and_finish_once(tmp_path, monkeypatch):
