@@ -71,13 +71,19 @@ def sniff(data: bytes) -> Header:
     raise ImageError("not-an-image", "unrecognised file signature")
 
 
+REDUCED_MARGIN = 1.5  # decoded side ≥ 1.5 × the model's: the area filter still averages ≥1.5 pixels per output
+
+
 def _reduction(header: Header, size: tuple[int, int]) -> int:
-    """The largest JPEG DCT scaling (1/2, 1/4, 1/8) that still leaves ≥2× the model input."""
+    """The largest JPEG DCT scaling (1/2, 1/4, 1/8) that still leaves ≥1.5× the model input. The
+    DCT scaling is itself a clean downscale; measured on the 360 fruit test photos at 1000 px with
+    the 256 px model, 1/2 instead of a full decode changed 1 prediction and cut decoding 5.6 → 3.4 ms."""
     if header.kind != "jpeg" or not header.width:
         return 1
     factor = 1
     for candidate in (2, 4, 8):
-        if header.width // candidate >= 2 * size[1] and header.height // candidate >= 2 * size[0]:
+        if (header.width // candidate >= REDUCED_MARGIN * size[1]
+                and header.height // candidate >= REDUCED_MARGIN * size[0]):
             factor = candidate
     return factor
 

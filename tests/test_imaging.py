@@ -100,7 +100,8 @@ def test_large_jpeg_decoded_at_reduced_scale_without_visible_loss():
     yy, xx = np.mgrid[0:1600, 0:2400]
     img = np.stack([(xx // 10) % 256, (yy // 10) % 256, ((xx + yy) // 20) % 256], -1).astype(np.uint8)
     data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
-    assert _reduction(sniff(data), (224, 224)) == 2
+    assert _reduction(sniff(data), (224, 224)) == 4  # 600×400 still ≥1.5× the input
+    assert _reduction(sniff(data), (300, 300)) == 2  # 600×400 would not be
     assert _reduction(sniff(data), (150, 150)) == 4
     reduced = decode(data, (224, 224)).astype(int)
     full = cv2.cvtColor(cv2.resize(img, (224, 224), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
