@@ -225,11 +225,14 @@ def held_rows(db: Database, paths: list[str]) -> dict[str, dict]:
             if row["source_path"] in wanted}
 
 
+def _update_sql(columns: tuple[str, ...]) -> str:
+    return f"UPDATE items SET {', '.join(f'[{c}] = ?' for c in columns)} WHERE id = ?"
+
+
 def _update(db: Database, item_id: int, changes: dict) -> None:
-    columns = [c for c in changes if c != "id"]
+    columns = tuple(c for c in changes if c != "id")
     if columns:
-        db.execute(f"UPDATE items SET {', '.join(f'[{c}] = ?' for c in columns)} WHERE id = ?",
-                   [_encoded(changes[c]) for c in columns] + [item_id])
+        db.execute(_update_sql(columns), [_encoded(changes[c]) for c in columns] + [item_id])
 
 
 def write_intents(db: Database, rows: list[dict], firsts: dict[str, dict] | None = None) -> list[int]:
@@ -270,8 +273,7 @@ def mark_done(db: Database, updates: list[dict]) -> None:
             groups.setdefault(columns, []).append([_encoded(update[c]) for c in columns] + [update["id"]])
     with immediate(db):
         for columns, params in groups.items():
-            db.conn.executemany(f"UPDATE items SET {', '.join(f'[{c}] = ?' for c in columns)} WHERE id = ?",
-                                params)
+            db.conn.executemany(_update_sql(columns), params)
 
 
 def unfinished(db: Database) -> list[dict]:
