@@ -163,8 +163,10 @@ def main() -> None:
     if not photos:
         raise SystemExit(f"no photos under {args.src}")
     layout = inference_layout(None, None, args.cores)  # what `sorter watch` picks on this many cores
-    single = Classifier(args.model, num_threads=args.cores, max_batch=args.batch)
-    pooled = Classifier(args.model, num_threads=layout[1], max_batch=args.batch)
+    # inference alone in each distinct layout: one interpreter on every core, and the daemon's own
+    alone_clfs = {lay: Classifier(args.model, num_threads=lay[1], max_batch=args.batch)
+                  for lay in dict.fromkeys([(1, args.cores), layout])}
+    single = next(iter(alone_clfs.values()))
     work = Path(tempfile.mkdtemp(prefix="bench-watch-"))
     rows = []
     try:
@@ -172,8 +174,7 @@ def main() -> None:
             incoming = work / f"in{side}"
             data = make_set(photos, args.count, side, incoming)
             per_image, images = decode_cost(data, single.input_size)
-            alone = {f"1×{args.cores}": inference_rate(single, images, args.batch),
-                     f"{layout[0]}×{layout[1]}": inference_rate(pooled, images, args.batch, layout[0])}
+            alone = {f"{n}×{t}": inference_rate(clf, images, args.batch, n) for (n, t), clf in alone_clfs.items()}
             run = daemon_run(args.model, work, incoming, layout, args.batch)
             rows.append((label, run, alone, per_image))
         ready = time_to_ready(args.model, work)

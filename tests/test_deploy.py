@@ -75,6 +75,8 @@ def test_install_script_dry_run_changes_nothing_and_honours_prefix(tmp_path):
     assert f"{tmp_path / 'opt'}/venv/bin/pip install" in result.stdout and "sorter-watch.service" in result.stdout
     if not Path("/var/lib/sorter/models/current").exists():  # a fresh box gets the bundled model
         assert "sorter model install" in result.stdout and "models/fruit-lite0-int8.tflite" in result.stdout
+    else:  # a box with a model keeps it
+        assert "sorter model install" not in result.stdout
     assert not (tmp_path / "opt").exists()
     bad = subprocess.run(["bash", str(DEPLOY / "install.sh"), "--bogus"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "unknown option" in bad.stderr

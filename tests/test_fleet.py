@@ -191,19 +191,17 @@ def test_three_line_reports_merge_into_one_exact_report(tmp_path, broker):
     assert result.exit_code == 0, result.output
     assert newest["date"] == DAY and newest["audit"]["confusion_matrix"] == a["confusion_matrix"]
     result, day9 = fleet(tmp_path, broker.port, "day9", "--date", "2026-01-09")
+    assert result.exit_code == 0, result.output
     assert list(day9["lines"]) == ["line-b"] and day9["audit"]["n"] == 4
     result, none = fleet(tmp_path, broker.port, "none", "--date", "2025-12-31", "--fail-on-drift")
     assert result.exit_code == 0 and "audit" not in none
     assert "no line published a report for 2025-12-31: hourly counters only" in result.output
 
 
-def test_merge_of_one_report_is_that_report():
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        opts = ReportOptions(min_audited=5)
-        one = build_report(build_db(Path(tmp)), LO, HI, card(0.9), options=opts)
-        merged = merge({"line-a": one}, opts)
+def test_merge_of_one_report_is_that_report(tmp_path):
+    opts = ReportOptions(min_audited=5)
+    one = build_report(build_db(tmp_path), LO, HI, card(0.9), options=opts)
+    merged = merge({"line-a": one}, opts)
     same = ["format", "window", "model", "items", "by_label", "by_verdict", "by_model", "rotten_rate",
             "uncertain_rate", "throughput", "confidence_histogram", "errors_by_reason"]
     assert {k: merged[k] for k in same} == {k: one[k] for k in same}

@@ -16,6 +16,7 @@ import numpy as np
 from sorter import store
 from sorter.classify import rules_for
 from sorter.config import Settings
+from sorter.metrics import Telemetry
 from sorter.model import Classifier
 from sorter.watch import Watcher
 
@@ -42,12 +43,12 @@ def settings(**kw) -> Settings:
 
 
 def make_watcher(tmp: Path, out: Path | None = None, dry_run: bool = False, interpreters: int = 1,
-                 **kw) -> Watcher:
+                 telemetry: Telemetry | None = None, **kw) -> Watcher:
     cfg = settings(**kw)
     clf = Classifier(MODEL, num_threads=1, max_batch=cfg.batch_size)
     (tmp / "in").mkdir(exist_ok=True)
     return Watcher(tmp / "in", out or tmp / "out", tmp / "db.sqlite", clf, rules_for(clf), cfg,
-                   dry_run=dry_run, interpreters=interpreters)
+                   dry_run=dry_run, interpreters=interpreters, telemetry=telemetry)
 
 
 class Running:

@@ -8,6 +8,7 @@ or that predicts one class for everything, is refused unless the user allows it.
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import platform
 import time
@@ -211,11 +212,15 @@ class ExportJob:
     name: str
     command: str
     latency_runs: int = 30
-    dataset_sha256: str = ""  # the data set's fingerprint, taken once for every format's card
 
     @property
     def size(self) -> tuple[int, int]:
         return keras_input_size(self.model)
+
+    @functools.cached_property
+    def dataset_sha256(self) -> str:
+        """The data set's fingerprint, taken once for every format's card."""
+        return self.splits.fingerprint()
 
     @property
     def float_accuracy(self) -> float:
@@ -304,8 +309,7 @@ def prepare(source: Path, data: Path | None, out: Path, name: str | None, comman
     log.info("scoring exports on %d %s images", len(sample.y), split)
     out.mkdir(parents=True, exist_ok=True)
     return ExportJob(model, run, list(labels), list(rotten), splits, sample.images, sample.y,
-                     keras_scores(model, sample.images), out, name or run.name, command, latency_runs,
-                     splits.fingerprint())
+                     keras_scores(model, sample.images), out, name or run.name, command, latency_runs)
 
 
 def export(source: Path, data: Path | None = None, formats: list[str] | None = None, out: Path = Path("models"),
