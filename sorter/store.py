@@ -11,7 +11,6 @@ import json
 import queue
 import re
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -22,6 +21,8 @@ from typing import Any, TypeVar
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
+
+from sorter import threads
 
 BUSY_TIMEOUT_MS = 10_000
 T = TypeVar("T")
@@ -143,14 +144,14 @@ def open_reader(path: Path | str) -> sqlite3.Connection:
 
 
 class Writer:
-    """The single writer thread; `call(fn)` runs fn(db) on it and returns the result."""
+    """The single writer thread; `call(fn)` runs fn(db) on it and returns the result. With `nice`,
+    it is background work (sorter.threads) that yields the CPU to inference."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, nice: int | None = None):
         self.path = Path(path)
         self._jobs: queue.Queue[tuple[Callable[[Database], Any], Future] | None] = queue.Queue()
         ready: Future = Future()
-        self._thread = threading.Thread(target=self._run, args=(ready,), name="db-writer", daemon=True)
-        self._thread.start()
+        self._thread = threads.start(self._run, "db-writer", ready, nice=nice)
         ready.result()
 
     def _run(self, ready: Future) -> None:

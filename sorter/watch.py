@@ -26,7 +26,7 @@ from sqlite_utils import Database
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from sorter import store
+from sorter import store, threads
 from sorter.config import Settings
 from sorter.imaging import ImageError, decode, is_image_name, one_image_per_thread
 from sorter.metrics import Telemetry
@@ -342,6 +342,9 @@ class Router:
             self.intake.done(item.path)
         return settled
 
+    def has_outcomes(self) -> bool:
+        return bool(self._finished)
+
     def flush(self) -> None:
         """Commit the last batch's outcomes now (nothing else is coming to carry them)."""
         finished, self._finished = self._finished, []
@@ -447,7 +450,7 @@ class Watcher:
         self.telemetry = telemetry  # metrics hook (sorter.metrics): None = no metrics
         self.clf, self.rules, self.settings = classifier, rules, settings
         self.clfs = [classifier] + [classifier.replica() for _ in range(interpreters - 1)]
-        self.writer = store.Writer(db)
+        self.writer = store.Writer(db, nice=settings.background_nice)
         self.intake = Intake(settings.temp_suffixes)
         self.stability = Stability(settings.stable_seconds)
         # decode → inference in chunks of up to batch_size items: one hand-off (and one thread wake-up)
@@ -512,15 +515,25 @@ class Watcher:
         return (self.intake.idle() and self.stability.empty() and self.decoded.empty()
                 and self.classified.unfinished_tasks == 0)
 
+    def _next_classified(self) -> list[Item] | None:
+        """The next batch; while it is late (TICK_S) the last outcomes are committed on their own.
+        Under load they ride on the next batch's commit instead: one fsync per batch, not two."""
+        while True:
+            try:
+                return self.classified.get(timeout=TICK_S if self.router.has_outcomes() else None)
+            except queue.Empty:
+                try:
+                    self.router.flush()
+                except Exception:  # kept: the next batch's commit carries them
+                    log.exception("could not record the last batch's moves; retrying with the next batch")
+
     def _route_loop(self) -> None:
         """Routing (intent → move → done) on its own thread, so the next batch's inference overlaps it."""
-        while (batch := self.classified.get()) is not None:
+        while (batch := self._next_classified()) is not None:
             try:
                 settled = self.router.route(batch)
                 if self.telemetry is not None:  # counted once settled: a retried item is not counted twice
                     self.telemetry.batch(settled)
-                if self.classified.empty():
-                    self.router.flush()
             except Exception:  # never lose the thread: the rows stay as intents and recover() finishes them
                 log.exception("routing failed for a batch of %d", len(batch))
             finally:
@@ -557,11 +570,6 @@ class Watcher:
         if carry:  # gathered before the stop: finish it too
             self._process(carry, clf)
 
-    def _start(self, target, name: str, *args) -> threading.Thread:
-        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-        thread.start()
-        return thread
-
     def run(self, stop: threading.Event, once: bool = False) -> Summary:
         """Recover, start watching, scan the backlog, then process until stopped (or idle if once)."""
         self.router.summary.recovered = recover(self.out, self.writer)
@@ -572,10 +580,12 @@ class Watcher:
             observer.schedule(Events(self.incoming, self.intake, self.stability), str(self.incoming))
             observer.start()
             log.info("ready: watching %s -> %s", self.incoming, self.out)
-        workers = [self._start(self._decode_loop, f"decode-{i}") for i in range(self.settings.decode_workers)]
-        router = self._start(self._route_loop, "route")
+        nice = self.settings.background_nice  # the helpers fit around the interpreters (sorter.threads)
+        workers = [threads.start(self._decode_loop, f"decode-{i}", nice=nice)
+                   for i in range(self.settings.decode_workers)]
+        router = threads.start(self._route_loop, "route", nice=nice)
         halt_inference = threading.Event()
-        inferrers = [self._start(self._infer_loop, f"infer-{i}", clf, halt_inference)
+        inferrers = [threads.start(self._infer_loop, f"infer-{i}", clf, halt_inference)
                      for i, clf in enumerate(self.clfs)]
         scan(self.incoming, self.intake, self.stability)
         self.ready.set()

@@ -21,6 +21,7 @@ from tests.watch_helpers import (
     jpeg,
     make_watcher,
     rows,
+    wait_for,
     wait_until,
     watch_command,
 )
@@ -93,6 +94,35 @@ def test_outcomes_ride_on_the_next_commit_and_a_crash_before_it_recovers(tmp_pat
     assert summary.recovered == 3 and files_under(tmp_path / "out") == moved
     got = rows(tmp_path / "db.sqlite")
     assert {r["state"] for r in got} == {"done"} and sorted(r["destination"] for r in got) == [str(p) for p in moved]
+
+
+def test_under_load_outcomes_ride_on_the_next_batch_and_alone_they_commit_after_a_tick(tmp_path):
+    """Batches arriving faster than TICK_S apart: one commit each (the moves of one ride on the next
+    one's intents), not an extra commit per batch; the last batch's moves commit on their own once no
+    batch follows within a tick."""
+    w = make_watcher(tmp_path)
+    commits = []
+    w.writer.call(lambda db: db.conn.set_trace_callback(
+        lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None))
+    batches = []
+    for b in range(4):
+        batch = []
+        for i, color in enumerate(["red", "blue"]):
+            path = tmp_path / "in" / f"{color}{b}-{i}.jpg"
+            path.write_bytes(jpeg(color, tag=f"{b}-{i}"))
+            batch.append(watch.load(path, w.clf.input_size, w.settings))
+        watch.classify(batch, w.clf, w.rules)
+        batches.append(batch)
+    router = watch.threads.start(w._route_loop, "route")
+    for batch in batches:
+        w.classified.put(batch)
+        time.sleep(watch.TICK_S / 20)  # routing keeps up: the queue is empty between batches
+    assert wait_for(lambda: {r["state"] for r in rows(tmp_path / "db.sqlite")} == {"done"}, timeout=5)
+    assert len(rows(tmp_path / "db.sqlite")) == 8
+    assert len(commits) == 5  # one per batch, then the last moves alone; an empty queue is no reason to commit
+    w.classified.put(None)
+    router.join(5)
+    w.writer.close()
 
 
 def test_part_file_renamed_is_classified_once_and_complete(tmp_path):
