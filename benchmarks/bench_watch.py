@@ -158,10 +158,12 @@ def main() -> None:
     parser.add_argument("--src", type=Path, default=ROOT.parent / "shared" / "data" / "fruit_dev")
     parser.add_argument("--cores", type=int, default=default_threads(), help="Threads in all (default: every core).")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=5,
                         help="Alone-then-watch rounds per set; the table gives the median (shared machines drift).")
     parser.add_argument("--keep", action="store_true", help="Keep the work folder.")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     photos = sorted(p for p in args.src.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
     if not photos:
         raise SystemExit(f"no photos under {args.src}")
@@ -181,7 +183,7 @@ def main() -> None:
             for i in range(args.rounds):  # alone, then watch, side by side: drift hits both alike
                 alone = {f"{n}×{t}": inference_rate(clf, images, args.batch, n) for (n, t), clf in alone_clfs.items()}
                 incoming = work / f"in{side}-{i}"
-                shutil.copytree(source, incoming, copy_function=shutil.copy2)  # keeps the settled mtimes
+                shutil.copytree(source, incoming)  # copy2 keeps the settled (old) mtimes
                 rounds.append((daemon_run(args.model, work, incoming, layout, args.batch), alone))
             rows.append((label, rounds, per_image))
         ready = time_to_ready(args.model, work)
@@ -194,7 +196,7 @@ def main() -> None:
 def print_table(args: argparse.Namespace, clf: Classifier, layout: tuple[int, int], rows: list,
                 ready: float) -> None:
     """Each round's ratio divides the watch's steady rate by the FASTER inference-alone layout of
-    the same round; the table shows the median round and the range of all rounds."""
+    the same round; the table shows the median round (the lower one of an even count) and the range."""
     from rich.console import Console
     from rich.table import Table
 
@@ -209,10 +211,10 @@ def print_table(args: argparse.Namespace, clf: Classifier, layout: tuple[int, in
         table.add_column(col, justify="right")
     for label, rounds, per_image in rows:
         ratios = [run["steady"] / max(alone.values()) for run, alone in rounds]
-        run, alone = rounds[sorted(range(len(rounds)), key=ratios.__getitem__)[len(rounds) // 2]]
+        run, alone = rounds[ratios.index(statistics.median_low(ratios))]  # the median round (lower middle)
         table.add_row(label, f"{run['steady']:.0f}", f"{run['end_to_end']:.0f}",
                       *(f"{alone[name]:.0f}" for name in layouts),
-                      f"{statistics.median(ratios):.2f}", f"{min(ratios):.2f}–{max(ratios):.2f}",
+                      f"{statistics.median_low(ratios):.2f}", f"{min(ratios):.2f}–{max(ratios):.2f}",
                       f"{per_image * 1000:.2f}", f"{max(r['rss_mb'] for r, _ in rounds):.0f}")
     Console(width=160).print(table)
     print(f"time to 'ready' (median of 3): {ready:.2f} s (target < 2 s)")

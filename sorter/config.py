@@ -208,8 +208,8 @@ class Settings(BaseModel):
     temp_suffixes: list[str] = Field(default_factory=lambda: [".part", ".partial", ".tmp", ".crdownload",
                                                               ".download", ".swp", "~"])
     decode_workers: int = Field(default=2, ge=1, le=32)
-    # `watch`: nice of the decode, routing and database threads, which run as background work so
-    # the interpreters keep the cores (sorter.threads); 0 shares the CPU evenly with inference
+    # `watch`: the decode, routing and database threads run as background work (SCHED_BATCH, at
+    # least this nice) so the interpreters keep the cores (sorter.threads); 0: ordinary threads
     background_nice: int = Field(default=19, ge=0, le=19)
     retry_seconds: float = Field(default=30.0, gt=0)
     max_file_bytes: int = Field(default=256 * 1024 * 1024, ge=1)

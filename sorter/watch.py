@@ -450,7 +450,7 @@ class Watcher:
         self.telemetry = telemetry  # metrics hook (sorter.metrics): None = no metrics
         self.clf, self.rules, self.settings = classifier, rules, settings
         self.clfs = [classifier] + [classifier.replica() for _ in range(interpreters - 1)]
-        self.writer = store.Writer(db, nice=settings.background_nice)
+        self.writer = store.Writer(db, nice=settings.background_nice or None)
         self.intake = Intake(settings.temp_suffixes)
         self.stability = Stability(settings.stable_seconds)
         # decode → inference in chunks of up to batch_size items: one hand-off (and one thread wake-up)
@@ -515,17 +515,27 @@ class Watcher:
         return (self.intake.idle() and self.stability.empty() and self.decoded.empty()
                 and self.classified.unfinished_tasks == 0)
 
+    def _flush(self) -> bool:
+        """Commit the last batch's moves now; on failure they stay queued (the next batch's commit
+        carries them, and a restart's recover() would mark them done). True if nothing is left."""
+        try:
+            self.router.flush()
+        except Exception:
+            log.exception("could not record the last batch's moves; the next commit carries them")
+            return False
+        return True
+
     def _next_classified(self) -> list[Item] | None:
-        """The next batch; while it is late (TICK_S) the last outcomes are committed on their own.
-        Under load they ride on the next batch's commit instead: one fsync per batch, not two."""
+        """The next batch; when none comes within TICK_S the last moves are committed on their own.
+        Under load they ride on the next batch's commit instead: one commit (fsync) per batch, not
+        two. After a failed commit it waits for the next batch, which retries them: no retry loop."""
+        retry_alone = True
         while True:
+            wait = TICK_S if retry_alone and self.router.has_outcomes() else None
             try:
-                return self.classified.get(timeout=TICK_S if self.router.has_outcomes() else None)
+                return self.classified.get(timeout=wait)
             except queue.Empty:
-                try:
-                    self.router.flush()
-                except Exception:  # kept: the next batch's commit carries them
-                    log.exception("could not record the last batch's moves; retrying with the next batch")
+                retry_alone = self._flush()
 
     def _route_loop(self) -> None:
         """Routing (intent → move → done) on its own thread, so the next batch's inference overlaps it."""
@@ -538,10 +548,7 @@ class Watcher:
                 log.exception("routing failed for a batch of %d", len(batch))
             finally:
                 self.classified.task_done()
-        try:
-            self.router.flush()
-        except Exception:  # the rows stay intents whose files moved: the next start's recover() marks them done
-            log.exception("could not record the last batch's moves")
+        self._flush()
         self.classified.task_done()
 
     def _process(self, batch: list[Item], clf: Classifier) -> None:
@@ -580,7 +587,7 @@ class Watcher:
             observer.schedule(Events(self.incoming, self.intake, self.stability), str(self.incoming))
             observer.start()
             log.info("ready: watching %s -> %s", self.incoming, self.out)
-        nice = self.settings.background_nice  # the helpers fit around the interpreters (sorter.threads)
+        nice = self.settings.background_nice or None  # helpers fit around the interpreters (sorter.threads)
         workers = [threads.start(self._decode_loop, f"decode-{i}", nice=nice)
                    for i in range(self.settings.decode_workers)]
         router = threads.start(self._route_loop, "route", nice=nice)

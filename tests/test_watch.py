@@ -6,6 +6,7 @@ import errno
 import os
 import re
 import signal
+import sqlite3
 import struct
 import subprocess
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sorter import watch
+from sorter import store, threads, watch
 from tests.watch_helpers import (
     EXPECTED,
     Running,
@@ -96,33 +97,78 @@ def test_outcomes_ride_on_the_next_commit_and_a_crash_before_it_recovers(tmp_pat
     assert {r["state"] for r in got} == {"done"} and sorted(r["destination"] for r in got) == [str(p) for p in moved]
 
 
-def test_under_load_outcomes_ride_on_the_next_batch_and_alone_they_commit_after_a_tick(tmp_path):
-    """Batches arriving faster than TICK_S apart: one commit each (the moves of one ride on the next
-    one's intents), not an extra commit per batch; the last batch's moves commit on their own once no
-    batch follows within a tick."""
-    w = make_watcher(tmp_path)
-    commits = []
-    w.writer.call(lambda db: db.conn.set_trace_callback(
-        lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None))
+def _classified_batches(tmp: Path, w: watch.Watcher, count: int) -> list[list[watch.Item]]:
+    """`count` scored batches of two distinct files each, ready for the routing thread."""
     batches = []
-    for b in range(4):
+    for b in range(count):
         batch = []
         for i, color in enumerate(["red", "blue"]):
-            path = tmp_path / "in" / f"{color}{b}-{i}.jpg"
+            path = tmp / "in" / f"{color}{b}-{i}.jpg"
             path.write_bytes(jpeg(color, tag=f"{b}-{i}"))
             batch.append(watch.load(path, w.clf.input_size, w.settings))
         watch.classify(batch, w.clf, w.rules)
         batches.append(batch)
-    router = watch.threads.start(w._route_loop, "route")
-    for batch in batches:
-        w.classified.put(batch)
-        time.sleep(watch.TICK_S / 20)  # routing keeps up: the queue is empty between batches
-    assert wait_for(lambda: {r["state"] for r in rows(tmp_path / "db.sqlite")} == {"done"}, timeout=5)
-    assert len(rows(tmp_path / "db.sqlite")) == 8
-    assert len(commits) == 5  # one per batch, then the last moves alone; an empty queue is no reason to commit
-    w.classified.put(None)
-    router.join(5)
-    w.writer.close()
+    return batches
+
+
+def _states(tmp: Path) -> list[str]:
+    return sorted(r["state"] for r in rows(tmp / "db.sqlite"))
+
+
+def test_under_load_outcomes_ride_on_the_next_batch_and_alone_they_commit_after_a_tick(tmp_path, monkeypatch):
+    """Batches arriving within a tick of each other: one commit each (the moves of one ride on the
+    next one's intents), even though the queue is empty in between; the last batch's moves commit
+    on their own once a tick passes with no batch."""
+    monkeypatch.setattr(watch, "TICK_S", 1.0)
+    w = make_watcher(tmp_path)
+    commits = []
+    w.writer.call(lambda db: db.conn.set_trace_callback(
+        lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None))
+    router = threads.start(w._route_loop, "route")
+    try:
+        for batch in _classified_batches(tmp_path, w, 4):
+            w.classified.put(batch)
+            w.classified.join()  # routed, and the queue empty, before the next one comes
+        assert len(commits) == 4 and _states(tmp_path) == ["done"] * 6 + ["intent"] * 2
+        assert wait_for(lambda: _states(tmp_path) == ["done"] * 8, timeout=5)
+        assert len(commits) == 5
+    finally:
+        w.classified.put(None)
+        router.join(5)
+        w.writer.close()
+
+
+def test_a_failed_lone_commit_waits_for_the_next_batch_instead_of_looping(tmp_path, monkeypatch, caplog):
+    """The lone commit of the last moves fails (say the disk is full): one error line, no retry every
+    tick; the next batch's commit carries those moves, and nothing is lost."""
+    monkeypatch.setattr(watch, "TICK_S", 0.05)
+    w = make_watcher(tmp_path)
+    real, calls = store.mark_done, []
+
+    def failing_once(db, updates):
+        calls.append(len(updates))
+        if len(calls) == 2:  # the lone commit of the first batch's moves
+            raise sqlite3.OperationalError("database or disk is full")
+        real(db, updates)
+
+    monkeypatch.setattr(store, "mark_done", failing_once)
+    first, second = _classified_batches(tmp_path, w, 2)
+    router = threads.start(w._route_loop, "route")
+    try:
+        w.classified.put(first)
+        w.classified.join()
+        assert wait_for(lambda: calls == [0, 2], timeout=5)  # the batch's own commit, then the failed lone one
+        time.sleep(10 * watch.TICK_S)
+        assert calls == [0, 2] and _states(tmp_path) == ["intent"] * 2
+        assert len([r for r in caplog.records if "could not record" in r.getMessage()]) == 1
+        w.classified.put(second)
+        w.classified.join()
+        assert calls[2] == 2 and _states(tmp_path) == ["done"] * 2 + ["intent"] * 2  # carried
+        assert wait_for(lambda: _states(tmp_path) == ["done"] * 4, timeout=5)
+    finally:
+        w.classified.put(None)
+        router.join(5)
+        w.writer.close()
 
 
 def test_part_file_renamed_is_classified_once_and_complete(tmp_path):
@@ -311,8 +357,6 @@ def test_move_failure_holds_in_place_backs_off_and_later_finishes(tmp_path, monk
 def test_database_locked_by_another_process_files_wait_and_finish_once(tmp_path, monkeypatch):
     """Another process holds the write lock past the busy timeout: the batch's records roll back,
     its files stay in INCOMING, and they are retried after the delay, each recorded (and counted) once."""
-    import sqlite3
-
     from sorter.metrics import Telemetry
 
     monkeypatch.setattr(watch.store, "BUSY_TIMEOUT_MS", 200)
