@@ -37,6 +37,7 @@ from sorter.verdict import VerdictRules
 log = logging.getLogger("sorter.watch")
 TICK_S = 0.1
 MAX_RETRY_S = 3600.0
+CLASSIFIED_BATCHES = 8  # scored batches waiting for the routing thread
 
 
 @dataclass
@@ -457,9 +458,10 @@ class Watcher:
         # per chunk instead of per image, which on a 2-core box is CPU the interpreters get back
         self.decoded: queue.Queue[list[Item]] = queue.Queue(maxsize=2)
         self.router = Router(self.out, self.writer, classifier, self.intake, settings, dry_run)
-        # inference → routing: batches without their pixels are small, so a deep queue costs little and
-        # absorbs a slow commit (fsync) without ever making an interpreter wait
-        self.classified: queue.Queue[list[Item] | None] = queue.Queue(maxsize=64)
+        # inference → routing: deep enough to absorb a slow commit (fsync), shallow enough that routing
+        # (background work, sorter.threads) cannot fall far behind inference; what queues up is routed
+        # in one transaction. (64 batches let routing lag half a 1,000-photo backlog: 2-3 % slower overall.)
+        self.classified: queue.Queue[list[Item] | None] = queue.Queue(maxsize=CLASSIFIED_BATCHES)
         self._halt = threading.Event()
         self.ready = threading.Event()  # set once the observer runs and the backlog is queued
 
@@ -537,9 +539,25 @@ class Watcher:
             except queue.Empty:
                 retry_alone = self._flush()
 
+    def _queued_behind(self, batch: list[Item]) -> tuple[list[Item], int, bool]:
+        """`batch` plus every batch already queued behind it, to route in one transaction (one fsync):
+        a routing thread that fell behind catches up instead of falling further behind. Returns the
+        items, how many batches they are, and whether the end-of-stream marker was met."""
+        taken = 1
+        while True:
+            try:
+                more = self.classified.get_nowait()
+            except queue.Empty:
+                return batch, taken, False
+            if more is None:
+                return batch, taken, True
+            batch, taken = batch + more, taken + 1
+
     def _route_loop(self) -> None:
         """Routing (intent → move → done) on its own thread, so the next batch's inference overlaps it."""
-        while (batch := self._next_classified()) is not None:
+        ended = False
+        while not ended and (first := self._next_classified()) is not None:
+            batch, taken, ended = self._queued_behind(first)
             try:
                 settled = self.router.route(batch)
                 if self.telemetry is not None:  # counted once settled: a retried item is not counted twice
@@ -547,7 +565,8 @@ class Watcher:
             except Exception:  # never lose the thread: the rows stay as intents and recover() finishes them
                 log.exception("routing failed for a batch of %d", len(batch))
             finally:
-                self.classified.task_done()
+                for _ in range(taken):
+                    self.classified.task_done()
         self._flush()
         self.classified.task_done()
 

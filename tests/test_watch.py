@@ -138,6 +138,28 @@ def test_under_load_outcomes_ride_on_the_next_batch_and_alone_they_commit_after_
         w.writer.close()
 
 
+def test_batches_queued_behind_a_slow_router_are_routed_in_one_transaction(tmp_path, monkeypatch):
+    """Routing fell behind (three scored batches waiting): it catches up with one commit for all of
+    them, every file routed once, and then the moves' own commit."""
+    monkeypatch.setattr(watch, "TICK_S", 0.2)
+    w = make_watcher(tmp_path)
+    commits = []
+    w.writer.call(lambda db: db.conn.set_trace_callback(
+        lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None))
+    for batch in _classified_batches(tmp_path, w, 3):
+        w.classified.put(batch)
+    router = threads.start(w._route_loop, "route")
+    try:
+        w.classified.join()
+        assert len(commits) == 1 and _states(tmp_path) == ["intent"] * 6
+        assert len(files_under(tmp_path / "out")) == 6 and not list((tmp_path / "in").iterdir())
+        assert wait_for(lambda: _states(tmp_path) == ["done"] * 6, timeout=5) and len(commits) == 2
+    finally:
+        w.classified.put(None)
+        router.join(5)
+        w.writer.close()
+
+
 def test_a_failed_lone_commit_waits_for_the_next_batch_instead_of_looping(tmp_path, monkeypatch, caplog):
     """The lone commit of the last moves fails (say the disk is full): one error line, no retry every
     tick; the next batch's commit carries those moves, and nothing is lost."""
