@@ -540,18 +540,19 @@ class Watcher:
                 retry_alone = self._flush()
 
     def _queued_behind(self, batch: list[Item]) -> tuple[list[Item], int, bool]:
-        """`batch` plus every batch already queued behind it, to route in one transaction (one fsync):
-        a routing thread that fell behind catches up instead of falling further behind. Returns the
-        items, how many batches they are, and whether the end-of-stream marker was met."""
+        """`batch` plus the batches already queued behind it (a queue's worth at most), to route in one
+        transaction (one fsync): a routing thread that fell behind catches up instead of falling further
+        behind. Returns the items, how many batches they are, and whether the end marker was met."""
         taken = 1
-        while True:
+        while taken < CLASSIFIED_BATCHES:
             try:
                 more = self.classified.get_nowait()
             except queue.Empty:
-                return batch, taken, False
+                break
             if more is None:
                 return batch, taken, True
             batch, taken = batch + more, taken + 1
+        return batch, taken, False
 
     def _route_loop(self) -> None:
         """Routing (intent → move → done) on its own thread, so the next batch's inference overlaps it."""
