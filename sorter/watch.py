@@ -40,6 +40,17 @@ MAX_RETRY_S = 3600.0
 CLASSIFIED_BATCHES = 8  # scored batches waiting for the routing thread
 
 
+def queued(q: queue.Queue, limit: int) -> list:
+    """Up to `limit` entries already waiting in `q`, without waiting for more."""
+    out = []
+    while len(out) < limit:
+        try:
+            out.append(q.get_nowait())
+        except queue.Empty:
+            break
+    return out
+
+
 @dataclass
 class Item:
     """One file on its way through the pipeline."""
@@ -90,15 +101,7 @@ class Intake:
     def take_many(self, limit: int, timeout: float) -> list[Path]:
         """The first path waits up to `timeout`; up to `limit` - 1 more that are already queued come along."""
         first = self.take(timeout)
-        if first is None:
-            return []
-        paths = [first]
-        while len(paths) < limit:
-            try:
-                paths.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return paths
+        return [] if first is None else [first, *queued(self._queue, limit - 1)]
 
     def done(self, path: Path) -> None:
         with self._lock:
@@ -543,16 +546,10 @@ class Watcher:
         """`batch` plus the batches already queued behind it (a queue's worth at most), to route in one
         transaction (one fsync): a routing thread that fell behind catches up instead of falling further
         behind. Returns the items, how many batches they are, and whether the end marker was met."""
-        taken = 1
-        while taken < CLASSIFIED_BATCHES:
-            try:
-                more = self.classified.get_nowait()
-            except queue.Empty:
-                break
-            if more is None:
-                return batch, taken, True
-            batch, taken = batch + more, taken + 1
-        return batch, taken, False
+        behind = queued(self.classified, CLASSIFIED_BATCHES - 1)
+        ended = None in behind
+        behind = behind[: behind.index(None)] if ended else behind
+        return [*batch, *(item for more in behind for item in more)], 1 + len(behind), ended
 
     def _route_loop(self) -> None:
         """Routing (intent → move → done) on its own thread, so the next batch's inference overlaps it."""

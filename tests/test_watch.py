@@ -10,6 +10,8 @@ import sqlite3
 import struct
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -115,27 +117,40 @@ def _states(tmp: Path) -> list[str]:
     return sorted(r["state"] for r in rows(tmp / "db.sqlite"))
 
 
+def _commits(w: watch.Watcher) -> list[str]:
+    """COMMIT statements the watcher's writer runs from now on, as they happen."""
+    commits: list[str] = []
+    w.writer.call(lambda db: db.conn.set_trace_callback(
+        lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None))
+    return commits
+
+
+@contextmanager
+def _routing(w: watch.Watcher) -> Iterator[None]:
+    """The watcher's routing thread alone, fed by the test through `w.classified`."""
+    router = threads.start(w._route_loop, "route")
+    try:
+        yield
+    finally:
+        w.classified.put(None)
+        router.join(5)
+        w.writer.close()
+
+
 def test_under_load_outcomes_ride_on_the_next_batch_and_alone_they_commit_after_a_tick(tmp_path, monkeypatch):
     """Batches arriving within a tick of each other: one commit each (the moves of one ride on the
     next one's intents), even though the queue is empty in between; the last batch's moves commit
     on their own once a tick passes with no batch."""
     monkeypatch.setattr(watch, "TICK_S", 1.0)
     w = make_watcher(tmp_path)
-    commits = []
-    w.writer.call(lambda db: db.conn.set_trace_callback(
-        lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None))
-    router = threads.start(w._route_loop, "route")
-    try:
+    commits = _commits(w)
+    with _routing(w):
         for batch in _classified_batches(tmp_path, w, 4):
             w.classified.put(batch)
             w.classified.join()  # routed, and the queue empty, before the next one comes
         assert len(commits) == 4 and _states(tmp_path) == ["done"] * 6 + ["intent"] * 2
         assert wait_for(lambda: _states(tmp_path) == ["done"] * 8, timeout=5)
         assert len(commits) == 5
-    finally:
-        w.classified.put(None)
-        router.join(5)
-        w.writer.close()
 
 
 def test_batches_queued_behind_a_slow_router_are_routed_in_one_transaction(tmp_path, monkeypatch):
@@ -143,21 +158,14 @@ def test_batches_queued_behind_a_slow_router_are_routed_in_one_transaction(tmp_p
     them, every file routed once, and then the moves' own commit."""
     monkeypatch.setattr(watch, "TICK_S", 0.2)
     w = make_watcher(tmp_path)
-    commits = []
-    w.writer.call(lambda db: db.conn.set_trace_callback(
-        lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None))
+    commits = _commits(w)
     for batch in _classified_batches(tmp_path, w, 3):
         w.classified.put(batch)
-    router = threads.start(w._route_loop, "route")
-    try:
+    with _routing(w):
         w.classified.join()
         assert len(commits) == 1 and _states(tmp_path) == ["intent"] * 6
         assert len(files_under(tmp_path / "out")) == 6 and not list((tmp_path / "in").iterdir())
         assert wait_for(lambda: _states(tmp_path) == ["done"] * 6, timeout=5) and len(commits) == 2
-    finally:
-        w.classified.put(None)
-        router.join(5)
-        w.writer.close()
 
 
 def test_a_failed_lone_commit_waits_for_the_next_batch_instead_of_looping(tmp_path, monkeypatch, caplog):
@@ -175,8 +183,7 @@ def test_a_failed_lone_commit_waits_for_the_next_batch_instead_of_looping(tmp_pa
 
     monkeypatch.setattr(store, "mark_done", failing_once)
     first, second = _classified_batches(tmp_path, w, 2)
-    router = threads.start(w._route_loop, "route")
-    try:
+    with _routing(w):
         w.classified.put(first)
         w.classified.join()
         assert wait_for(lambda: calls == [0, 2], timeout=5)  # the batch's own commit, then the failed lone one
@@ -187,10 +194,6 @@ def test_a_failed_lone_commit_waits_for_the_next_batch_instead_of_looping(tmp_pa
         w.classified.join()
         assert calls[2] == 2 and _states(tmp_path) == ["done"] * 2 + ["intent"] * 2  # carried
         assert wait_for(lambda: _states(tmp_path) == ["done"] * 4, timeout=5)
-    finally:
-        w.classified.put(None)
-        router.join(5)
-        w.writer.close()
 
 
 def test_part_file_renamed_is_classified_once_and_complete(tmp_path):
