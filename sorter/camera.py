@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from pydantic import ValidationError
 
-from sorter import store
+from sorter import memory, store
 from sorter.capture import Capture, Frame
 from sorter.config import CameraSettings, ConfigError, Settings
 from sorter.imaging import resize_rgb
@@ -249,6 +249,7 @@ def serve(device: str, classifier: Classifier, rules: VerdictRules, settings: Se
           telemetry: Telemetry | None = None) -> dict[str, Any]:
     """Wire one camera to the database, the outputs and the external triggers; the final status."""
     cam = settings.camera
+    memory.recycle_buffers()
     writer = store.Writer(db)
     dispatcher = Dispatcher([] if dry_run else build_outputs(settings.outputs), settings.outputs.retries,
                             settings.outputs.retry_seconds, dry_run=dry_run)

@@ -88,8 +88,11 @@ def _reduction(header: Header, size: tuple[int, int]) -> int:
     return factor
 
 
-_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-            8: cv2.IMREAD_REDUCED_COLOR_8}
+# RGB straight from the decoder (libjpeg-turbo writes it as cheaply as BGR): no channel swap after it.
+# The REDUCED_* flags are a scale bit plus IMREAD_COLOR (BGR), so the scale bit is taken on its own.
+_RGB = {f: cv2.IMREAD_COLOR_RGB | (flag & ~cv2.IMREAD_COLOR) for f, flag in
+        ((1, cv2.IMREAD_COLOR), (2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4),
+         (8, cv2.IMREAD_REDUCED_COLOR_8))}
 
 
 def decode(data: bytes, size: tuple[int, int], max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -98,28 +101,32 @@ def decode(data: bytes, size: tuple[int, int], max_pixels: int = MAX_PIXELS) -> 
     if header.width * header.height > max_pixels:
         raise ImageError("pixel-bomb", f"{header.width}×{header.height} exceeds {max_pixels:,} pixels")
     buf = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buf, _REDUCED[_reduction(header, size)])
+    image = cv2.imdecode(buf, _RGB[_reduction(header, size)])
     if image is None:
         raise ImageError("undecodable", f"{header.kind} data could not be decoded (corrupt or truncated)")
     if image.shape[0] * image.shape[1] > max_pixels:
         raise ImageError("pixel-bomb", f"{image.shape[1]}×{image.shape[0]} exceeds {max_pixels:,} pixels")
-    return resize_rgb(image, size)
+    return fit(image, size)
+
+
+def fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize to (height, width): area filter when shrinking, linear when enlarging."""
+    height, width = size
+    if image.shape[:2] == (height, width):  # a camera or photo already at the model's size skips a copy
+        return image
+    shrinking = image.shape[0] > height or image.shape[1] > width
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 def resize_rgb(bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """BGR frame → RGB at (height, width); area filter when shrinking, linear when enlarging."""
+    """Camera frame (BGR, BGRA, gray or 16-bit) → uint8 RGB at (height, width)."""
     if bgr.ndim == 2:
         bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
     elif bgr.shape[2] == 4:
         bgr = cv2.cvtColor(bgr, cv2.COLOR_BGRA2BGR)
     if bgr.dtype != np.uint8:
         bgr = cv2.convertScaleAbs(bgr, alpha=255.0 / max(1, int(np.iinfo(bgr.dtype).max)))
-    height, width = size
-    if bgr.shape[:2] != (height, width):  # a camera or photo already at the model's size skips a copy
-        shrinking = bgr.shape[0] > height or bgr.shape[1] > width
-        interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-        bgr = cv2.resize(bgr, (width, height), interpolation=interp)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(fit(bgr, size), cv2.COLOR_BGR2RGB)
 
 
 def one_image_per_thread() -> None:

@@ -7,6 +7,7 @@ lets read-only readers (`sorter db`, reports) run alongside without "database is
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
 import re
@@ -226,8 +227,14 @@ def held_rows(db: Database, paths: list[str]) -> dict[str, dict]:
             if row["source_path"] in wanted}
 
 
+@functools.cache
 def _update_sql(columns: tuple[str, ...]) -> str:
     return f"UPDATE items SET {', '.join(f'[{c}] = ?' for c in columns)} WHERE id = ?"
+
+
+@functools.cache
+def _insert_sql(columns: tuple[str, ...]) -> str:
+    return f"INSERT INTO items ({', '.join(f'[{c}]' for c in columns)}) VALUES ({', '.join('?' * len(columns))})"
 
 
 def _update(db: Database, item_id: int, changes: dict) -> None:
@@ -255,9 +262,7 @@ def write_intents(db: Database, rows: list[dict], firsts: dict[str, dict] | None
                 ids.append(row["id"])
                 continue
             row = {**row, "duplicate_of": first_ids.get(row["sha256"]) if row.get("sha256") else None}
-            columns = list(row)
-            cursor = db.execute(f"INSERT INTO items ({', '.join(f'[{c}]' for c in columns)}) "
-                                f"VALUES ({', '.join('?' * len(columns))})", [_encoded(row[c]) for c in columns])
+            cursor = db.conn.execute(_insert_sql(tuple(row)), [_encoded(v) for v in row.values()])
             ids.append(cursor.lastrowid)
             if row.get("sha256") and row["duplicate_of"] is None and row.get("state") != "dry-run":
                 first_ids[row["sha256"]] = cursor.lastrowid

@@ -26,7 +26,7 @@ from sqlite_utils import Database
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from sorter import store, threads
+from sorter import memory, store, threads
 from sorter.config import Settings
 from sorter.imaging import ImageError, decode, is_image_name, one_image_per_thread
 from sorter.metrics import Telemetry
@@ -598,6 +598,7 @@ class Watcher:
         """Recover, start watching, scan the backlog, then process until stopped (or idle if once)."""
         self.router.summary.recovered = recover(self.out, self.writer)
         one_image_per_thread()
+        memory.recycle_buffers()
         observer = None
         if not once:
             observer = Observer()
