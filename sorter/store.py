@@ -240,7 +240,7 @@ def _insert_sql(columns: tuple[str, ...]) -> str:
 def _update(db: Database, item_id: int, changes: dict) -> None:
     columns = tuple(c for c in changes if c != "id")
     if columns:
-        db.execute(_update_sql(columns), [_encoded(changes[c]) for c in columns] + [item_id])
+        db.conn.execute(_update_sql(columns), [_encoded(changes[c]) for c in columns] + [item_id])
 
 
 def write_intents(db: Database, rows: list[dict], firsts: dict[str, dict] | None = None) -> list[int]:
@@ -249,7 +249,8 @@ def write_intents(db: Database, rows: list[dict], firsts: dict[str, dict] | None
     A row's `duplicate_of` is resolved here, inside the transaction, so two copies of the same
     bytes in one batch still make one first row and one duplicate; `firsts` is `first_rows` of
     these hashes when the caller already read it in the same transaction. Plain parameterised
-    SQL: this runs for every item, and sqlite-utils' per-call table introspection would triple its cost.
+    SQL straight on the connection (statements cached per column set): this runs for every item, and
+    sqlite-utils' per-call table introspection would triple its cost.
     """
     ids: list[int] = []
     with immediate(db):
