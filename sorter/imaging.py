@@ -88,6 +88,10 @@ def _reduction(header: Header, size: tuple[int, int]) -> int:
     return factor
 
 
+if not hasattr(cv2, "IMREAD_COLOR_RGB"):  # a system OpenCV older than pyproject.toml allows
+    raise ImportError(f"sorter needs OpenCV 4.11 or newer, found {cv2.__version__}: "
+                      "pip install -U opencv-python-headless")
+
 # RGB straight from the decoder (libjpeg-turbo writes it as cheaply as BGR): no channel swap after it.
 # The REDUCED_* flags are a scale bit plus IMREAD_COLOR (BGR), so the scale bit is taken on its own.
 _RGB = {f: cv2.IMREAD_COLOR_RGB | (flag & ~cv2.IMREAD_COLOR) for f, flag in

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import zlib
 
 import cv2
@@ -12,6 +14,7 @@ import pytest
 from PIL import Image
 
 from sorter.imaging import Header, ImageError, _reduction, decode, sniff
+from tests.conftest import REPO
 
 SIZE = (32, 32)
 
@@ -106,3 +109,10 @@ def test_large_jpeg_decoded_at_reduced_scale_without_visible_loss():
     reduced = decode(data, (224, 224)).astype(int)
     full = cv2.cvtColor(cv2.resize(img, (224, 224), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
     assert np.abs(reduced - full.astype(int)).mean() < 3
+
+
+def test_an_opencv_too_old_for_rgb_decoding_is_named_at_import():
+    code = "import cv2; del cv2.IMREAD_COLOR_RGB; import sorter.imaging"  # as OpenCV 4.10 and older
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert f"sorter needs OpenCV 4.11 or newer, found {cv2.__version__}" in out.stderr.splitlines()[-1]
