@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import logging
 import os
 import sys
@@ -28,7 +27,7 @@ _PR_SET_NAME = 15
 _prctl = None
 if LINUX:
     with contextlib.suppress(OSError, AttributeError, TypeError):
-        _prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
+        _prctl = ctypes.CDLL(None, use_errno=True).prctl  # the C library already loaded: no ldconfig run
         _prctl.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
         _prctl.restype = ctypes.c_int
 

@@ -454,7 +454,8 @@ class Watcher:
         self.telemetry = telemetry  # metrics hook (sorter.metrics): None = no metrics
         self.clf, self.rules, self.settings = classifier, rules, settings
         self.clfs = [classifier] + [classifier.replica() for _ in range(interpreters - 1)]
-        self.writer = store.Writer(db, nice=settings.background_nice or None)
+        self._nice = settings.background_nice or None  # helpers fit around the interpreters (sorter.threads)
+        self.writer = store.Writer(db, nice=self._nice)
         self.intake = Intake(settings.temp_suffixes)
         self.stability = Stability(settings.stable_seconds)
         # decode → inference in chunks of up to batch_size items: one hand-off (and one thread wake-up)
@@ -605,10 +606,9 @@ class Watcher:
             observer.schedule(Events(self.incoming, self.intake, self.stability), str(self.incoming))
             observer.start()
             log.info("ready: watching %s -> %s", self.incoming, self.out)
-        nice = self.settings.background_nice or None  # helpers fit around the interpreters (sorter.threads)
-        workers = [threads.start(self._decode_loop, f"decode-{i}", nice=nice)
+        workers = [threads.start(self._decode_loop, f"decode-{i}", nice=self._nice)
                    for i in range(self.settings.decode_workers)]
-        router = threads.start(self._route_loop, "route", nice=nice)
+        router = threads.start(self._route_loop, "route", nice=self._nice)
         halt_inference = threading.Event()
         inferrers = [threads.start(self._infer_loop, f"infer-{i}", clf, halt_inference)
                      for i, clf in enumerate(self.clfs)]

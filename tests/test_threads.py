@@ -28,13 +28,10 @@ def _role(tid: int) -> tuple[str, int, int]:
 def _role_inside(before=None, **kw) -> tuple[str, int, int]:
     seen: list[tuple[str, int, int]] = []
 
-    def probe() -> None:
-        seen.append(_role(threading.get_native_id()))
-
     def body() -> None:
         if before:
             before()
-        probe()
+        seen.append(_role(threading.get_native_id()))
 
     threads.start(body, "probe-thread", **kw).join(5)
     return seen[0]
