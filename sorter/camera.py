@@ -250,6 +250,7 @@ def serve(device: str, classifier: Classifier, rules: VerdictRules, settings: Se
     """Wire one camera to the database, the outputs and the external triggers; the final status."""
     cam = settings.camera
     memory.recycle_buffers()
+    classifier.warm_up()  # the first item is scored at full speed
     writer = store.Writer(db)
     dispatcher = Dispatcher([] if dry_run else build_outputs(settings.outputs), settings.outputs.retries,
                             settings.outputs.retry_seconds, dry_run=dry_run)

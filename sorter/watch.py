@@ -595,11 +595,25 @@ class Watcher:
         if carry:  # gathered before the stop: finish it too
             self._process(carry, clf)
 
+    def _warm_up(self) -> None:
+        """Every interpreter set up at the batch size, side by side, before the first file is read.
+        A failure here is only logged: the batches themselves record what the model does wrong."""
+
+        def warm(clf: Classifier) -> None:
+            try:
+                clf.warm_up(self.settings.batch_size)
+            except Exception as exc:
+                log.warning("interpreter warm-up failed: %s", exc)
+
+        for thread in [threads.start(warm, f"warm-{i}", clf) for i, clf in enumerate(self.clfs)]:
+            thread.join()
+
     def run(self, stop: threading.Event, once: bool = False) -> Summary:
         """Recover, start watching, scan the backlog, then process until stopped (or idle if once)."""
         self.router.summary.recovered = recover(self.out, self.writer)
         one_image_per_thread()
         memory.recycle_buffers()
+        self._warm_up()
         observer = None
         if not once:
             observer = Observer()

@@ -123,3 +123,14 @@ def test_a_model_that_refuses_batches_is_scored_one_image_at_a_time(monkeypatch)
     np.testing.assert_allclose(clf.scores(images), expected, atol=1e-6)
     assert not clf.batch_capable
     np.testing.assert_allclose(clf.scores(images[:3]), expected[:3], atol=1e-6)
+
+
+@pytest.mark.parametrize(("batch", "allocated"), [(1, 1), (3, 3), (16, 4)])
+def test_warm_up_allocates_the_batch_and_leaves_the_answers_alone(batch, allocated):
+    """The daemons warm each interpreter before 'ready': tensors sized for a full batch (at most
+    max_batch), and the first real batch scored exactly as by an interpreter that was never warmed."""
+    clf = Classifier(COLOR_INT8, num_threads=1, max_batch=4)
+    clf.warm_up(batch)
+    assert clf._inp["shape"][0] == allocated
+    images = np.random.default_rng(4).integers(0, 256, (allocated, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(clf.scores(images), Classifier(COLOR_INT8, num_threads=1, max_batch=4).scores(images))

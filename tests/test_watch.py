@@ -77,6 +77,17 @@ def test_side_by_side_interpreters_route_each_file_once(tmp_path, interpreters, 
     assert len(files_under(tmp_path / "out")) == 40
 
 
+def test_every_interpreter_is_warmed_at_the_batch_size_before_ready(tmp_path):
+    """No file yet, so only the warm-up can have sized the tensors: the first real batch is not
+    the one that pays for allocating them and setting up the delegate."""
+    w = make_watcher(tmp_path, interpreters=2, batch_size=4)
+    running = Running(w)
+    try:
+        assert [c._inp["shape"][0] for c in w.clfs] == [4, 4]
+    finally:
+        running.stop()
+
+
 def test_outcomes_ride_on_the_next_commit_and_a_crash_before_it_recovers(tmp_path):
     """Moves are committed with the next batch's intents (one fsync per batch); if the process dies
     first, the rows are intents whose files already moved, and the next start finds them done."""
