@@ -390,7 +390,7 @@ def test_move_failure_holds_in_place_backs_off_and_later_finishes(tmp_path, monk
     assert counted("sorter_items_total", {"verdict": "fresh", "label": "freshred"}) == 1
 
 
-def test_database_locked_by_another_process_files_wait_and_finish_once(tmp_path, monkeypatch):
+def test_database_locked_by_another_process_files_wait_and_finish_once(tmp_path, monkeypatch, caplog):
     """Another process holds the write lock past the busy timeout: the batch's records roll back,
     its files stay in INCOMING, and they are retried after the delay, each recorded (and counted) once."""
     from sorter.metrics import Telemetry
@@ -402,7 +402,10 @@ def test_database_locked_by_another_process_files_wait_and_finish_once(tmp_path,
     other.execute("BEGIN EXCLUSIVE")
     for i, color in enumerate(["red", "blue", "green"]):
         (tmp_path / "in" / f"{color}.jpg").write_bytes(jpeg(color, tag=f"locked-{i}"))
-    time.sleep(1.5)  # several attempts fail while the lock is held
+    def failed_attempts() -> int:
+        return sum("routing failed" in r.getMessage() for r in caplog.records)
+
+    wait_until(lambda: failed_attempts() >= 2, timeout=15, what="two attempts failing while the lock is held")
     assert len(list((tmp_path / "in").iterdir())) == 3
     other.execute("ROLLBACK")
     other.close()
