@@ -22,7 +22,7 @@ from sorter.fleet import aggregate, collect, listen, publish_report
 from sorter.fleet_merge import merge
 from sorter.report import ReportOptions, build_report, wilson
 from tests.camera_helpers import free_port
-from tests.test_report import DAY, HI, LO, _bundle, build_db, card, t
+from tests.report_helpers import DAY, HI, LO, build_db, card, card_bundle, t
 from tests.watch_helpers import MODEL, SORTER, jpeg
 
 pytestmark = pytest.mark.timeout(120)
@@ -124,7 +124,7 @@ def fleet(tmp_path: Path, port: int, out: str, *args: str):
 
 
 def test_three_line_reports_merge_into_one_exact_report(tmp_path, broker):
-    bundle = _bundle(tmp_path, 0.9)
+    bundle = card_bundle(tmp_path, 0.9)
     dbs = {"line-a": build_db(tmp_path / "line-a"), "line-b": line_db(tmp_path / "line-b", LINE_B),
            "line-c": line_db(tmp_path / "line-c", LINE_C)}
     procs = {line: line_report(tmp_path, line, db, bundle, broker.port) for line, db in dbs.items()}
@@ -220,16 +220,16 @@ def test_report_with_an_unreachable_broker_still_writes_its_files(tmp_path):
     cfg = tmp_path / "s.toml"
     cfg.write_text(f"line = 'line-a'\n[report]\nmin_audited = 5\n[fleet]\nbroker = '127.0.0.1:{free_port()}'\n")
     base = ["report", "--db", str(db), "--from", DAY, "--to", "2026-01-11", "-c", str(cfg), "--fail-on-drift"]
-    calm = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "a"), "--model", str(_bundle(tmp_path, 0.6))])
+    calm = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "a"), "--model", str(card_bundle(tmp_path, 0.6))])
     assert calm.exit_code == 0, calm.output
     assert json.loads((tmp_path / "a" / "report.json").read_text())["audit"]["accuracy"] == 0.625
     assert (tmp_path / "a" / "report.html").stat().st_size > 1000
     warnings = [line for line in calm.stderr.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "report not published to 127.0.0.1:" in warnings[0]
-    flagged = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "b"), "--model", str(_bundle(tmp_path, 0.9))])
+    flagged = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "b"), "--model", str(card_bundle(tmp_path, 0.9))])
     assert flagged.exit_code == 1 and "not published" in flagged.stderr  # the drift exit code stays as it was
     quiet = CliRunner().invoke(app, [*base, "--no-publish", "--out", str(tmp_path / "c"),
-                                     "--model", str(_bundle(tmp_path, 0.6))])
+                                     "--model", str(card_bundle(tmp_path, 0.6))])
     assert quiet.exit_code == 0 and "warning" not in quiet.stderr
 
 

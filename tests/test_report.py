@@ -1,4 +1,5 @@
-"""`sorter report`: every figure of report.json against values worked out by hand below."""
+"""`sorter report`: every figure of report.json against values worked out by hand from the database
+in tests/report_helpers.py."""
 
 from __future__ import annotations
 
@@ -9,74 +10,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sorter import store
-from sorter.card import ModelCard, write_card
 from sorter.cli import app
 from sorter.report import ReportOptions, build_report, window
-from tests.conftest import write_colour_jpeg
+from tests.report_helpers import HI, LABELS, LO, build_db, card, card_bundle
 
 runner = CliRunner()
-LABELS = ["freshred", "freshgreen", "rottenblue"]
-DAY = "2026-01-10"
-LO, HI = datetime(2026, 1, 10, tzinfo=UTC), datetime(2026, 1, 11, tzinfo=UTC)
-# id: (label, verdict, confidence, hour, true label or None); colours for the thumbnails
-ITEMS = {
-    1: ("freshred", "fresh", 0.9, 0, "freshred"),
-    2: ("freshred", "fresh", 0.8, 0, "freshgreen"),
-    3: ("freshred", "fresh", 0.95, 1, "freshred"),
-    4: ("freshgreen", "fresh", 0.7, 1, "freshgreen"),
-    5: ("freshgreen", "uncertain", 0.45, 2, "rottenblue"),
-    6: ("rottenblue", "rotten", 0.99, 2, "rottenblue"),
-    7: ("rottenblue", "rotten", 0.6, 2, "freshred"),
-    8: ("rottenblue", "rotten", 0.85, 3, None),
-    9: ("freshred", "uncertain", 0.3, 3, None),
-    10: ("freshgreen", "fresh", 0.65, 3, "freshgreen"),
-}
-COLOUR = {"freshred": "red", "freshgreen": "green", "rottenblue": "blue"}
-
-
-def t(day: str, hour: int, minute: int = 0) -> str:
-    return f"{day}T{hour:02d}:{minute:02d}:00.000+00:00"
-
-
-def card(accuracy: float | None = 0.9) -> ModelCard:
-    return ModelCard(name="colour", labels=LABELS, rotten_labels=["rottenblue"],
-                     input={"height": 32, "width": 32}, quantization="int8",
-                     score={"accuracy": accuracy, "per_class": {"freshred": {"recall": 0.9}}})
-
-
-def build_db(tmp: Path) -> Path:
-    """Ten classified items, three errors, one duplicate, one item outside the window, audits,
-    and a camera history; images on disk so the wrong ones can be shown."""
-    path = tmp / "r.db"
-    db = store.open_writer(path)
-    for i, (label, verdict, conf, hour, _) in ITEMS.items():
-        img = write_colour_jpeg(tmp / "sorted" / f"item{i}.jpg", COLOUR[label], seed=i)
-        db["items"].insert({"id": i, "sha256": f"{i:064x}", "source_path": f"/in/item{i}.jpg",
-                            "destination": str(img), "label": label, "confidence": conf, "verdict": verdict,
-                            "model_id": "colour", "source": "watch", "received_at": t(DAY, hour, i),
-                            "state": "done"})
-    errors = {11: "wrong-extension: .txt", 12: "wrong-extension: .gif", 13: "too-large: 9,999 bytes"}
-    for i, error in errors.items():
-        db["items"].insert({"id": i, "sha256": f"{i:064x}", "source_path": f"/in/e{i}", "error": error,
-                            "source": "watch", "received_at": t(DAY, 5), "state": "done"})
-    db["items"].insert({"id": 14, "sha256": f"{1:064x}", "label": "freshred", "confidence": 0.9, "verdict": "fresh",
-                        "duplicate_of": 1, "source": "watch", "received_at": t(DAY, 6), "state": "done"})
-    db["items"].insert({"id": 15, "sha256": f"{15:064x}", "label": "freshred", "confidence": 0.9, "verdict": "fresh",
-                        "source": "watch", "received_at": t("2026-01-09", 12), "state": "done"})
-    audits = [(i, row[4], "ann", t("2026-01-11", 9)) for i, row in ITEMS.items() if row[4]]
-    audits += [(2, "freshred", "bob", t("2026-01-11", 8)),  # older: ann's later freshgreen wins
-               (15, "rottenblue", "ann", t("2026-01-11", 9))]  # outside the window: not counted
-    for item_id, label, auditor, when in audits:
-        db["audits"].insert({"item_id": item_id, "sha256": f"{item_id:064x}", "true_label": label,
-                             "auditor": auditor, "audited_at": when, "origin": "csv"})
-    events = [("2026-01-09", 23, "online", None), (DAY, 6, "offline", "stall"), (DAY, 7, "reconnect", None),
-              (DAY, 8, "dropped", "5 frame(s) dropped (total 5)"), (DAY, 9, "dropped", "3 frame(s) dropped"),
-              (DAY, 12, "offline", "unplugged")]
-    for day, hour, event, detail in events:
-        db["camera_events"].insert({"time": t(day, hour), "device": "cam0", "event": event, "detail": detail})
-    db.close()
-    return path
 
 
 @pytest.fixture
@@ -169,22 +107,15 @@ def test_window_parsing():
         window("soon", now=now)
 
 
-def _bundle(tmp: Path, accuracy: float) -> Path:
-    model = tmp / "colour.tflite"
-    model.write_bytes(b"")
-    write_card(model, card(accuracy))
-    return model
-
-
 def test_cli_fail_on_drift_exit_codes(db_path, tmp_path):
     cfg = tmp_path / "s.toml"
     cfg.write_text("[report]\nmin_audited = 5\n")
     base = ["report", "--db", str(db_path), "--from", "2026-01-10", "--to", "2026-01-11", "--config", str(cfg),
             "--fail-on-drift"]
-    flagged = runner.invoke(app, [*base, "--out", str(tmp_path / "a"), "--model", str(_bundle(tmp_path, 0.9))])
+    flagged = runner.invoke(app, [*base, "--out", str(tmp_path / "a"), "--model", str(card_bundle(tmp_path, 0.9))])
     assert flagged.exit_code == 1, flagged.output
     assert "drift" in flagged.output and json.loads((tmp_path / "a" / "report.json").read_text())["drift"]["flagged"]
-    calm = runner.invoke(app, [*base, "--out", str(tmp_path / "b"), "--model", str(_bundle(tmp_path, 0.6))])
+    calm = runner.invoke(app, [*base, "--out", str(tmp_path / "b"), "--model", str(card_bundle(tmp_path, 0.6))])
     assert calm.exit_code == 0, calm.output
     assert (tmp_path / "b" / "report.html").stat().st_size > 1000
     bad = runner.invoke(app, ["report", "--db", str(tmp_path / "none.db"), "--out", str(tmp_path / "c")])
@@ -200,7 +131,7 @@ def test_dated_folders_previous_and_keep(db_path, tmp_path):
     (reports / "notes").mkdir()
     result = runner.invoke(app, ["report", "--db", str(db_path), "--from", "2026-01-10", "--to", "2026-01-11",
                                  "--out", str(reports), "--dated", "--keep", "2", "--model",
-                                 str(_bundle(tmp_path, 0.6))])
+                                 str(card_bundle(tmp_path, 0.6))])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in reports.iterdir()) == ["2026-01-05", "2026-01-10", "notes"]
     r = json.loads((reports / "2026-01-10" / "report.json").read_text())
@@ -218,5 +149,5 @@ def test_systemd_units_call_a_valid_report_command(db_path, tmp_path):
     swap = {"--db": str(db_path), "--out": str(tmp_path / "nightly"), "--config": str(tmp_path / "none.toml")}
     args = [swap.get(args[i - 1], a) for i, a in enumerate(args)]
     (tmp_path / "none.toml").write_text("")
-    result = runner.invoke(app, [*args[1:], "--model", str(_bundle(tmp_path, 0.6))])
+    result = runner.invoke(app, [*args[1:], "--model", str(card_bundle(tmp_path, 0.6))])
     assert result.exit_code == 0, result.output  # every flag the unit uses exists and works

@@ -12,7 +12,7 @@ import pytest
 
 from sorter.report import ReportOptions, build_report, generate
 from sorter.report_html import CHECK_JS, render
-from tests.test_report import HI, LO, build_db, card
+from tests.report_helpers import HI, LO, build_db, card
 
 CHROMIUM = Path("/usr/bin/chromium")
 needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(),
