@@ -221,10 +221,14 @@ def first_rows(db: Database, shas: list[str]) -> dict[str, dict]:
 
 
 def held_rows(db: Database, paths: list[str]) -> dict[str, dict]:
-    """Rows left `held` (recorded, not moved) for these source paths: a retry reuses them."""
-    wanted = set(paths)
-    return {row["source_path"]: row for row in db.query("SELECT * FROM items WHERE state = 'held'")
-            if row["source_path"] in wanted}
+    """Rows left `held` (recorded, not moved) for these source paths: a retry reuses them. Only these
+    paths are read: after a full disk thousands may be held, and this runs for every batch."""
+    wanted = sorted(set(paths))
+    if not wanted:
+        return {}
+    marks = ",".join("?" * len(wanted))
+    rows = db.query(f"SELECT * FROM items WHERE state = 'held' AND source_path IN ({marks}) ORDER BY id", wanted)
+    return {row["source_path"]: row for row in rows}
 
 
 @functools.cache

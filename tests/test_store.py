@@ -51,6 +51,19 @@ def test_write_intents_resolves_duplicates_inside_one_batch(tmp_path):
     assert [r["id"] for r in store.unfinished(db)] == ids
 
 
+def test_held_rows_are_read_for_the_batch_paths_only(tmp_path):
+    """A retry finds its own held row (the newest if it was held twice) and nothing else: not
+    another path's held row, nor a finished row for the same path."""
+    db = store.open_writer(tmp_path / "a.db")
+    db["items"].insert_all([_row("a", state="held"), _row("b", state="held"), _row("c", state="done"),
+                            _row("d", state="held", source_path="/in/c.jpg"), _row("e", state="held")])
+    newer = db["items"].insert(_row("f", state="held", source_path="/in/a.jpg")).last_pk
+    got = store.held_rows(db, ["/in/a.jpg", "/in/c.jpg", "/in/zzz.jpg", "/in/a.jpg"])
+    assert {path: row["sha256"] for path, row in got.items()} == {"/in/a.jpg": "f", "/in/c.jpg": "d"}
+    assert got["/in/a.jpg"]["id"] == newer
+    assert store.held_rows(db, []) == {}
+
+
 def test_single_writer_serialises_many_threads(tmp_path):
     writer = store.Writer(tmp_path / "a.db")
 
