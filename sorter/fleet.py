@@ -82,8 +82,16 @@ class FleetPublisher:
             dirty, self._dirty = self._dirty, set()
             payloads = {h: {"line": self.line, "run": self.run, "hour": h,
                             "counts": {v: dict(labels) for v, labels in self.hours[h].items()}} for h in dirty}
+            self._forget_past_hours()
         return [self.out.client.publish(f"{self.base}/counters/{h}/{self.run}", json.dumps(p), qos=1, retain=True)
                 for h, p in payloads.items()]
+
+    def _forget_past_hours(self) -> None:
+        """Hours before the previous one can no longer change and are already published: a daemon
+        that runs for months keeps two hours of counters, not one per hour since it started."""
+        keep = hour_key(time.time() - 3600)
+        for hour in [h for h in self.hours if h < keep and h not in self._dirty]:
+            del self.hours[hour]
 
     def close(self, timeout: float = 10.0) -> bool:
         """Final counters and the spooled verdicts out before exit; False if the broker never took them."""

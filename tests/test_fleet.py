@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from sorter import store
 from sorter.cli import app
 from sorter.config import FleetSettings
-from sorter.fleet import aggregate, collect, listen, publish_report
+from sorter.fleet import FleetPublisher, aggregate, collect, listen, publish_report
 from sorter.fleet_merge import merge
 from sorter.report import ReportOptions, build_report, wilson
 from tests.camera_helpers import free_port
@@ -231,6 +231,29 @@ def test_report_with_an_unreachable_broker_still_writes_its_files(tmp_path):
     quiet = CliRunner().invoke(app, [*base, "--no-publish", "--out", str(tmp_path / "c"),
                                      "--model", str(card_bundle(tmp_path, 0.6))])
     assert quiet.exit_code == 0 and "warning" not in quiet.stderr
+
+
+def test_publisher_keeps_only_the_hours_that_can_still_change(tmp_path, broker):
+    """Months of running must not mean one in-memory counter per hour since start: hours before the
+    previous one are published (if changed) and then forgotten; the broker keeps them retained."""
+    settings = FleetSettings(broker=f"127.0.0.1:{broker.port}", spool=tmp_path / "spool")
+    pub = FleetPublisher(settings, "l1", "watch")
+    try:
+        assert pub.out.connected.wait(10)
+        old, older = "2026-01-01T05", "2026-01-01T04"
+        pub.hours[older]["fresh"]["freshred"] = 7  # published long ago: not dirty
+        pub.hours[old]["rotten"]["rottenblue"] = 2
+        pub._dirty.add(old)  # changed since the last push
+        pub.on_item("fresh", "freshred", None)
+        now = max(pub.hours)  # this hour
+        for info in pub.push_counters():
+            info.wait_for_publish(10)
+        assert list(pub.hours) == [now]
+        heard = listen(settings.broker, 0.5).counters
+        by_hour = {topic.split("/")[4]: payload["counts"] for topic, payload in heard.items()}
+        assert by_hour == {old: {"rotten": {"rottenblue": 2}}, now: {"fresh": {"freshred": 1}}}
+    finally:
+        pub.close(5)
 
 
 def test_published_reports_are_retained_and_pruned_days_are_cleared(broker):
