@@ -26,7 +26,7 @@ from sorter.capture import Capture, Frame
 from sorter.config import CameraSettings, ConfigError, Settings
 from sorter.imaging import resize_rgb
 from sorter.metrics import Telemetry
-from sorter.model import Classifier
+from sorter.model import Classifier, warm_up_all
 from sorter.outputs import Dispatcher, build_outputs
 from sorter.triggers import (
     ControlServer,
@@ -250,7 +250,7 @@ def serve(device: str, classifier: Classifier, rules: VerdictRules, settings: Se
     """Wire one camera to the database, the outputs and the external triggers; the final status."""
     cam = settings.camera
     memory.recycle_buffers()
-    classifier.warm_up()  # the first item is scored at full speed
+    warm_up_all([classifier], 1)  # the first item is scored at full speed
     writer = store.Writer(db)
     dispatcher = Dispatcher([] if dry_run else build_outputs(settings.outputs), settings.outputs.retries,
                             settings.outputs.retry_seconds, dry_run=dry_run)

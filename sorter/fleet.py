@@ -42,6 +42,9 @@ def parse_broker(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+FORGET_AFTER_S = 24 * 3600
+
+
 def hour_key(when: float | None = None) -> str:
     return datetime.fromtimestamp(when or time.time(), UTC).strftime("%Y-%m-%dT%H")
 
@@ -87,10 +90,12 @@ class FleetPublisher:
                 for h, p in payloads.items()]
 
     def _forget_past_hours(self) -> None:
-        """Hours before the previous one can no longer change and are already published: a daemon
-        that runs for months keeps two hours of counters, not one per hour since it started."""
-        keep = hour_key(time.time() - 3600)
-        for hour in [h for h in self.hours if h < keep and h not in self._dirty]:
+        """Hours more than a day old, already published: a daemon that runs for months keeps a day of
+        counters, not one set per hour since it started. A day, not an hour, so that a clock stepped
+        back (NTP on a box without a real-time clock) finds its hour's total and does not republish
+        a smaller one. Called with the lock held, after the changed hours' payloads are taken."""
+        keep = hour_key(time.time() - FORGET_AFTER_S)
+        for hour in [h for h in self.hours if h < keep]:
             del self.hours[hour]
 
     def close(self, timeout: float = 10.0) -> bool:

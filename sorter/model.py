@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import numpy as np
 
 from sorter.card import ModelCard, card_path, load_card, sha256_file
 
+log = logging.getLogger("sorter.model")
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "fruit-lite0-int8.tflite"
 _BACKENDS = (
     ("ai-edge-litert", "ai_edge_litert.interpreter"),
@@ -203,3 +205,21 @@ class Classifier:
             scores = {lbl: round(float(p), 6) for lbl, p in zip(self.labels, row, strict=True)}
             preds.append(Prediction(self.labels[best], float(row[best]), scores))
         return preds
+
+
+def warm_up_all(classifiers: list[Classifier], batch: int) -> None:
+    """Warm each interpreter, side by side, before a daemon says ready. A failure is logged, not
+    raised: the daemon's batches record what a broken model does, item by item, as before."""
+
+    def warm(index: int, clf: Classifier) -> None:
+        try:
+            clf.warm_up(batch)
+        except Exception as exc:
+            log.warning("interpreter %d: warm-up failed (%s); the first items will show why", index, exc)
+
+    workers = [threading.Thread(target=warm, args=(i, clf), name=f"warm-{i}", daemon=True)
+               for i, clf in enumerate(classifiers)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()

@@ -221,8 +221,9 @@ def first_rows(db: Database, shas: list[str]) -> dict[str, dict]:
 
 
 def held_rows(db: Database, paths: list[str]) -> dict[str, dict]:
-    """Rows left `held` (recorded, not moved) for these source paths: a retry reuses them. Only these
-    paths are read: after a full disk thousands may be held, and this runs for every batch."""
+    """Rows left `held` (recorded, not moved) for these source paths: a retry reuses them. SQLite picks
+    out these paths (walking the held rows by the state index): after a full disk thousands may be
+    held, and only the batch's own come back to Python, for every batch."""
     wanted = sorted(set(paths))
     if not wanted:
         return {}

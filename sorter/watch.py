@@ -30,7 +30,7 @@ from sorter import memory, store, threads
 from sorter.config import Settings
 from sorter.imaging import ImageError, decode, is_image_name, one_image_per_thread
 from sorter.metrics import Telemetry
-from sorter.model import Classifier
+from sorter.model import Classifier, warm_up_all
 from sorter.route import finish, free_name, move, target_dir
 from sorter.verdict import VerdictRules
 
@@ -595,25 +595,12 @@ class Watcher:
         if carry:  # gathered before the stop: finish it too
             self._process(carry, clf)
 
-    def _warm_up(self) -> None:
-        """Every interpreter set up at the batch size, side by side, before the first file is read.
-        A failure here is only logged: the batches themselves record what the model does wrong."""
-
-        def warm(clf: Classifier) -> None:
-            try:
-                clf.warm_up(self.settings.batch_size)
-            except Exception as exc:
-                log.warning("interpreter warm-up failed: %s", exc)
-
-        for thread in [threads.start(warm, f"warm-{i}", clf) for i, clf in enumerate(self.clfs)]:
-            thread.join()
-
     def run(self, stop: threading.Event, once: bool = False) -> Summary:
         """Recover, start watching, scan the backlog, then process until stopped (or idle if once)."""
         self.router.summary.recovered = recover(self.out, self.writer)
         one_image_per_thread()
         memory.recycle_buffers()
-        self._warm_up()
+        warm_up_all(self.clfs, self.settings.batch_size)  # the first batch runs at full speed
         observer = None
         if not once:
             observer = Observer()

@@ -30,6 +30,7 @@ COLOUR = {"freshred": "red", "freshgreen": "green", "rottenblue": "blue"}
 
 
 def t(day: str, hour: int, minute: int = 0) -> str:
+    """A UTC timestamp as the store writes it."""
     return f"{day}T{hour:02d}:{minute:02d}:00.000+00:00"
 
 
@@ -74,6 +75,7 @@ def build_db(tmp: Path) -> Path:
 
 
 def card_bundle(tmp: Path, accuracy: float) -> Path:
+    """An empty model file with a card claiming `accuracy`: enough for `--model` in reports."""
     model = tmp / "colour.tflite"
     model.write_bytes(b"")
     write_card(model, card(accuracy))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from typer.testing import CliRunner
 from sorter import store
 from sorter.cli import app
 from sorter.config import FleetSettings
-from sorter.fleet import FleetPublisher, aggregate, collect, listen, publish_report
+from sorter.fleet import FleetPublisher, aggregate, collect, hour_key, listen, publish_report
 from sorter.fleet_merge import merge
 from sorter.report import ReportOptions, build_report, wilson
 from tests.camera_helpers import free_port
@@ -233,25 +234,31 @@ def test_report_with_an_unreachable_broker_still_writes_its_files(tmp_path):
     assert quiet.exit_code == 0 and "warning" not in quiet.stderr
 
 
-def test_publisher_keeps_only_the_hours_that_can_still_change(tmp_path, broker):
-    """Months of running must not mean one in-memory counter per hour since start: hours before the
-    previous one are published (if changed) and then forgotten; the broker keeps them retained."""
-    settings = FleetSettings(broker=f"127.0.0.1:{broker.port}", spool=tmp_path / "spool")
+def test_publisher_forgets_published_hours_after_a_day(tmp_path, broker):
+    """Months of running must not mean one in-memory counter set per hour since start: hours more
+    than a day old are published (if changed) and then forgotten; the broker keeps them retained."""
+    settings = FleetSettings(broker=f"127.0.0.1:{broker.port}", spool=tmp_path / "spool", counters_seconds=3600)
     pub = FleetPublisher(settings, "l1", "watch")
     try:
         assert pub.out.connected.wait(10)
-        old, older = "2026-01-01T05", "2026-01-01T04"
-        pub.hours[older]["fresh"]["freshred"] = 7  # published long ago: not dirty
-        pub.hours[old]["rotten"]["rottenblue"] = 2
-        pub._dirty.add(old)  # changed since the last push
+        pub._last_push = time.time()  # the next push is the explicit one below
+        now = time.time()
+        stale, changed, yesterday = (hour_key(now - h * 3600) for h in (30, 26, 20))
+        pub.hours[stale]["fresh"]["freshred"] = 7  # published long ago, unchanged since
+        pub.hours[changed]["rotten"]["rottenblue"] = 2
+        pub.hours[yesterday]["fresh"]["freshgreen"] = 1
+        pub._dirty.update({changed, yesterday})
         pub.on_item("fresh", "freshred", None)
-        now = max(pub.hours)  # this hour
-        for info in pub.push_counters():
+        this_hour = max(pub.hours)
+        infos = pub.push_counters()
+        assert len(infos) == 3
+        for info in infos:
             info.wait_for_publish(10)
-        assert list(pub.hours) == [now]
+        assert sorted(pub.hours) == [yesterday, this_hour]
         heard = listen(settings.broker, 0.5).counters
-        by_hour = {topic.split("/")[4]: payload["counts"] for topic, payload in heard.items()}
-        assert by_hour == {old: {"rotten": {"rottenblue": 2}}, now: {"fresh": {"freshred": 1}}}
+        assert {topic.split("/")[4]: payload["counts"] for topic, payload in heard.items()} == {
+            changed: {"rotten": {"rottenblue": 2}}, yesterday: {"fresh": {"freshgreen": 1}},
+            this_hour: {"fresh": {"freshred": 1}}}
     finally:
         pub.close(5)
 

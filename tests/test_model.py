@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sorter.card import card_path, load_card
-from sorter.model import Classifier, ModelError, default_threads
+from sorter.model import Classifier, ModelError, default_threads, warm_up_all
 from tests.conftest import COLOR_FLOAT, COLOR_INT8
 
 
@@ -125,7 +125,7 @@ def test_a_model_that_refuses_batches_is_scored_one_image_at_a_time(monkeypatch)
     np.testing.assert_allclose(clf.scores(images[:3]), expected[:3], atol=1e-6)
 
 
-@pytest.mark.parametrize(("batch", "allocated"), [(1, 1), (3, 3), (16, 4)])
+@pytest.mark.parametrize(("batch", "allocated"), [(2, 2), (3, 3), (16, 4)])
 def test_warm_up_allocates_the_batch_and_leaves_the_answers_alone(batch, allocated):
     """The daemons warm each interpreter before 'ready': tensors sized for a full batch (at most
     max_batch), and the first real batch scored exactly as by an interpreter that was never warmed."""
@@ -134,3 +134,18 @@ def test_warm_up_allocates_the_batch_and_leaves_the_answers_alone(batch, allocat
     assert clf._inp["shape"][0] == allocated
     images = np.random.default_rng(4).integers(0, 256, (allocated, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_array_equal(clf.scores(images), Classifier(COLOR_INT8, num_threads=1, max_batch=4).scores(images))
+
+
+def test_warm_up_all_warms_each_interpreter_and_only_logs_a_failure(monkeypatch, caplog):
+    """A daemon must still start (and record each item's failure) when one interpreter cannot run."""
+    good = Classifier(COLOR_INT8, num_threads=1, max_batch=4)
+    bad = good.replica()
+
+    def broken() -> None:
+        raise RuntimeError("delegate refused the graph")
+
+    monkeypatch.setattr(bad._interp, "invoke", broken)
+    warm_up_all([good, bad], 4)
+    assert good._inp["shape"][0] == 4
+    assert [r.getMessage() for r in caplog.records if r.name == "sorter.model"] == [
+        "interpreter 1: warm-up failed (delegate refused the graph); the first items will show why"]
