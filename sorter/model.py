@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from sorter import threads
 from sorter.card import ModelCard, card_path, load_card, sha256_file
 
 log = logging.getLogger("sorter.model")
@@ -217,9 +218,5 @@ def warm_up_all(classifiers: list[Classifier], batch: int) -> None:
         except Exception as exc:
             log.warning("interpreter %d: warm-up failed (%s); the first items will show why", index, exc)
 
-    workers = [threading.Thread(target=warm, args=(i, clf), name=f"warm-{i}", daemon=True)
-               for i, clf in enumerate(classifiers)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
+    for worker in [threads.start(warm, f"warm-{i}", i, clf) for i, clf in enumerate(classifiers)]:
         worker.join()

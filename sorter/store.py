@@ -209,13 +209,17 @@ def _encoded(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, dict | list) else value
 
 
+def _marks(values: list) -> str:
+    """One `?` per value, for an IN (...) list."""
+    return ",".join("?" * len(values))
+
+
 def first_rows(db: Database, shas: list[str]) -> dict[str, dict]:
     """The first (non-duplicate, real) row for each content hash that has one: one indexed query."""
     wanted = sorted(set(shas))
     if not wanted:
         return {}
-    marks = ",".join("?" * len(wanted))
-    rows = db.query(f"SELECT * FROM items WHERE sha256 IN ({marks}) AND duplicate_of IS NULL "
+    rows = db.query(f"SELECT * FROM items WHERE sha256 IN ({_marks(wanted)}) AND duplicate_of IS NULL "
                     "AND state != 'dry-run'", wanted)
     return {row["sha256"]: row for row in rows}
 
@@ -227,8 +231,8 @@ def held_rows(db: Database, paths: list[str]) -> dict[str, dict]:
     wanted = sorted(set(paths))
     if not wanted:
         return {}
-    marks = ",".join("?" * len(wanted))
-    rows = db.query(f"SELECT * FROM items WHERE state = 'held' AND source_path IN ({marks}) ORDER BY id", wanted)
+    rows = db.query(f"SELECT * FROM items WHERE state = 'held' AND source_path IN ({_marks(wanted)}) ORDER BY id",
+                    wanted)
     return {row["source_path"]: row for row in rows}
 
 
