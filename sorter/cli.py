@@ -206,8 +206,9 @@ def watch(incoming: Path = typer.Argument(..., help="Folder to watch; files alre
         summary = watcher.run(stop, once=once)
     finally:
         _close_all(closers)
-    err.print(f"routed {summary.routed}, duplicates {summary.duplicates}, rejected {summary.rejected}, "
-              f"held {summary.held}, recovered {summary.recovered}", highlight=False)
+    err.print(summary.line(dry_run), highlight=False, markup=False, soft_wrap=True)
+    if once and summary.left:  # a batch run that left files behind has not done its job
+        raise typer.Exit(1)
 
 
 @app.command()

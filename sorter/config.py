@@ -205,6 +205,8 @@ class Settings(BaseModel):
     db: Path = Path("sorter.db")
     out: Path | None = None
     stable_seconds: float = Field(default=1.0, ge=0)
+    # `watch` follows subfolders of INCOMING (a camera's dated folders), hidden ones and OUT aside
+    recursive: bool = True
     temp_suffixes: list[str] = Field(default_factory=lambda: [".part", ".partial", ".tmp", ".crdownload",
                                                               ".download", ".swp", "~"])
     decode_workers: int = Field(default=2, ge=1, le=32)

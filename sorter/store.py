@@ -281,15 +281,32 @@ def write_intents(db: Database, rows: list[dict], firsts: dict[str, dict] | None
 
 def mark_done(db: Database, updates: list[dict]) -> None:
     """Record the outcome of a batch's moves in one transaction (`id` plus changed columns); rows
-    that change the same columns go in one executemany."""
+    that change the same columns go in one executemany. An update `{"id": …, "forget": True}` deletes
+    an intent that never came true (its file changed before the move: `forget`)."""
     groups: dict[tuple[str, ...], list[list]] = {}
+    doomed = [u["id"] for u in updates if u.get("forget")]
     for update in updates:
         columns = tuple(c for c in update if c != "id")
-        if columns:
+        if columns and not update.get("forget"):
             groups.setdefault(columns, []).append([_encoded(update[c]) for c in columns] + [update["id"]])
     with immediate(db):
         for columns, params in groups.items():
             db.conn.executemany(_update_sql(columns), params)
+        forget(db, doomed)
+
+
+def forget(db: Database, ids: list[int]) -> None:
+    """Delete intents whose file was not the one read (replaced, or still written to, before the move):
+    the row describes bytes that never reached OUT, and the file at that path is read again as a new
+    item. A duplicate pointing at a forgotten row takes its place as the first of those bytes."""
+    for item_id in ids:
+        children = [r[0] for r in db.execute("SELECT id FROM items WHERE duplicate_of = ? ORDER BY id", [item_id])]
+        db.execute("DELETE FROM audits WHERE item_id = ?", [item_id])
+        db.execute("DELETE FROM items WHERE id = ?", [item_id])
+        if children:
+            first, rest = children[0], children[1:]
+            db.execute("UPDATE items SET duplicate_of = NULL WHERE id = ?", [first])
+            db.execute(f"UPDATE items SET duplicate_of = ? WHERE id IN ({_marks(rest)})", [first, *rest])
 
 
 def unfinished(db: Database) -> list[dict]:

@@ -18,6 +18,7 @@ import queue
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from sorter.config import Settings
 from sorter.imaging import ImageError, decode, is_image_name, one_image_per_thread
 from sorter.metrics import Telemetry
 from sorter.model import Classifier, warm_up_all
-from sorter.route import finish, free_name, move, target_dir
+from sorter.route import Changed, Identity, finish, free_name, from_text, move, path_text, target_dir
 from sorter.verdict import VerdictRules
 
 log = logging.getLogger("sorter.watch")
@@ -64,6 +65,7 @@ class Item:
     confidence: float | None = None
     verdict: str | None = None
     scores: dict[str, float] | None = None
+    identity: Identity | None = None  # the file that was read: only that file is moved
 
 
 def ignored(name: str, temp_suffixes: list[str]) -> bool:
@@ -79,6 +81,7 @@ class Intake:
         self._queue: queue.Queue[Path] = queue.Queue()
         self._pending: set[Path] = set()
         self._held: dict[Path, tuple[float, float]] = {}  # path → (due, current backoff)
+        self._why: dict[Path, str] = {}  # path → why it is held, for the exit summary
         self._lock = threading.Lock()
 
     def offer(self, path: Path) -> bool:
@@ -107,15 +110,21 @@ class Intake:
         with self._lock:
             self._pending.discard(path)
 
-    def hold(self, path: Path, first_delay: float) -> None:
+    def hold(self, path: Path, first_delay: float, reason: str = "held") -> None:
         """Not retried before the delay, which doubles on each failure: no hot loop."""
         with self._lock:
             backoff = min(MAX_RETRY_S, self._held[path][1] * 2) if path in self._held else first_delay
             self._held[path] = (time.monotonic() + backoff, backoff)
+            self._why[path] = reason
 
     def release(self, path: Path) -> None:
         with self._lock:
             self._held.pop(path, None)
+            self._why.pop(path, None)
+
+    def why(self, path: Path) -> str | None:
+        with self._lock:
+            return self._why.get(path)
 
     def due_holds(self) -> list[Path]:
         now = time.monotonic()
@@ -128,12 +137,15 @@ class Intake:
 
 
 class Stability:
-    """Fallback for platforms without close events: a file is ready once its size and mtime
-    have not changed for `stable_seconds`."""
+    """When a file is finished: its size and mtime have not changed for `stable_seconds` and no
+    writer holds it open. A close event does not skip the wait (a writer may open the file again and
+    append: `head -c 3000 x > a.jpg; tail -c +3001 x >> a.jpg`), and a file some process has opened
+    (inotify IN_OPEN without its close) is never due, however long its writer pauses."""
 
     def __init__(self, stable_seconds: float):
         self.stable = stable_seconds
         self._seen: dict[Path, tuple[int, int, float]] = {}
+        self._open: dict[Path, int] = {}  # opens not yet closed, from the events
         self._lock = threading.Lock()
 
     def track(self, path: Path) -> None:
@@ -145,6 +157,27 @@ class Stability:
             old = self._seen.get(path)
             if old is None or (old[0], old[1]) != (st.st_size, st.st_mtime_ns):
                 self._seen[path] = (st.st_size, st.st_mtime_ns, time.monotonic())
+
+    def opened(self, path: Path) -> None:
+        with self._lock:
+            self._open[path] = self._open.get(path, 0) + 1
+
+    def closed(self, path: Path) -> None:
+        """A close (after writing or not): one open fewer. Our own reads open and close too."""
+        with self._lock:
+            left = self._open.pop(path, 0) - 1
+            if left > 0:
+                self._open[path] = left
+
+    def is_open(self, path: Path) -> bool:
+        with self._lock:
+            return path in self._open
+
+    def forget(self, path: Path) -> None:
+        """The path was deleted or moved away: what was known of it no longer applies."""
+        with self._lock:
+            self._seen.pop(path, None)
+            self._open.pop(path, None)
 
     def due(self) -> list[Path]:
         with self._lock:
@@ -158,7 +191,7 @@ class Stability:
                     continue
                 if not os.path.lexists(path):
                     del self._seen[path]
-                elif time.monotonic() - entry[2] >= self.stable:
+                elif path not in self._open and time.monotonic() - entry[2] >= self.stable:
                     del self._seen[path]
                     ready.append(path)
         return ready
@@ -169,32 +202,79 @@ class Stability:
 
 
 class Events(FileSystemEventHandler):
-    """Close-write and moved-in events go straight to the intake; created/modified are tracked."""
+    """Moved-in files (a finished file renamed into place) go straight to the intake unless some process
+    still has them open; everything else (created, modified, closed) waits in `Stability`. Subfolders are
+    followed when `recursive` (a camera's dated folders); a folder moved or made in INCOMING is scanned,
+    since the files inside it bring no events of their own. Nothing under OUT is ever looked at."""
 
-    def __init__(self, incoming: Path, intake: Intake, stability: Stability):
+    def __init__(self, incoming: Path, intake: Intake, stability: Stability, recursive: bool = True,
+                 out: Path | None = None):
         self.incoming, self.intake, self.stability = incoming, intake, stability
+        self.recursive, self.out = recursive, out
 
     def _mine(self, path: str | bytes) -> Path | None:
         p = Path(os.fsdecode(path))
-        return p if p.parent == self.incoming else None
+        return p if within(self.incoming, p, self.recursive, self.out) else None
+
+    def on_opened(self, event: FileSystemEvent) -> None:
+        if not event.is_directory and (p := self._mine(event.src_path)):
+            self.stability.opened(p)
 
     def on_closed(self, event: FileSystemEvent) -> None:
         if not event.is_directory and (p := self._mine(event.src_path)):
-            self.intake.offer(p)
+            self.stability.closed(p)
+            self.stability.track(p)
+
+    def on_closed_no_write(self, event: FileSystemEvent) -> None:
+        if not event.is_directory and (p := self._mine(event.src_path)):
+            self.stability.closed(p)
 
     def on_moved(self, event: FileSystemEvent) -> None:
-        if not event.is_directory and (p := self._mine(event.dest_path)):
+        if (p := self._mine(event.src_path)) and not event.is_directory:
+            self.stability.forget(p)
+        if not (p := self._mine(event.dest_path)):
+            return
+        if event.is_directory:
+            scan(p, self.intake, self.stability, self.recursive, self.out)
+        elif self.stability.is_open(p):
+            self.stability.track(p)
+        else:
             self.intake.offer(p)
 
     def on_created(self, event: FileSystemEvent) -> None:
+        if not (p := self._mine(event.src_path)):
+            return
+        if event.is_directory:
+            scan(p, self.intake, self.stability, self.recursive, self.out)
+        else:
+            self.stability.track(p)
+
+    def on_modified(self, event: FileSystemEvent) -> None:
         if not event.is_directory and (p := self._mine(event.src_path)):
             self.stability.track(p)
 
-    on_modified = on_created
+    def on_deleted(self, event: FileSystemEvent) -> None:
+        if not event.is_directory and (p := self._mine(event.src_path)):
+            self.stability.forget(p)
 
 
-def read_at_most(path: Path, limit: int, expected: int) -> bytes:
-    """Up to `limit` + 1 bytes through one descriptor that never follows a symlink. Plain os.read:
+def within(incoming: Path, path: Path, recursive: bool, out: Path | None) -> bool:
+    """Is `path` a file of INCOMING's: a direct child, or (recursive) in a subfolder that is neither
+    hidden (someone's work in progress) nor OUT itself (OUT may sit inside INCOMING)."""
+    if path.parent == incoming:
+        return True
+    if not recursive or (out is not None and path.is_relative_to(out)):
+        return False
+    try:
+        parts = path.relative_to(incoming).parts
+    except ValueError:
+        return False
+    return not any(part.startswith(".") for part in parts[:-1])
+
+
+def read_at_most(path: Path, limit: int, expected: int) -> tuple[bytes, os.stat_result]:
+    """Up to `limit` + 1 bytes through one descriptor that never follows a symlink, and that
+    descriptor's stat after reading (which file was read, and its size once read). Plain os.read:
     a buffered file object adds fstat, isatty and seek calls (and GIL hand-offs) to every file."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
@@ -206,13 +286,18 @@ def read_at_most(path: Path, limit: int, expected: int) -> bytes:
             total += len(chunk)
             if len(chunk) < want:  # a regular file reads short only at its end: no extra call for EOF
                 break
-        return b"".join(chunks)
+        return b"".join(chunks), os.fstat(fd)
     finally:
         os.close(fd)
 
 
+class Unsettled(Exception):
+    """The file changed while it was read: not what settled, so not an item yet."""
+
+
 def load(path: Path, size: tuple[int, int], settings: Settings) -> Item | None:
-    """Read the file once (never through a symlink), hash those bytes, decode them; None if gone."""
+    """Read the file once (never through a symlink), hash those bytes, decode them; None if gone.
+    Raises `Unsettled` when the file grew, shrank or was touched while it was read."""
     item = Item(path)
     try:
         st = os.lstat(path)
@@ -228,7 +313,7 @@ def load(path: Path, size: tuple[int, int], settings: Settings) -> Item | None:
         item.error = f"too-large: {st.st_size:,} bytes"
         return item
     try:
-        data = read_at_most(path, settings.max_file_bytes, st.st_size)
+        data, after = read_at_most(path, settings.max_file_bytes, st.st_size)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -237,6 +322,9 @@ def load(path: Path, size: tuple[int, int], settings: Settings) -> Item | None:
     if len(data) > settings.max_file_bytes:  # grew since it was measured
         item.error = f"too-large: more than {settings.max_file_bytes:,} bytes"
         return item
+    item.identity = Identity.of(after)
+    if after.st_size != len(data) or (after.st_ino == st.st_ino and after.st_mtime_ns != st.st_mtime_ns):
+        raise Unsettled(path)
     item.sha256 = hashlib.sha256(data).hexdigest()
     if not is_image_name(path.name):
         item.error = f"wrong-extension: {path.suffix or '(none)'}"
@@ -266,20 +354,34 @@ class Summary:
     rejected: int = 0
     held: int = 0
     recovered: int = 0
+    left: dict[str, int] = field(default_factory=dict)  # files still in INCOMING at exit, by reason
+
+    def line(self, dry_run: bool = False) -> str:
+        """The one-line summary a run ends with."""
+        verb = "would route" if dry_run else "routed"
+        text = (f"{verb} {self.routed}, duplicates {self.duplicates}, rejected {self.rejected}, "
+                f"held {self.held}, recovered {self.recovered}")
+        if self.left:
+            why = "; ".join(f"{n} {reason}" for reason, n in sorted(self.left.items(), key=lambda kv: -kv[1]))
+            text += f"; {sum(self.left.values())} left in INCOMING ({why})"
+        return text
 
 
 class Router:
     """Records and moves classified batches: intents → moves → done, all through the writer."""
 
     def __init__(self, out: Path, writer: store.Writer, classifier: Classifier, intake: Intake,
-                 settings: Settings, dry_run: bool, source: str = "watch"):
+                 settings: Settings, dry_run: bool, source: str = "watch",
+                 retrack: Callable[[Path], None] | None = None, incoming: Path | None = None):
         self.out, self.writer, self.clf, self.intake = out, writer, classifier, intake
         self.settings, self.dry_run, self.source = settings, dry_run, source
+        self.retrack = retrack or (lambda path: None)  # a file that changed waits to settle again
+        self.incoming = incoming  # log lines name a file by its path under INCOMING
         self.summary = Summary()
         self._finished: list[dict] = []  # outcomes of the last batch's moves, not yet committed
 
     def _row(self, item: Item, dst: Path, reuse: dict | None) -> dict:
-        row = {"sha256": item.sha256, "source_path": str(item.path), "destination": str(dst),
+        row = {"sha256": item.sha256, "source_path": path_text(item.path), "destination": path_text(dst),
                "label": item.label, "confidence": item.confidence, "verdict": item.verdict,
                "scores": item.scores, "model_id": self.clf.model_id, "model_sha256": self.clf.sha256,
                "error": item.error, "state": "dry-run" if self.dry_run else "intent"}
@@ -291,12 +393,12 @@ class Router:
 
     def plan(self, db: Database, batch: list[Item], firsts: dict[str, dict]) -> list[dict]:
         """Decide duplicate-or-not and a free destination name for each item, as intent rows."""
-        holds = store.held_rows(db, [str(i.path) for i in batch])
+        holds = store.held_rows(db, [path_text(i.path) for i in batch])
         seen: set[str] = set()
         taken: set[Path] = set()
         rows = []
         for item in batch:
-            reuse = holds.get(str(item.path))
+            reuse = holds.get(path_text(item.path))
             if reuse and reuse["sha256"] != item.sha256:
                 reuse = None
             if reuse:
@@ -326,12 +428,16 @@ class Router:
         finished, self._finished = self._finished, []
         try:
             rows, ids = self.writer.call(lambda db: self._record(db, batch, finished))
-        except Exception:  # rolled back, nothing moved: keep the outcomes, try these files again later
+        except Exception as exc:  # rolled back, nothing moved: keep the outcomes, try these files again later
             self._finished = finished
+            reason = f"not recorded: {exc}"
+            log.error("could not record a batch of %d (%s); the files stay in INCOMING, retry in ≥%.0f s",
+                      len(batch), exc, self.settings.retry_seconds)
+            log.debug("batch not recorded", exc_info=True)
             for item in batch:
-                self.intake.hold(item.path, self.settings.retry_seconds)
+                self.intake.hold(item.path, self.settings.retry_seconds, reason)
                 self.intake.done(item.path)
-            raise
+            return []
         settled = []
         for item, row, item_id in zip(batch, rows, ids, strict=True):
             if self.dry_run:
@@ -340,7 +446,7 @@ class Router:
                 continue
             outcome = self._move(item, Path(row["destination"]), item_id)
             self._finished.append(outcome)
-            if outcome["state"] != "held":
+            if outcome.get("state") == "done":
                 settled.append(item)
         for item in batch:
             self.intake.done(item.path)
@@ -363,7 +469,12 @@ class Router:
         done = {"id": item_id, "routed_at": store.now_iso()}
         for _ in range(3):
             try:
-                move(item.path, dst)
+                move(item.path, dst, item.identity)
+            except Changed as exc:  # not the bytes the row describes: forget the row, read the file again
+                log.info("%s %s; read again once it settles", path_text(item.path.name), exc.strerror)
+                self.intake.release(item.path)
+                self.retrack(item.path)
+                return {"id": item_id, "forget": True}
             except FileExistsError:  # another process took the name since we planned it
                 dst = free_name(dst.parent, item.path.name, item.sha256)
                 continue
@@ -374,34 +485,37 @@ class Router:
                 reason = f"move-failed: {errno.errorcode.get(exc.errno or 0, 'OSError')} {exc.strerror}"
                 log.error("held %s in place (%s); retry in ≥%.0f s", item.path.name, reason,
                           self.settings.retry_seconds)
-                self.intake.hold(item.path, self.settings.retry_seconds)
+                self.intake.hold(item.path, self.settings.retry_seconds, reason)
                 self.summary.held += 1
                 return {**done, "state": "held", "destination": None, "routed_at": None,
                         "error": reason}
             self.intake.release(item.path)
             self._log(item, dst, "routed")
-            return {**done, "state": "done", "destination": str(dst)}
+            return {**done, "state": "done", "destination": path_text(dst)}
         raise FileExistsError(f"could not find a free name for {item.path.name}")
 
     def _log(self, item: Item, dst: Path, verb: str) -> None:
         rel = dst.parent.relative_to(self.out)
+        name = path_text(item.path.relative_to(self.incoming) if self.incoming else item.path.name)
         if rel.parts and rel.parts[0] == "duplicates":
             self.summary.duplicates += 1
-            log.info("%s %s -> %s (duplicate)", verb, item.path.name, rel)
+            log.info("%s %s -> %s (duplicate)", verb, name, rel)
         elif item.error:
             self.summary.rejected += 1
-            log.warning("%s %s -> %s (%s)", verb, item.path.name, rel, item.error)
+            log.warning("%s %s -> %s (%s)", verb, name, rel, item.error)
         else:
             self.summary.routed += 1
-            log.info("%s %s -> %s (%.2f)", verb, item.path.name, rel, item.confidence or 0.0)
+            log.info("%s %s -> %s (%.2f)", verb, name, rel, item.confidence or 0.0)
 
 
 def recover(out: Path, writer: store.Writer) -> int:
-    """Finish every intent a crash left behind, before anything new is looked at."""
+    """Finish every intent a crash left behind, before anything new is looked at. What sits at a row's
+    source path is compared with the row's hash, never assumed: a new file that took the name while the
+    daemon was down stays in INCOMING for the scan, and a row whose bytes were replaced is forgotten."""
     rows = writer.call(store.unfinished)
-    updates = []
+    updates: list[dict] = []
     for row in rows:
-        src, dst = Path(row["source_path"]), Path(row["destination"])
+        src, dst = from_text(row["source_path"]), Path(row["destination"])
         update = {"id": row["id"], "state": "done", "routed_at": store.now_iso()}
         try:
             try:
@@ -411,36 +525,63 @@ def recover(out: Path, writer: store.Writer) -> int:
                 move(src, dst)
                 outcome = "moved"
         except OSError as exc:
-            log.error("recovery of %s failed (%s); left in place", src.name, exc.strerror)
+            log.error("recovery of %s failed (%s); left in place", path_text(src.name), exc.strerror)
             update.update(state="held", error=f"move-failed: {exc.strerror}", destination=None)
             updates.append(update)
+            continue
+        if outcome == "replaced":
+            log.info("recovery: %s holds other bytes than its record; read as a new file", path_text(src.name))
+            updates.append({"id": row["id"], "forget": True})
             continue
         if outcome == "lost":
             update.update(error="lost: neither source nor destination exists", destination=None)
         else:
-            update["destination"] = str(dst)
-        log.info("recovered %s -> %s (%s)", src.name, dst, outcome)
+            update["destination"] = path_text(dst)
+        note = "already; a new file of that name stays in INCOMING" if outcome == "kept" else outcome
+        log.info("recovered %s -> %s (%s)", path_text(src.name), path_text(dst), note)
         updates.append(update)
     if updates:
         writer.call(lambda db: store.mark_done(db, updates))
     return len(updates)
 
 
-def scan(incoming: Path, intake: Intake, stability: Stability) -> int:
-    """Offer the backlog oldest first; files changed within stable_seconds wait to settle."""
+def backlog(incoming: Path, recursive: bool = True, out: Path | None = None) -> list[tuple[float, Path]]:
+    """(mtime, path) of every file in INCOMING (and, recursive, its subfolders but hidden ones and OUT)."""
     found: list[tuple[float, Path]] = []
-    for entry in os.scandir(incoming):
+    folders = [incoming]
+    while folders:
+        folder = folders.pop()
         try:
-            if not entry.is_dir(follow_symlinks=False):
-                found.append((entry.stat(follow_symlinks=False).st_mtime, Path(entry.path)))
-        except FileNotFoundError:
+            entries = list(os.scandir(folder))
+        except OSError:  # vanished or unreadable meanwhile: its events (or the next scan) will tell
             continue
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                if not entry.is_dir(follow_symlinks=False):
+                    found.append((entry.stat(follow_symlinks=False).st_mtime, path))
+                elif recursive and within(incoming, path / "x", recursive, out):
+                    folders.append(path)
+            except FileNotFoundError:
+                continue
+    return found
+
+
+def scan(incoming: Path, intake: Intake, stability: Stability, recursive: bool = True,
+         out: Path | None = None) -> int:
+    """Offer the backlog oldest first; files changed within stable_seconds wait to settle."""
+    found = backlog(incoming, recursive, out)
     now = time.time()
     for mtime, path in sorted(found):
         if now - mtime >= stability.stable:
             intake.offer(path)
         else:
             stability.track(path)
+    if not recursive:
+        skipped = sum(1 for entry in os.scandir(incoming) if entry.is_dir(follow_symlinks=False)
+                      and not entry.name.startswith("."))
+        if skipped:
+            log.warning("%d subfolder(s) of %s not looked into (recursive = false)", skipped, incoming)
     return len(found)
 
 
@@ -461,7 +602,9 @@ class Watcher:
         # decode → inference in chunks of up to batch_size items: one hand-off (and one thread wake-up)
         # per chunk instead of per image, which on a 2-core box is CPU the interpreters get back
         self.decoded: queue.Queue[list[Item]] = queue.Queue(maxsize=2)
-        self.router = Router(self.out, self.writer, classifier, self.intake, settings, dry_run)
+        self.router = Router(self.out, self.writer, classifier, self.intake, settings, dry_run,
+                             retrack=self.stability.track, incoming=self.incoming)
+        self.recursive = settings.recursive
         # inference → routing: deep enough to absorb a slow commit (fsync), shallow enough that routing
         # (background work, sorter.threads) cannot fall far behind inference; what queues up is routed
         # in one transaction. (64 batches let routing lag half a 1,000-photo backlog: 2-3 % slower overall.)
@@ -473,8 +616,12 @@ class Watcher:
         """Read, hash and decode one file; None (and the path released) when it vanished."""
         try:
             item = load(path, self.clf.input_size, self.settings)
+        except Unsettled:  # still being written: not an item until it settles again
+            self.intake.done(path)
+            self.stability.track(path)
+            return None
         except Exception as exc:  # one bad file must never stop the daemon
-            log.exception("could not load %s", path.name)
+            log.exception("could not load %s", path_text(path.name))
             item = Item(path, error=f"load-failed: {exc}")
         if item is None:
             self.intake.done(path)
@@ -604,7 +751,8 @@ class Watcher:
         observer = None
         if not once:
             observer = Observer()
-            observer.schedule(Events(self.incoming, self.intake, self.stability), str(self.incoming))
+            events = Events(self.incoming, self.intake, self.stability, self.recursive, self.out)
+            observer.schedule(events, str(self.incoming), recursive=self.recursive)
             observer.start()
             log.info("ready: watching %s -> %s", self.incoming, self.out)
         workers = [threads.start(self._decode_loop, f"decode-{i}", nice=self._nice)
@@ -613,7 +761,7 @@ class Watcher:
         halt_inference = threading.Event()
         inferrers = [threads.start(self._infer_loop, f"infer-{i}", clf, halt_inference)
                      for i, clf in enumerate(self.clfs)]
-        scan(self.incoming, self.intake, self.stability)
+        scan(self.incoming, self.intake, self.stability, self.recursive, self.out)
         self.ready.set()
         if self.telemetry is not None:
             self.telemetry.set_ready()
@@ -635,4 +783,18 @@ class Watcher:
             for worker in workers:
                 worker.join()
             self.writer.close()
+        self.router.summary.left = self._left()
         return self.router.summary
+
+    def _left(self) -> dict[str, int]:
+        """Files still in INCOMING (temporary names aside) by why they are there: `--once` must not
+        call a run finished that left work behind."""
+        if self.router.dry_run:
+            return {}
+        reasons: dict[str, int] = {}
+        for _, path in backlog(self.incoming, self.recursive, self.out):
+            if ignored(path.name, self.settings.temp_suffixes):
+                continue
+            why = self.intake.why(path) or "not processed before the stop"
+            reasons[why] = reasons.get(why, 0) + 1
+        return reasons

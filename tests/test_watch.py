@@ -302,9 +302,9 @@ def test_bad_inputs_are_rejected_with_reasons_and_the_daemon_goes_on(tmp_path):
 def test_a_file_that_grows_past_the_limit_while_read_is_cut_off(tmp_path):
     path = tmp_path / "growing.jpg"
     path.write_bytes(b"x" * 5_000)
-    assert watch.read_at_most(path, 10_000, expected=100) == b"x" * 5_000  # a stale size still reads it all
+    assert watch.read_at_most(path, 10_000, expected=100)[0] == b"x" * 5_000  # a stale size still reads it all
     path.write_bytes(b"x" * 50_000)
-    assert len(watch.read_at_most(path, 10_000, expected=5_000)) == 10_001  # one byte over: too large
+    assert len(watch.read_at_most(path, 10_000, expected=5_000)[0]) == 10_001  # one byte over: too large
     item = watch.load(path, (32, 32), make_watcher(tmp_path, max_file_bytes=60_000).settings)
     assert item.error.startswith("not-an-image")  # read whole, then refused for what it is
     item = watch.load(path, (32, 32), make_watcher(tmp_path, max_file_bytes=10_000).settings)
@@ -363,7 +363,7 @@ def test_move_failure_holds_in_place_backs_off_and_later_finishes(tmp_path, monk
     calls = []
     real_move = watch.move
 
-    def full_disk(src, dst):
+    def full_disk(src, dst, expect=None):
         calls.append(time.monotonic())
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -400,7 +400,7 @@ def test_database_locked_by_another_process_files_wait_and_finish_once(tmp_path,
     w = make_watcher(tmp_path, retry_seconds=0.3, telemetry=Telemetry("watch"))
     holds: Counter[Path] = Counter()  # a retry that fails again holds the same file a second time
     hold = w.intake.hold
-    monkeypatch.setattr(w.intake, "hold", lambda path, delay: (holds.update([path]), hold(path, delay)))
+    monkeypatch.setattr(w.intake, "hold", lambda path, delay, why="": (holds.update([path]), hold(path, delay, why)))
     run = Running(w)
     other = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
