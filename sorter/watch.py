@@ -39,6 +39,7 @@ log = logging.getLogger("sorter.watch")
 TICK_S = 0.1
 MAX_RETRY_S = 3600.0
 CLASSIFIED_BATCHES = 8  # scored batches waiting for the routing thread
+OPEN_GRACE_S = 60.0
 
 
 def queued(q: queue.Queue, limit: int) -> list:
@@ -144,6 +145,8 @@ class Stability:
 
     def __init__(self, stable_seconds: float):
         self.stable = stable_seconds
+        # a file reported open but unchanged this long is read anyway: its close event may have been lost
+        self.open_grace = max(OPEN_GRACE_S, 20 * stable_seconds)
         self._seen: dict[Path, tuple[int, int, float]] = {}
         self._open: dict[Path, int] = {}  # opens not yet closed, from the events
         self._lock = threading.Lock()
@@ -189,9 +192,14 @@ class Stability:
                 entry = self._seen.get(path)
                 if entry is None:
                     continue
+                quiet = time.monotonic() - entry[2]
                 if not os.path.lexists(path):
                     del self._seen[path]
-                elif path not in self._open and time.monotonic() - entry[2] >= self.stable:
+                elif quiet >= self.stable and (path not in self._open or quiet >= self.open_grace):
+                    if path in self._open:  # a close event lost (inotify overflow): never strand the file
+                        log.warning("%s still looks open but has not changed for %.0f s; reading it",
+                                    path.name, quiet)
+                        del self._open[path]
                     del self._seen[path]
                     ready.append(path)
         return ready
