@@ -339,21 +339,38 @@ def test_name_collisions_keep_both(tmp_path):
     assert len({r["destination"] for r in rows(tmp_path / "db.sqlite")}) == 2
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions; see the ENOSPC test")
-def test_unwritable_out_holds_files_in_place(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    out.chmod(0o500)
+@contextmanager
+def unwritable(folder: Path) -> Iterator[str]:
+    """A folder nobody can write to: a read-only tmpfs for root (who ignores permissions), else mode 0500.
+    Yields the errno name a write there fails with."""
+    folder.mkdir()
+    if os.geteuid() == 0:
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"root, and no read-only tmpfs can be mounted: {proc.stderr.strip()}")
+        try:
+            yield "EROFS"
+        finally:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+        return
+    folder.chmod(0o500)
     try:
-        w = make_watcher(tmp_path, out=out)
+        yield "EACCES"
+    finally:
+        folder.chmod(0o700)
+
+
+def test_unwritable_out_holds_files_in_place(tmp_path):
+    with unwritable(tmp_path / "out") as code:
+        w = make_watcher(tmp_path, out=tmp_path / "out")
         (tmp_path / "in" / "a.jpg").write_bytes(jpeg("red"))
         _old(tmp_path / "in" / "a.jpg")
-        w.run(watch.threading.Event(), once=True)
+        summary = w.run(watch.threading.Event(), once=True)
         (row,) = rows(tmp_path / "db.sqlite")
-        assert row["state"] == "held" and "EACCES" in row["error"]
+        assert row["state"] == "held" and code in row["error"]
         assert (tmp_path / "in" / "a.jpg").exists()
-    finally:
-        out.chmod(0o700)
+        assert list(summary.left) == [row["error"]] and summary.left[row["error"]] == 1
 
 
 def test_move_failure_holds_in_place_backs_off_and_later_finishes(tmp_path, monkeypatch):
