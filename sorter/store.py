@@ -43,21 +43,21 @@ STATES = ("intent", "done", "held", "dry-run")
 @migrations()
 def m001_items(db: Database) -> None:
     """The items table: one row per dropped file, keyed for exactly-once by content hash."""
-    db["items"].create(ITEM_COLUMNS, pk="id", not_null={"state", "received_at", "source"})
-    db["items"].create_index(["received_at"])
-    db["items"].create_index(["sha256"])
+    db.table("items").create(ITEM_COLUMNS, pk="id", not_null={"state", "received_at", "source"})
+    db.table("items").create_index(["received_at"])
+    db.table("items").create_index(["sha256"])
     db.execute("CREATE UNIQUE INDEX items_first_sha256 ON items(sha256) "
                "WHERE duplicate_of IS NULL AND state != 'dry-run'")
-    db["items"].create_index(["state"])
+    db.table("items").create_index(["state"])
 
 
 @migrations()
 def m002_camera_events(db: Database) -> None:
     """Camera online/offline/reconnect/dropped history; camera items keep their snapshot in
     `items.destination` (the image's home), so the items table itself is unchanged."""
-    db["camera_events"].create({"id": int, "time": str, "device": str, "event": str, "detail": str},
+    db.table("camera_events").create({"id": int, "time": str, "device": str, "event": str, "detail": str},
                                pk="id", not_null={"time", "device", "event"})
-    db["camera_events"].create_index(["time"])
+    db.table("camera_events").create_index(["time"])
 
 
 @migrations()
@@ -67,12 +67,12 @@ def m003_audits(db: Database) -> None:
     One row per (item, auditor): re-importing the same audit is a no-op, a corrected label
     from the same auditor replaces theirs; the report uses each item's latest audit.
     """
-    db["audits"].create({"id": int, "item_id": int, "sha256": str, "true_label": str, "auditor": str,
+    db.table("audits").create({"id": int, "item_id": int, "sha256": str, "true_label": str, "auditor": str,
                          "audited_at": str, "origin": str, "imported_at": str}, pk="id",
                         not_null={"item_id", "true_label", "auditor", "audited_at"},
                         defaults={"auditor": ""}, foreign_keys=[("item_id", "items", "id")])
     db.execute("CREATE UNIQUE INDEX audits_item_auditor ON audits(item_id, auditor)")
-    db["audits"].create_index(["sha256"])
+    db.table("audits").create_index(["sha256"])
 
 
 def has_table(conn: sqlite3.Connection, name: str) -> bool:
@@ -87,13 +87,20 @@ def record_camera_event(db: Database, device: str, event: str, detail: str | Non
     """One row of camera history (runs on the writer thread)."""
     if event not in CAMERA_EVENTS:
         raise ValueError(f"unknown camera event {event!r}")
-    return db["camera_events"].insert({"time": now_iso(), "device": device, "event": event,
-                                       "detail": detail}).last_pk
+    return _pk(db.table("camera_events").insert({"time": now_iso(), "device": device, "event": event,
+                                                 "detail": detail}).last_pk)
 
 
 def insert_item(db: Database, row: dict) -> int:
     """Insert one finished row (camera items are never `intent`: nothing to move or recover)."""
-    return db["items"].insert(row).last_pk
+    return _pk(db.table("items").insert(row).last_pk)
+
+
+def _pk(value: Any) -> int:
+    """The rowid of the insert just made (sqlite-utils types it as optional; after an insert it is set)."""
+    if value is None:
+        raise sqlite3.DatabaseError("insert returned no row id")
+    return int(value)
 
 
 def now_iso() -> str:
@@ -273,9 +280,10 @@ def write_intents(db: Database, rows: list[dict], firsts: dict[str, dict] | None
                 continue
             row = {**row, "duplicate_of": first_ids.get(row["sha256"]) if row.get("sha256") else None}
             cursor = db.conn.execute(_insert_sql(tuple(row)), [_encoded(v) for v in row.values()])
-            ids.append(cursor.lastrowid)
+            new_id = int(cursor.lastrowid or 0)  # always set after an INSERT
+            ids.append(new_id)
             if row.get("sha256") and row["duplicate_of"] is None and row.get("state") != "dry-run":
-                first_ids[row["sha256"]] = cursor.lastrowid
+                first_ids[row["sha256"]] = new_id
     return ids
 
 

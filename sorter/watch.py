@@ -44,7 +44,7 @@ OPEN_GRACE_S = 60.0
 
 def queued(q: queue.Queue, limit: int) -> list:
     """Up to `limit` entries already waiting in `q`, without waiting for more."""
-    out = []
+    out: list = []
     while len(out) < limit:
         try:
             out.append(q.get_nowait())
@@ -349,7 +349,7 @@ def classify(items: list[Item], classifier: Classifier, rules: VerdictRules) -> 
     ok = [i for i in items if i.image is not None]
     if not ok:
         return
-    preds = classifier.predict(np.stack([i.image for i in ok]))
+    preds = classifier.predict(np.stack([i.image for i in ok if i.image is not None]))
     for item, pred in zip(ok, preds, strict=True):
         item.label, item.confidence, item.scores = pred.label, round(pred.confidence, 6), pred.scores
         item.verdict = rules.decide(pred.label, pred.confidence)
