@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from sorter import threads
+from sorter import quiet, threads
 from sorter.card import ModelCard, card_path, load_card, sha256_file
 
 log = logging.getLogger("sorter.model")
@@ -147,7 +147,7 @@ class Classifier:
             return
         try:
             self._interp.resize_tensor_input(self._inp["index"], [n, *self._inp["shape"][1:]], strict=False)
-            self._interp.allocate_tensors()
+            quiet.allocate_tensors(self._interp)  # without LiteRT's XNNPACK banner
         except (ValueError, RuntimeError):
             if n == 1:
                 raise
