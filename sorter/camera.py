@@ -24,12 +24,13 @@ from pydantic import ValidationError
 from sorter import memory, store
 from sorter.capture import Capture, Frame
 from sorter.config import CameraSettings, ConfigError, Settings
+from sorter.control import ControlServer
 from sorter.imaging import resize_rgb
 from sorter.metrics import Telemetry
 from sorter.model import Classifier, warm_up_all
 from sorter.outputs import Dispatcher, build_outputs
+from sorter.redact import mask_text, mask_url
 from sorter.triggers import (
-    ControlServer,
     Decision,
     IntervalTrigger,
     LineTrigger,
@@ -107,7 +108,9 @@ class CameraRunner:
     def __init__(self, device: str, classifier: Classifier, rules: VerdictRules, settings: CameraSettings,
                  writer: store.Writer, dispatcher: Dispatcher, dry_run: bool = False,
                  telemetry: Telemetry | None = None):
-        self.device, self.clf, self.rules, self.settings = device, classifier, rules, settings
+        # what is shown and stored (rows, events, /status, outputs): the URL without its password;
+        # only the capture below gets the real one (sorter.redact)
+        self.device, self.clf, self.rules, self.settings = mask_url(device), classifier, rules, settings
         self.telemetry = telemetry  # metrics hook (sorter.metrics): None = no metrics
         self.writer, self.dispatcher, self.dry_run = writer, dispatcher, dry_run
         self.roi: Roi | None = parse_roi(settings.roi)
@@ -130,6 +133,7 @@ class CameraRunner:
         self.status.state = "online" if event in ("online", "reconnect") else "offline"
         if self.telemetry is not None:
             self.telemetry.camera_event(event)
+        detail = mask_text(detail)  # an open error may quote the URL
         self.writer.submit(lambda db: store.record_camera_event(db, self.device, event, detail))
 
     def snapshot(self) -> dict[str, Any]:
@@ -263,7 +267,7 @@ def serve(device: str, classifier: Classifier, rules: VerdictRules, settings: Se
     if line is not None and cam.stdin_trigger:
         follow_stdin(line)
     button = gpio_edge(line, cam.gpio_trigger_pin) if line is not None and cam.gpio_trigger_pin is not None else None
-    log.info("ready: camera %s, trigger %s, %d/%d votes%s", device, cam.trigger, cam.votes, cam.window,
+    log.info("ready: camera %s, trigger %s, %d/%d votes%s", runner.device, cam.trigger, cam.votes, cam.window,
              " (dry-run)" if dry_run else "")
     try:
         runner.run(stop, max_decisions)

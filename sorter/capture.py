@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from sorter.redact import mask_url
+
 log = logging.getLogger("sorter.camera")
 NETWORK_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
 
@@ -180,6 +182,7 @@ class Capture:
                  on_event: Callable[[str, str], None] | None = None,
                  opener: Callable[[str, float], cv2.VideoCapture] = open_source):
         self.device, self.stall_seconds, self.loop, self.opener = device, stall_seconds, loop, opener
+        self.name = mask_url(device)  # for log lines: never the camera's password
         self.backoff_seconds, self.backoff_max_seconds = backoff_seconds, backoff_max_seconds
         self.file = is_file(device)
         self.frames = FrameQueue(queue_size, lossless=self.file)
@@ -209,10 +212,10 @@ class Capture:
         event = "reconnect" if state == "online" and self.stats.online else state
         if state == "online":
             self.stats.online += 1
-            log.info("camera %s %s: %s", self.device, event, detail)
+            log.info("camera %s %s: %s", self.name, event, detail)
         else:
             self.stats.offline += 1
-            log.warning("camera %s offline: %s", self.device, detail)
+            log.warning("camera %s offline: %s", self.name, detail)
         self.on_event(event, detail)
 
     def _fresh(self, reader: _Reader) -> None:
@@ -252,6 +255,6 @@ class Capture:
                 backoff = self.backoff_seconds  # it worked for a while: start the backoff afresh
             self._set_state("offline", problem)
             self.frames.clear()  # frames from a dying connection are not worth classifying
-            log.info("camera %s: reconnecting in %.1f s", self.device, backoff)
+            log.info("camera %s: reconnecting in %.1f s", self.name, backoff)
             self.stop.wait(backoff)
             backoff = min(self.backoff_max_seconds, backoff * 2)

@@ -9,8 +9,11 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from sorter.redact import mask_url
 
 DEFAULT_CONFIG = Path("/etc/sorter/sorter.toml")
 
@@ -60,6 +63,8 @@ class CommandOutput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     argv: list[str] = Field(min_length=1)
     timeout_seconds: float = Field(default=5.0, gt=0)
+    # variables of the daemon's environment the command may see (beyond PATH, HOME, LANG, TZ, …)
+    pass_env: list[str] = Field(default_factory=list)
     verdicts: list[str] = Field(default_factory=lambda: ["fresh", "rotten", "uncertain"])
 
 
@@ -94,7 +99,15 @@ class WebhookOutput(BaseModel):
 
     @model_validator(mode="after")
     def _token(self) -> WebhookOutput:
-        return _read_secret(self, "token")
+        _read_secret(self, "token")
+        try:
+            netloc = urlsplit(self.url).netloc
+            urlsplit(self.url).port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"url {mask_url(self.url)}: {exc}") from exc
+        if "@" in netloc and self.token is not None:
+            raise ValueError("url has user:password@ (sent as basic auth) and a token is set: give one of them")
+        return self
 
 
 class MqttOutput(BaseModel):
@@ -341,5 +354,11 @@ def config_path(path: Path | None = None) -> Path | None:
 
 
 def public_dump(settings: Settings) -> dict[str, Any]:
-    """The effective settings as JSON-able data; secrets come out as '**********'."""
-    return settings.model_dump(mode="json")
+    """The effective settings as JSON-able data; secrets come out as '**********', and URLs
+    (camera device, webhook) without their passwords (sorter.redact)."""
+    data = settings.model_dump(mode="json")
+    if data["camera"]["device"]:
+        data["camera"]["device"] = mask_url(data["camera"]["device"])
+    if data["outputs"]["webhook"]:
+        data["outputs"]["webhook"]["url"] = mask_url(data["outputs"]["webhook"]["url"])
+    return data

@@ -8,6 +8,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Literal
 
+from sorter.redact import mask_text
+
 LogFormat = Literal["text", "json"]
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -18,19 +20,20 @@ def _one_line(text: str) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """`{"time", "level", "logger", "message"}` (+ `exc`): what log shippers parse without rules."""
+    """`{"time", "level", "logger", "message"}` (+ `exc`): what log shippers parse without rules.
+    URL credentials are masked in both (sorter.redact): a journal is read by more people than a config."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-                 "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+                 "level": record.levelname, "logger": record.name, "message": mask_text(record.getMessage())}
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            entry["exc"] = mask_text(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return _one_line(super().format(record))
+        return mask_text(_one_line(super().format(record)))
 
 
 def setup(fmt: LogFormat = "text", level: int | str = logging.INFO) -> logging.Handler:

@@ -1,22 +1,24 @@
 """Health and Prometheus metrics on a local HTTP port, fed by small hooks in watch and camera.
 
 Own registry (never the process-global one): two sorters in one test process, or a library
-user with their own metrics, never collide. The server is a daemon thread; scraping it never
-touches the pipeline's locks, only counters and a few plain attributes.
+user with their own metrics, never collide. The server (sorter.web: uvicorn in a daemon thread)
+never touches the pipeline's locks when scraped, only counters and a few plain attributes.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from sorter.web import LocalServer, guarded
 
 log = logging.getLogger("sorter.metrics")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -93,45 +95,31 @@ class Telemetry:
                     "last_item_time": last, "source": self.source}
 
 
-def _handler(telemetry: Telemetry) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._send(200, generate_latest(telemetry.registry), CONTENT_TYPE_LATEST)
-            elif path == "/healthz":
-                ok, body = telemetry.health()
-                self._send(200 if ok else 503, json.dumps(body).encode(), "application/json")
-            else:
-                self._send(404, b"not found: try /healthz or /metrics\n", "text/plain")
+def metrics_routes(telemetry: Telemetry) -> list[Route]:
+    """GET /metrics (Prometheus text) and GET /healthz (JSON; 503 until ready)."""
 
-        def _send(self, code: int, body: bytes, ctype: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(telemetry.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-        def log_message(self, *args: Any) -> None:  # scrapes every 15 s would flood the journal
-            pass
+    async def healthz(request: Request) -> Response:
+        ok, body = telemetry.health()
+        return JSONResponse(body, 200 if ok else 503)
 
-    return Handler
+    return [Route("/metrics", guarded("/metrics", metrics), methods=["GET"]),
+            Route("/healthz", guarded("/healthz", healthz), methods=["GET"])]
 
 
-class MetricsServer:
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return PlainTextResponse("not found: try /healthz or /metrics\n", 404)
+
+
+class MetricsServer(LocalServer):
     """`/healthz` and `/metrics` on host:port (port 0 = any free one; see `.port`)."""
 
     def __init__(self, telemetry: Telemetry, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.httpd = ThreadingHTTPServer((host, port), _handler(telemetry))
-        self.httpd.daemon_threads = True
-        self.host, self.port = host, self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
+        super().__init__(metrics_routes(telemetry), host, port, "metrics", exception_handlers={404: _not_found})
 
-    def start(self) -> MetricsServer:
-        self._thread.start()
+    def start(self, timeout: float = 10.0) -> MetricsServer:
+        super().start(timeout)
         log.info("metrics on http://%s:%d/metrics, health on /healthz", self.host, self.port)
         return self
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()

@@ -8,6 +8,7 @@ Hardware libraries (gpiozero, pyserial) are imported only when their output is c
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -19,8 +20,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
 
 from sorter.config import OutputSettings, reveal
+from sorter.redact import mask_text, mask_url
 
 log = logging.getLogger("sorter.outputs")
 
@@ -43,14 +46,29 @@ def event_env(event: dict[str, Any]) -> dict[str, str]:
     return env
 
 
+# What a child needs to find programs and speak the locale; nothing else of the daemon's environment
+# (which holds SORTER_OUTPUTS__MQTT__PASSWORD and the like) reaches it unless named in `pass_env`.
+CHILD_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER", "LOGNAME")
+
+
+def child_env(event: dict[str, Any], pass_env: Iterable[str] = (), environ: dict[str, str] | None = None,
+              ) -> dict[str, str]:
+    """The decision's SORTER_* variables plus CHILD_ENV, LC_* and the names in `pass_env`."""
+    source = os.environ if environ is None else environ
+    wanted = {*CHILD_ENV, *pass_env}
+    env = {k: v for k, v in source.items() if k in wanted or k.startswith("LC_")}
+    return {**env, **event_env(event)}
+
+
 class CommandOutput:
     """Run a program with the decision in its environment; a non-zero exit is a failure."""
 
-    def __init__(self, argv: list[str], timeout_seconds: float = 5.0):
+    def __init__(self, argv: list[str], timeout_seconds: float = 5.0, pass_env: Iterable[str] = ()):
         self.argv, self.timeout, self.name = argv, timeout_seconds, f"command {argv[0]}"
+        self.pass_env = tuple(pass_env)
 
     def send(self, event: dict[str, Any]) -> None:
-        done = subprocess.run(self.argv, env={**os.environ, **event_env(event)}, timeout=self.timeout,
+        done = subprocess.run(self.argv, env=child_env(event, self.pass_env), timeout=self.timeout,
                               capture_output=True, text=True, check=False)
         if done.returncode:
             raise RuntimeError(f"exit {done.returncode}: {done.stderr.strip()[-200:]}")
@@ -59,14 +77,33 @@ class CommandOutput:
         pass
 
 
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """`https://user:pass@host/x` → (`https://host/x`, "Basic …"); urllib would take `user:pass@host`
+    for the host name and never deliver. A URL without credentials comes back with None."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    return bare, "Basic " + base64.b64encode(pair.encode()).decode()
+
+
 class WebhookOutput:
-    """POST the decision as JSON; anything but 2xx (or no answer in time) is a failure."""
+    """POST the decision as JSON; anything but 2xx (or no answer in time) is a failure.
+
+    Credentials in the URL (`https://user:pass@host/hook`) are sent as HTTP basic auth, a `token`
+    as a bearer token (not both); the name shown in logs and /status is the masked URL."""
 
     def __init__(self, url: str, timeout_seconds: float = 2.0, token: str | None = None):
-        self.url, self.timeout, self.name = url, timeout_seconds, f"webhook {url}"
+        self.url, basic = split_credentials(url)
+        self.timeout, self.name = timeout_seconds, f"webhook {mask_url(url)}"
         self._headers = {"Content-Type": "application/json"}
+        if token and basic:
+            raise ValueError("webhook: credentials in the URL and a token: give one of them")
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
+        elif basic:
+            self._headers["Authorization"] = basic
 
     def send(self, event: dict[str, Any]) -> None:
         request = urllib.request.Request(self.url, data=json.dumps(event).encode(), method="POST",
@@ -286,7 +323,7 @@ class Dispatcher:
                 lane.stats.sent += 1
                 return
             except Exception as exc:
-                lane.stats.last_error = f"{type(exc).__name__}: {exc}"
+                lane.stats.last_error = mask_text(f"{type(exc).__name__}: {exc}")  # shown in /status
                 if attempt == self.retries or self._stop.is_set():
                     break
                 lane.stats.retried += 1
@@ -319,7 +356,7 @@ def build_outputs(settings: OutputSettings) -> list[tuple[Output, list[str]]]:
     """The configured outputs, each with the verdicts it fires on."""
     built: list[tuple[Output, list[str]]] = []
     if (c := settings.command) is not None:
-        built.append((CommandOutput(c.argv, c.timeout_seconds), c.verdicts))
+        built.append((CommandOutput(c.argv, c.timeout_seconds, c.pass_env), c.verdicts))
     if (w := settings.webhook) is not None:
         built.append((WebhookOutput(w.url, w.timeout_seconds, reveal(w.token)), w.verdicts))
     if (m := settings.mqtt) is not None:

@@ -22,6 +22,7 @@ import numpy as np
 
 from sorter import store
 from sorter.card import ModelCard
+from sorter.redact import mask_url
 
 FORMAT = "sorter-report/1"
 BINS = [round(i / 10, 1) for i in range(11)]
@@ -176,7 +177,7 @@ def camera_figures(conn: sqlite3.Connection, lo: datetime, hi: datetime) -> dict
     state: dict[str, tuple[bool, datetime]] = {}
     for row in conn.execute("SELECT time, device, event, detail FROM camera_events WHERE time < ? ORDER BY time, id",
                             [end]):
-        dev, when = row["device"], max(parse_time(row["time"]), lo)
+        dev, when = mask_url(row["device"]), max(parse_time(row["time"]), lo)  # rows written before masking
         fig = devices.setdefault(dev, {"online_seconds": 0.0, "offline_events": 0, "reconnects": 0,
                                        "drop_reports": 0, "dropped_frames": 0})
         online, since = state.get(dev, (False, lo))

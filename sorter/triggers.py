@@ -7,13 +7,10 @@ that an output may fire, so one blurred or half-in-view frame never moves the di
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import sys
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Protocol
 
 import cv2
@@ -104,23 +101,47 @@ class MotionTrigger:
 
 
 class LineTrigger:
-    """An external signal (stdin line, HTTP POST, GPIO edge); each pulse starts one item."""
+    """An external signal (stdin line, HTTP POST, GPIO edge); each pulse starts one item.
 
-    def __init__(self) -> None:
+    At most `max_pending` pulses wait for their window: more items than that between the sensor
+    and the camera is a stuck belt or a flood (500 POSTs were 500 decisions), so further pulses
+    are refused and counted (one log line when the queue fills), not queued without bound."""
+
+    def __init__(self, max_pending: int = 8) -> None:
+        self.max_pending = max_pending
         self._pending = 0
         self._lock = threading.Lock()
-        self.received = 0
+        self.received = self.refused = 0
+        self._pending_was_free = False  # a window opened since the last refusal: log the next one
 
-    def pulse(self, source: str = "external") -> None:
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def pulse(self, source: str = "external") -> bool:
+        """Queue one item; False (refused) when `max_pending` are already waiting."""
         with self._lock:
-            self._pending += 1
-            self.received += 1
+            full = self._pending >= self.max_pending
+            if full:
+                self.refused += 1
+                first = self.refused == 1 or self._pending_was_free
+                self._pending_was_free = False
+            else:
+                self._pending += 1
+                self.received += 1
+        if full:
+            if first:
+                log.warning("trigger from %s refused: %d already waiting (refused so far: %d)", source,
+                            self.max_pending, self.refused)
+            return False
         log.info("trigger from %s", source)
+        return True
 
     def fire(self, image: np.ndarray, now: float) -> bool:
         with self._lock:
             if self._pending:
                 self._pending -= 1
+                self._pending_was_free = True
                 return True
         return False
 
@@ -145,59 +166,6 @@ def gpio_edge(trigger: LineTrigger, pin: int | str):
     button = Button(pin, pull_up=False)
     button.when_pressed = lambda: trigger.pulse(f"gpio {pin}")
     return button
-
-
-class ControlServer:
-    """127.0.0.1 only: `POST /trigger` pulses the line trigger, `GET /status` returns JSON."""
-
-    def __init__(self, port: int, trigger: LineTrigger | None, status: Callable[[], dict]):
-        handler = _control_handler(trigger, status)
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="control", daemon=True)
-
-    def start(self) -> ControlServer:
-        self._thread.start()
-        log.info("control port: http://127.0.0.1:%d (POST /trigger, GET /status)", self.port)
-        return self
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-def _control_handler(trigger: LineTrigger | None, status: Callable[[], dict]) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
-
-        def _reply(self, code: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if self.path.rstrip("/") != "/trigger":
-                self._reply(404, {"error": "POST /trigger"})
-            elif trigger is None:
-                self._reply(409, {"error": "trigger mode is not 'line'"})
-            else:
-                trigger.pulse("http")
-                self._reply(202, {"queued": True})
-
-        def do_GET(self) -> None:
-            if self.path.rstrip("/") == "/status":
-                self._reply(200, status())
-            else:
-                self._reply(404, {"error": "GET /status"})
-
-    return Handler
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ from sorter.camera import CameraRunner
 from sorter.capture import Frame
 from sorter.classify import rules_for
 from sorter.config import CameraSettings
+from sorter.control import ControlServer
 from sorter.model import Classifier
 from sorter.outputs import Dispatcher
-from sorter.triggers import ControlServer, IntervalTrigger, LineTrigger, MotionTrigger, Roi, Vote, Voter, parse_roi
+from sorter.triggers import IntervalTrigger, LineTrigger, MotionTrigger, Roi, Vote, Voter, parse_roi
 from tests.camera_helpers import colour_frame
 from tests.conftest import COLOURS_BGR
 
@@ -100,12 +101,13 @@ def test_line_trigger_counts_pulses_and_control_port_queues_them():
     try:
         base = f"http://127.0.0.1:{server.port}"
         for _ in range(2):
-            req = urllib.request.Request(f"{base}/trigger", data=b"", method="POST")
+            req = urllib.request.Request(f"{base}/trigger", data=b"{}", method="POST",
+                                         headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(req, timeout=5) as resp:
                 assert resp.status == 202
         with urllib.request.urlopen(f"{base}/status", timeout=5) as resp:
             assert json.loads(resp.read()) == {"state": "online"}
-        assert server._server.server_address[0] == "127.0.0.1"
+        assert server.socket.getsockname()[0] == "127.0.0.1"
     finally:
         server.close()
     assert [trigger.fire(frame, 0) for _ in range(3)] == [True, True, False]
