@@ -7,16 +7,47 @@ the export scored, so the runtime never needs backbone-specific code.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import unicodedata
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CARD_SUFFIX = ".card.json"
 CARD_FORMAT = "sorter-card/1"
 Quantization = Literal["float32", "float16", "dynamic", "int8"]
+NAME_MAX = 255  # bytes in one file-name component on the file systems we run on
+
+
+class CardError(ValueError):
+    """A card that must not be used; the message is one line that says which field and why."""
+
+
+def unsafe_name(text: str) -> str | None:
+    """Why `text` cannot be one folder or file name inside the bundle or OUT (None when it can).
+    Labels become `OUT/<verdict>/<label>`: a separator, `..` or an absolute path would file items
+    outside OUT, a control character would forge log lines, a leading dot hides the folder."""
+    if not text or not text.strip():
+        return "is empty"
+    if "/" in text or "\\" in text:
+        return "holds a path separator"
+    if text in (".", ".."):
+        return "is a relative path step"
+    if text.startswith("."):
+        return "starts with a dot"
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in text):
+        return "holds a control character"
+    if len(text.encode("utf-8")) > NAME_MAX:
+        return f"is longer than {NAME_MAX} bytes"
+    return None
+
+
+def folder_key(label: str) -> str:
+    """Labels that land in the same folder on a case-insensitive or normalising file system."""
+    return unicodedata.normalize("NFC", label).casefold()
 
 
 class InputSpec(BaseModel):
@@ -39,6 +70,20 @@ class ExportScore(BaseModel):
     per_class: dict[str, dict[str, float]] = Field(default_factory=dict)
 
 
+class SamplePrediction(BaseModel):
+    """One image the export scored through the runtime, kept in the card so `sorter doctor` can
+    check that this bundle, here, still gives the same answer (decoder, interpreter and all)."""
+
+    model_config = ConfigDict(extra="forbid")
+    jpeg: str = Field(min_length=1, description="the image, base64 JPEG at the model's input size")
+    label: str
+    scores: list[float] = Field(min_length=2)
+    true_label: str | None = None
+
+    def image_bytes(self) -> bytes:
+        return base64.b64decode(self.jpeg, validate=True)
+
+
 class ModelCard(BaseModel):
     model_config = ConfigDict(extra="allow")
     format: str = CARD_FORMAT
@@ -55,9 +100,74 @@ class ModelCard(BaseModel):
     created: str | None = None
     command: str | None = None
     dataset_sha256: str | None = None
+    sample: str | None = None  # an image file beside the model (a plain name inside the bundle)
+    samples: list[SamplePrediction] = Field(default_factory=list)
+
+    @field_validator("labels")
+    @classmethod
+    def _safe_labels(cls, labels: list[str]) -> list[str]:
+        seen: dict[str, str] = {}
+        for label in labels:
+            if why := unsafe_name(label):
+                raise ValueError(f"label {label!r} {why}; labels become folder names under OUT")
+            if (twin := seen.get(folder_key(label))) is not None:
+                raise ValueError(f"labels {twin!r} and {label!r} would share one folder")
+            seen[folder_key(label)] = label
+        return labels
+
+    @field_validator("sample")
+    @classmethod
+    def _sample_in_bundle(cls, sample: str | None) -> str | None:
+        if sample is not None and (why := unsafe_name(sample)):
+            raise ValueError(f"sample {sample!r} {why}; it must name a file beside the model")
+        return sample
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, name: str) -> str:
+        if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in name):
+            raise ValueError(f"name {name!r} holds a control character")
+        return name
+
+    @model_validator(mode="after")
+    def _samples_match(self) -> ModelCard:
+        for i, sample in enumerate(self.samples):
+            if sample.label not in self.labels or len(sample.scores) != len(self.labels):
+                raise ValueError(f"samples[{i}] does not match the card's {len(self.labels)} labels")
+        return self
 
     def is_rotten(self, label: str) -> bool:
         return label in self.rotten_labels
+
+    def _gate(self) -> dict:
+        gate = (self.model_extra or {}).get("gate")
+        return gate if isinstance(gate, dict) else {}
+
+    def _own_export(self) -> dict:
+        """This bundle's row of the `exports` table (cards from before `gate` was recorded)."""
+        rows = (self.model_extra or {}).get("exports")
+        for row in rows if isinstance(rows, list) else []:
+            if isinstance(row, dict) and row.get("path") == f"{self.name}.tflite":
+                return row
+        return {}
+
+    def gate_recorded(self) -> bool:
+        return bool(self._gate()) or "problem" in self._own_export()
+
+    def gate_problem(self) -> str | None:
+        """Why the export's accuracy gate refused this bundle (kept with --allow-drop), or None."""
+        gate = self._gate()
+        if gate:
+            if gate.get("passed") is False or gate.get("problem"):
+                return str(gate.get("problem") or "the card records a failed gate")
+            return None
+        problem = self._own_export().get("problem")
+        return str(problem) if problem else None
+
+    def gate_accepted(self) -> str | None:
+        """Who accepted a failed gate, when: written by `sorter model install --accept-failed-gate`."""
+        accepted = self._gate().get("accepted")
+        return str(accepted) if accepted else None
 
 
 def card_path(model_path: Path) -> Path:
@@ -78,11 +188,28 @@ def guess_rotten(labels: list[str]) -> list[str]:
     return [lbl for lbl in labels if any(m in lbl.lower() for m in markers)]
 
 
+def one_line(exc: ValidationError) -> str:
+    """Pydantic's multi-line report as `field: why; field: why`."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "card"
+        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
 def load_card(model_path: Path) -> ModelCard:
+    """The validated card beside `model_path`; CardError (one line) when it is malformed or unsafe."""
     path = card_path(model_path)
     if not path.exists():
         raise FileNotFoundError(f"model card {path} not found beside {model_path}")
-    return ModelCard.model_validate(json.loads(path.read_text()))
+    try:
+        return ModelCard.model_validate(json.loads(path.read_text()))
+    except json.JSONDecodeError as exc:
+        raise CardError(f"{path} is not JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CardError(f"{path} is not UTF-8 text: {exc}") from None
+    except ValidationError as exc:
+        raise CardError(one_line(exc)) from None
 
 
 def write_card(model_path: Path, card: ModelCard) -> Path:

@@ -545,14 +545,25 @@ ModelsDirOpt = typer.Option(Path("/var/lib/sorter/models"), "--dir", help="Model
 
 @model_app.command("install")
 def model_install(new: Path = typer.Argument(..., help="The new NAME.tflite (its NAME.card.json beside it)."),
-                  models: Path = ModelsDirOpt) -> None:
-    """Doctor-check NEW, copy it in, point `current` at it atomically; the old one stays as `previous`."""
+                  models: Path = ModelsDirOpt,
+                  accept_failed_gate: bool = typer.Option(
+                      False, "--accept-failed-gate",
+                      help="Install even though the export failed its accuracy gate (recorded in the card).")
+                  ) -> None:
+    """Doctor-check NEW, copy it in, point `current` at it atomically; the old one stays as `previous`.
+    A bundle whose export failed its accuracy gate is refused unless --accept-failed-gate."""
     from sorter.bundle import BundleError, install
 
     try:
-        folder, _ = install(new, models)
-    except (BundleError, OSError) as exc:
+        folder, checks = install(new, models, accept_failed_gate)
+    except (BundleError, OSError, ValueError) as exc:
         fail(str(exc), 1)
+    for check in checks:
+        if check.name == "gate" and not check.ok:
+            from rich.markup import escape
+
+            err.print(f"[yellow]warning:[/yellow] installed although {escape(check.detail)}", highlight=False,
+                      soft_wrap=True)
     typer.echo(f"current -> {folder.name}; restart the services to load it (sorter model rollback undoes this)")
 
 

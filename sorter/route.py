@@ -86,7 +86,15 @@ def target_dir(out: Path, verdict: str | None, label: str | None, error: str | N
         return out / REJECTED
     if verdict == "uncertain":
         return out / UNCERTAIN
-    return out / verdict / label
+    folder = out / verdict / label
+    if not inside(out, folder):  # cards refuse such labels; this is the last line of defence
+        raise ValueError(f"destination {folder} resolves outside {out}; refused")
+    return folder
+
+
+def inside(out: Path, path: Path) -> bool:
+    """Does `path` stay inside OUT once `..` and symlinks are resolved? (Nothing outside OUT is touched.)"""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(out))
 
 
 def free_name(folder: Path, name: str, sha256: str | None, taken: set[Path] | frozenset = frozenset()) -> Path:

@@ -242,6 +242,7 @@ def base_card(job: ExportJob, fmt: ExportFormat, path: Path) -> ModelCard:
 
 def export_one(job: ExportJob, fmt: ExportFormat, calibration: np.ndarray | None) -> ExportResult:
     """Convert, check, write the bundle, then score and time it through the runtime."""
+    from sorter.doctor import record_samples
     from sorter.model import Classifier, default_threads
 
     content = convert(job.model, fmt, calibration)
@@ -258,11 +259,21 @@ def export_one(job: ExportJob, fmt: ExportFormat, calibration: np.ndarray | None
     med, p90 = latency(clf.scores, job.test_images[0], job.latency_runs)
     card.score = ExportScore(accuracy=m["accuracy"], agreement_with_float=agreement(probs, job.float_probs),
                              n_test=m["n"], per_class=m["per_class"], macro_f1=m["macro"]["f1"])
+    picked = sample_indices(job.test_y)  # recorded so `sorter doctor` can check the bundle reproduces them
+    card.samples = record_samples(clf, job.test_images[picked], [job.labels[int(job.test_y[i])] for i in picked])
     card.latency_ms = {"median": med, "p90": p90, "batch": 1, "threads": clf.num_threads,
                        "runs": job.latency_runs, "backend": clf.backend, "machine": platform.machine(),
                        "processor": platform.processor() or platform.machine()}
     return ExportResult(fmt.name, path, path.stat().st_size, fmt.input_dtype, m["accuracy"],
                         card.score.agreement_with_float, med, p90, m["predicted_classes"], card=card)
+
+
+def sample_indices(test_y: np.ndarray, limit: int = 8) -> list[int]:
+    """The first test image of each class (up to `limit`): the card's recorded sample predictions."""
+    first: dict[int, int] = {}
+    for i, y in enumerate(test_y.tolist()):
+        first.setdefault(int(y), i)
+    return [first[c] for c in sorted(first)][:limit]
 
 
 def gate(result: ExportResult, float_accuracy: float, max_drop: float, n_classes_in_test: int) -> str | None:
@@ -282,6 +293,7 @@ def finish_cards(results: list[ExportResult]) -> None:
     for r in results:
         if r.card is not None:
             r.card.exports = table
+            r.card.gate = {"passed": r.problem is None, "problem": r.problem}  # `model install` reads it
             write_card(r.path, r.card)
 
 
