@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sorter.cli import app
-from sorter.doctor import check_model, record_samples
+from sorter.doctor import check_model
 from sorter.model import Classifier
 from tests.conftest import COLOR_INT8
 
@@ -91,6 +91,8 @@ def test_a_passed_gate_installs_without_a_flag(tmp_path):
 
 def recorded(tmp_path: Path) -> tuple[Path, list[dict]]:
     """The colour model with sample predictions recorded by the runtime, as the export does."""
+    from sorter.doctor import record_samples
+
     samples = record_samples(Classifier(COLOR_INT8, num_threads=1), colour_images(),
                              ["freshred", "freshgreen", "rottenblue"])
     rows = [s.model_dump(mode="json") for s in samples]
