@@ -18,7 +18,6 @@ from sorter.metrics import MetricsServer, Telemetry
 from sorter.triggers import LineTrigger
 from tests.http_helpers import closed_by_server, connect, exchange, post, reset
 
-
 pytestmark = pytest.mark.timeout(60)
 JSON = {"Content-Type": "application/json"}
 FRAME = np.zeros((4, 4, 3), np.uint8)
