@@ -24,6 +24,9 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="TOML configuration file."
 
 def fail(message: str, code: int = 2) -> None:
     """One line on stderr and a non-zero exit: the user sees what happened, not a traceback."""
+    from sorter.redact import mask_text
+
+    message = mask_text(message)  # an error may quote a camera or webhook URL: never its password
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 

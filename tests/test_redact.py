@@ -124,3 +124,14 @@ def test_pass_env_names_what_the_command_may_see(tmp_path, monkeypatch):
     [(output, _)] = build_outputs(settings)
     env = _child_env(tmp_path, output)  # type: ignore[arg-type]
     assert env["PLC_HOST"] == "10.0.0.9" and "SORTER_OUTPUTS__MQTT__PASSWORD" not in env
+
+
+def test_command_line_errors_mask_urls(capsys):
+    import typer
+
+    from sorter.cli import fail
+
+    with pytest.raises(typer.Exit):
+        fail(f"camera rtsp://admin:{SECRET}@10.0.0.5/live: could not open")
+    err = capsys.readouterr().err
+    assert SECRET not in err and "rtsp://admin:***@10.0.0.5/live" in err
