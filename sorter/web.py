@@ -182,7 +182,9 @@ class LocalServer:
         config = uvicorn.Config(app, http=_Protocol, loop="asyncio", lifespan="off", log_config=None,
                                 access_log=False, proxy_headers=False, server_header=False,
                                 timeout_keep_alive=IDLE_SECONDS, timeout_graceful_shutdown=2,
-                                limit_concurrency=MAX_CONNECTIONS, h11_max_incomplete_event_size=MAX_HEADER_BYTES)
+                                # uvicorn answers 503 at `>=` this; our own cap closes connection 65 already
+                                limit_concurrency=MAX_CONNECTIONS + 1,
+                                h11_max_incomplete_event_size=MAX_HEADER_BYTES)
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 

@@ -124,12 +124,12 @@ def test_idle_connections_cost_no_thread_and_are_capped():
     metrics = MetricsServer(Telemetry("watch")).start()
     try:
         before = threading.active_count()
-        idle = [connect(metrics.port) for _ in range(50)]
+        idle = [connect(metrics.port) for _ in range(63)]
         status, _, _ = exchange(metrics.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        assert status == 200  # still answering beside 50 idle clients
-        assert threading.active_count() == before  # the old server: one thread each (50 more)
+        assert status == 200  # the 64th connection is still answered
+        assert threading.active_count() == before  # the old server: one thread each (63 more)
         extra = [connect(metrics.port) for _ in range(30)]  # past the 64 open connections allowed
-        assert sum(closed_by_server(s) for s in extra) >= 30 - (64 - 50 - 1)
+        assert sum(closed_by_server(s) for s in extra) >= 28  # (the 64th slot may be free again)
         for sock in idle + extra:
             sock.close()
     finally:
