@@ -169,7 +169,8 @@ def record_samples(clf: Classifier, images: np.ndarray, true_labels: list[str] |
 
     samples = []
     for i, image in enumerate(images):
-        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(image[..., ::-1]),
+        rgb = np.clip(image, 0, 255).astype(np.uint8)  # training hands float arrays of 0..255 pixels
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]),
                                [cv2.IMWRITE_JPEG_QUALITY, SAMPLE_JPEG_QUALITY])
         if not ok:
             raise ValueError(f"sample {i} could not be encoded as JPEG")
