@@ -415,7 +415,11 @@ class Router:
                 duplicate = item.sha256 is not None and (item.sha256 in firsts or item.sha256 in seen)
             if item.sha256:
                 seen.add(item.sha256)
-            folder = target_dir(self.out, item.verdict, item.label, item.error, duplicate)
+            try:
+                folder = target_dir(self.out, item.verdict, item.label, item.error, duplicate)
+            except ValueError as exc:  # a label that would leave OUT (cards refuse them): rejected, not moved out
+                item.error = f"unsafe-destination: {exc}"
+                folder = target_dir(self.out, item.verdict, item.label, item.error, duplicate)
             dst = free_name(folder, item.path.name, item.sha256, taken)
             taken.add(dst)
             rows.append(self._row(item, dst, reuse))

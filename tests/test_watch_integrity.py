@@ -294,3 +294,18 @@ def test_a_file_that_looks_open_for_ever_is_still_read_after_the_grace(tmp_path,
     with caplog.at_level("WARNING", logger="sorter.watch"):
         assert stability.due() == [path]
     assert "still looks open" in caplog.text
+
+
+def test_a_label_that_resolves_outside_out_is_rejected_inside_out(tmp_path):
+    """The last line of defence behind the card check: a symlink planted in OUT for a label's folder."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    w = make_watcher(tmp_path)
+    (tmp_path / "out" / "fresh").mkdir(parents=True)
+    (tmp_path / "out" / "fresh" / "freshred").symlink_to(outside)
+    (tmp_path / "in" / "a.jpg").write_bytes(jpeg("red", tag="escape"))
+    _old(tmp_path / "in" / "a.jpg")
+    summary = w.run(threading.Event(), once=True)
+    assert summary.rejected == 1 and list(outside.iterdir()) == []
+    (row,) = _every_row_holds_its_bytes(tmp_path)
+    assert row["error"].startswith("unsafe-destination") and "/out/rejected/" in row["destination"]
