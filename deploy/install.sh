@@ -55,10 +55,12 @@ if ! id sorter >/dev/null 2>&1; then
   run useradd --system --home-dir "$STATE" --shell /usr/sbin/nologin --groups video,gpio sorter
 fi
 
-# 3. folders: state owned by sorter, config readable by it only
-for dir in "$STATE" "$STATE/incoming" "$STATE/sorted" "$STATE/models" "$STATE/snapshots"; do
+# 3. folders: state owned by sorter, config and models readable by it only (models change through
+#    `sudo sorter model install`, run as root; the units also mount them read-only)
+for dir in "$STATE" "$STATE/incoming" "$STATE/sorted" "$STATE/snapshots"; do
   run install -d -o sorter -g sorter -m 0750 "$dir"
 done
+run install -d -o root -g sorter -m 2750 "$STATE/models"
 run install -d -o root -g sorter -m 0750 "$CONF"
 if [ ! -e "$CONF/sorter.toml" ]; then
   run install -o root -g sorter -m 0640 "$SRC/deploy/sorter.toml" "$CONF/sorter.toml"
@@ -76,8 +78,10 @@ run install -D -m 0644 "$SRC/docs/reports.md" "$PREFIX/docs/reports.md"
 # 5. the bundled default model, when none is installed yet (a new bundle later: sorter model install)
 if [ ! -e "$STATE/models/current" ]; then
   run "$PREFIX/venv/bin/sorter" model install "$SRC/models/fruit-lite0-int8.tflite" --dir "$STATE/models"
-  run chown -R sorter:sorter "$STATE/models"
 fi
+# root's, readable by the sorter group, writable by nobody else (also on a box installed before this rule)
+run chown -R root:sorter "$STATE/models"
+run chmod -R u=rwX,g=rX,o= "$STATE/models"
 
 # 6. units, with the paths of this prefix
 for unit in sorter-watch.service sorter-camera@.service sorter-prune.service sorter-prune.timer \
@@ -91,10 +95,22 @@ for unit in sorter-watch.service sorter-camera@.service sorter-prune.service sor
     mv "$UNITS/$unit.tmp" "$UNITS/$unit"
   fi
 done
+# 7. the network peers of the config (MQTT, webhook, fleet broker, stream camera): the units allow loopback only
+for unit in sorter-watch.service sorter-camera@.service sorter-report.service; do
+  dropin="$UNITS/$unit.d/50-ip-allow.conf"
+  if [ "$DRY_RUN" = 1 ]; then
+    echo "would write $dropin from $CONF/sorter.toml (deploy/ip_allow.py)"
+  else
+    install -d -m 0755 "$UNITS/$unit.d"
+    "$PREFIX/venv/bin/python" "$SRC/deploy/ip_allow.py" --config "$CONF/sorter.toml" > "$dropin.tmp"
+    chmod 0644 "$dropin.tmp"
+    mv "$dropin.tmp" "$dropin"
+  fi
+done
 run systemctl daemon-reload
 run systemctl enable --now sorter-prune.timer
 [ -f "$UNITS/sorter-report.timer" ] && run systemctl enable --now sorter-report.timer
 
-echo "installed, with the bundled model as $STATE/models/current (your own: sorter model install NEW.tflite"
+echo "installed, with the bundled model as $STATE/models/current (your own: sudo sorter model install NEW.tflite"
 echo "--dir $STATE/models). Edit $CONF/sorter.toml, check it (sorter config check; sorter doctor), then:"
 echo "  systemctl enable --now sorter-watch.service    # and/or sorter-camera@0.service"
