@@ -39,6 +39,7 @@ def written(tmp_path):
 
 
 def test_page_is_self_contained_and_phone_ready(written):
+    pytest.importorskip("matplotlib", reason="the page's four plots need matplotlib (pip install 'sorter[report]')")
     page = (written.folder / "report.html").read_text()
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
     assert "@media (max-width:600px)" in page
