@@ -191,3 +191,49 @@ def test_install_keeps_models_root_owned_and_writes_the_ip_dropins(tmp_path):
     assert "chown -R root:sorter /var/lib/sorter/models" in out and "sorter:sorter /var/lib/sorter/models" not in out
     for unit in ("sorter-watch.service", "sorter-camera@.service", "sorter-report.service"):
         assert f"would write /etc/systemd/system/{unit}.d/50-ip-allow.conf" in out
+
+
+@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck missing (apt-get install shellcheck)")
+def test_tool_scripts_and_ci_pass_shellcheck():
+    scripts = [*sorted((DEPLOY.parent / "tools").glob("*.sh")), DEPLOY.parent / ".ci" / "run"]
+    assert {"install-test-deps.sh", "container-base.sh"} <= {s.name for s in scripts}
+    result = subprocess.run([SHELLCHECK, *map(str, scripts)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout
+
+
+def test_make_test_installs_the_programs_then_lints_type_checks_and_tests():
+    """Issue 14.26/27: README's `make test` and .ci/run share one install step; ruff and mypy run in it."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make missing (apt-get install make)")
+    plan = subprocess.run([make, "-n", "-W", "pyproject.toml", "test"], cwd=DEPLOY.parent, capture_output=True,
+                          text=True, timeout=60)
+    assert plan.returncode == 0, plan.stderr
+    steps = plan.stdout.splitlines()
+
+    def at(text: str) -> int:
+        return next(i for i, line in enumerate(steps) if text in line)
+
+    assert at("tools/install-test-deps.sh") < at("ruff check .") < at("/mypy") < at("-m pytest")
+    ci = (DEPLOY.parent / ".ci" / "run").read_text()
+    assert "make test" in ci and "apt-get" not in ci  # one copy of the install logic
+    failing = subprocess.run([make, "-n", "typecheck", "MYPY_REQUIRED=1"], cwd=DEPLOY.parent, capture_output=True,
+                             text=True, timeout=60)
+    assert '[ "1" = 0 ]' in failing.stdout  # turned on: a mypy error fails the build
+
+
+def test_test_deps_script_names_exactly_what_to_install(tmp_path):
+    """With the programs missing from PATH it lists each with its package and prints the one apt-get line."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "id", "cat"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or f"/bin/{tool}")
+    result = subprocess.run(["bash", str(DEPLOY.parent / "tools" / "install-test-deps.sh"), "--check"],
+                            capture_output=True, text=True, timeout=60, env={"PATH": str(bin_dir)})
+    assert result.returncode == 0, result.stderr
+    assert "missing: shellcheck (shellcheck)" in result.stderr and "missing: buildah (buildah)" in result.stderr
+    apt = [line for line in result.stderr.splitlines() if "apt-get install" in line]
+    assert len(apt) == 1 and "shellcheck" in apt[0] and "mmdebstrap" in apt[0] and "systemd" in apt[0]
+    bad = subprocess.run(["bash", str(DEPLOY.parent / "tools" / "install-test-deps.sh"), "--bogus"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
