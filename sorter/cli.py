@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import platform
 import sys
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from sorter import __version__
 
+# Help texts print as written: Rich markup would eat bracketed words (`[auditor]`, `[time]`).
+# Every Typer here passes PLAIN_HELP (tests/test_cli_markup.py checks each command's help).
+PLAIN_HELP = None
 app = typer.Typer(help="Edge-device batch sorter for produce.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+                  pretty_exceptions_enable=False, rich_markup_mode=PLAIN_HELP)
 err = Console(stderr=True)
 ModelOpt = typer.Option(None, "--model", "-m",
                         help="Model bundle (.tflite with its .card.json); default: the shipped one.")
@@ -27,8 +33,30 @@ def fail(message: str, code: int = 2) -> None:
     from sorter.redact import mask_text
 
     message = mask_text(message)  # an error may quote a camera or webhook URL: never its password
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    """One yellow warning line on stderr; the message prints as written (paths may hold [brackets])."""
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def cell(value: object) -> str:
+    """A table cell as written: Rich reads cells as markup, and a path or label may hold [brackets]."""
+    return escape(str(value))
+
+
+def print_table(table: Table) -> None:
+    """Whole cells, always. On a terminal a long path folds inside its column; in a pipe or a CI log
+    the table is as wide as its widest row, so each path stays whole on one line (grep finds it)."""
+    console = Console()
+    for column in table.columns:
+        column.overflow = "fold"
+    if not console.is_terminal:
+        console.width = max(console.width, Measurement.get(console, console.options.update_width(10**6),
+                                                           table).maximum)
+    console.print(table)
 
 
 def _version(value: bool) -> None:
@@ -40,16 +68,18 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-_LOG = {"format": "text"}
+_LOG: dict[str, str | None] = {"format": None}  # --log-format; None: the config's `log_format`
 
 
 @app.callback()
 def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                       help="Show the version and the interpreter in use."),
-         log_format: str = typer.Option("text", "--log-format", envvar="SORTER_LOG_FORMAT",
-                                        help="Log lines on stderr: text, or json (one object per line).")) -> None:
+         log_format: str | None = typer.Option(None, "--log-format",
+                                               help="Log lines on stderr: text, or json (one object per line); "
+                                                    "default: config `log_format` (SORTER_LOG_FORMAT), text.")
+         ) -> None:
     """Classify produce with a TFLite model, log results in SQLite and route rotten items."""
-    if log_format not in ("text", "json"):
+    if log_format is not None and log_format not in ("text", "json"):
         fail(f"--log-format must be text or json, not {log_format!r}")
     _LOG["format"] = log_format
 
@@ -92,11 +122,11 @@ def classify(paths: list[Path] = typer.Argument(..., help="Image files or folder
             if as_json:
                 sys.stdout.write(json.dumps(result.as_json()) + "\n")
             elif result.error:
-                table.add_row(result.path, "[red]error[/red]", "", result.error)
+                table.add_row(cell(result.path), "[red]error[/red]", "", cell(result.error))
             else:
-                table.add_row(result.path, result.label, f"{result.confidence:.3f}", result.verdict)
+                table.add_row(cell(result.path), cell(result.label), f"{result.confidence:.3f}", result.verdict)
     if not as_json:
-        Console().print(table)
+        print_table(table)
     raise typer.Exit(1 if failed else 0)
 
 
@@ -137,10 +167,12 @@ def _stop_on_signals():
     return stop
 
 
-def _setup_logging() -> None:
+def _setup_logging(settings=None) -> None:
+    """Log lines in the --log-format flag's format, else the config's `log_format` once it is loaded
+    (called again then: the first call covers what is logged while the settings load)."""
     from sorter.logs import setup
 
-    setup(_LOG["format"])  # type: ignore[arg-type]
+    setup(_LOG["format"] or (settings.log_format if settings is not None else "text"))  # type: ignore[arg-type]
 
 
 def _operations(settings, source: str, metrics_port: int | None):
@@ -175,7 +207,8 @@ MetricsPortOpt = typer.Option(None, "--metrics-port",
 
 
 @app.command()
-def watch(incoming: Path = typer.Argument(..., help="Folder to watch; files already there are processed first."),
+def watch(incoming: Path | None = typer.Argument(None, help="Folder to watch; files already there are processed "
+                                                           "first; default: config `incoming`."),
           out: Path | None = typer.Option(None, "--out", "-o",
                                           help="Where sorted files go (fresh/<label>, rotten/<label>, uncertain, "
                                                "rejected, duplicates); default: config `out`, else "
@@ -187,13 +220,22 @@ def watch(incoming: Path = typer.Argument(..., help="Folder to watch; files alre
           model: Path | None = ModelOpt, config: Path | None = ConfigOpt) -> None:
     """Sort files dropped into INCOMING; SIGINT/SIGTERM finish the batch in flight and exit 0."""
     from sorter.classify import rules_for
+    from sorter.config import watch_ignores
     from sorter.model import inference_layout
     from sorter.watch import Watcher
 
     _setup_logging()
-    if not incoming.is_dir():
+    if incoming is not None and not incoming.is_dir():
         fail(f"{incoming} is not a folder")
     settings, clf = load_classifier(model, config, pooled=True)
+    _setup_logging(settings)
+    if (unfired := watch_ignores(settings)) is not None:  # a log line: --log-format json stays parseable
+        logging.getLogger("sorter.watch").warning(unfired)
+    incoming = incoming or settings.incoming
+    if incoming is None:
+        fail("no folder to watch: pass INCOMING (or set `incoming` in the config)")
+    if not incoming.is_dir():
+        fail(f"{incoming} (config `incoming`) is not a folder")
     interpreters, _ = inference_layout(settings.interpreters, settings.threads)
     target = out or settings.out or incoming.resolve().parent / "sorted"
     stop = _stop_on_signals()
@@ -249,7 +291,7 @@ def camera(device: str | None = typer.Option(None, "--device", "-d",
         for cam in found:
             typer.echo(f"{cam['index']}: {cam['width']}x{cam['height']} ({cam['backend']})")
         if not found:
-            err.print("no local camera answered (indices 0-9)")
+            err.print("no local camera answered (indices 0-9)", highlight=False)
         raise typer.Exit(0 if found else 1)
     from sorter.camera import serve, with_flags
     from sorter.classify import rules_for
@@ -257,6 +299,7 @@ def camera(device: str | None = typer.Option(None, "--device", "-d",
 
     _setup_logging()
     settings, clf = load_classifier(model, config)
+    _setup_logging(settings)
     outputs: dict = {}
     if webhook:
         outputs["webhook"] = {"url": webhook}
@@ -292,19 +335,22 @@ def camera(device: str | None = typer.Option(None, "--device", "-d",
               f"offline {status['capture']['offline']}x", highlight=False)
 
 
-db_app = typer.Typer(help="Inspect and maintain the results database.", no_args_is_help=True)
+db_app = typer.Typer(help="Inspect and maintain the results database.", no_args_is_help=True,
+                      rich_markup_mode=PLAIN_HELP)
 app.add_typer(db_app, name="db")
-DbOpt = typer.Option(Path("sorter.db"), "--db", help="Results database (opened read-only where possible).")
+DbOpt = typer.Option(None, "--db", help="Results database, opened read-only; default: config `db`.")
 
 
 @db_app.command("stats")
-def db_stats(db: Path = DbOpt, as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+def db_stats(db: Path | None = DbOpt, as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+             config: Path | None = ConfigOpt) -> None:
     """Counts by verdict, label, error and state, and the time range covered."""
+    from sorter.config import ConfigError, load_settings
     from sorter.store import stats
 
     try:
-        figures = stats(db)
-    except (FileNotFoundError, OSError) as exc:
+        figures = stats(load_settings(config, db=db).db)
+    except (FileNotFoundError, OSError, ConfigError) as exc:
         fail(str(exc))
     if as_json:
         typer.echo(json.dumps(figures, indent=2))
@@ -314,8 +360,8 @@ def db_stats(db: Path = DbOpt, as_json: bool = typer.Option(False, "--json", hel
     for key in ("by_verdict", "by_label", "by_error", "by_state"):
         table = Table(key.removeprefix("by_"), "count")
         for name, count in figures[key].items():
-            table.add_row(name, str(count))
-        Console().print(table)
+            table.add_row(cell(name), str(count))
+        print_table(table)
 
 
 @db_app.command("prune")
@@ -353,7 +399,7 @@ def db_prune(db: Path | None = typer.Option(None, "--db", help="Results database
 
 
 audit_app = typer.Typer(help="Record operator audits (ground truth) and draw samples to check.",
-                        no_args_is_help=True)
+                        no_args_is_help=True, rich_markup_mode=PLAIN_HELP)
 app.add_typer(audit_app, name="audit")
 AuditDbOpt = typer.Option(None, "--db", help="Results database; default: config `db`.")
 PartialOpt = typer.Option(False, "--partial", help="Import the valid rows even when others are wrong.")
@@ -369,14 +415,13 @@ def _card_or_none(model: Path | None, required: bool):
     except (OSError, ValueError) as exc:
         if required:
             fail(f"{exc} (the card's labels are needed: pass --model)")
-        err.print(f"[yellow]warning:[/yellow] no model card ({exc}); no drift against test-set figures",
-                  highlight=False)
+        warn(f"no model card ({exc}); no drift against test-set figures")
         return None
 
 
 def _report_import(result) -> None:
     for line in result.errors:
-        err.print(line, highlight=False, soft_wrap=True)
+        err.print(line, highlight=False, markup=False, soft_wrap=True)
     verb = "imported" if result.written else "nothing imported"
     typer.echo(f"{verb}: {result.inserted} new, {result.updated} changed, {result.unchanged} unchanged, "
                f"{result.skipped} skipped, {len(result.errors)} errors")
@@ -480,22 +525,29 @@ def report(out: Path = typer.Option(..., "--out", "-o", help="Folder for report.
     except (ConfigError, ValueError, OSError) as exc:
         fail(str(exc))
     r = written.report
-    typer.echo(f"{written.folder}: {r['items']['classified']} items, rotten {r['rotten_rate']}, "
-               f"{_accuracy(r)}, pruned {len(written.pruned)}")
+    typer.echo(f"{written.folder}: {_window_figures(r)}, pruned {len(written.pruned)}")
     if publish and settings.fleet.broker:
         _publish(settings, r, [p.name for p in written.pruned])
     _exit_on_drift(r, fail_on_drift)
 
 
+def _window_figures(report: dict) -> str:
+    """`12 items, rotten 25.0%, accuracy …`, or `no items in this window` (never `rotten None`)."""
+    n = report["items"]["classified"]
+    if not n:
+        return "no items in this window"
+    return f"{n} items, rotten {report['rotten_rate']:.1%}, {_accuracy(report)}"
+
+
 def _accuracy(report: dict) -> str:
     acc = report["audit"]["accuracy"]
-    return f"accuracy {acc if acc is None else f'{acc:.3f}'} (n={report['audit']['n']})"
+    return "no audited items" if acc is None else f"accuracy {acc:.3f} (n={report['audit']['n']})"
 
 
 def _exit_on_drift(report: dict, fail_on_drift: bool) -> None:
     """Each drift flag as a red line on stderr; exit 1 with --fail-on-drift when any was raised."""
     for flag in report["drift"]["flags"]:
-        err.print(f"[red]drift:[/red] {flag['message']}", highlight=False)
+        err.print(f"[red]drift:[/red] {escape(flag['message'])}", highlight=False, soft_wrap=True)
     raise typer.Exit(1 if fail_on_drift and report["drift"]["flagged"] else 0)
 
 
@@ -506,27 +558,28 @@ def _publish(settings, report: dict, pruned: list[str]) -> None:
     try:
         topic = publish_report(settings.fleet, settings.line, report, clear=pruned)
     except (OSError, ValueError) as exc:
-        err.print(f"[yellow]warning:[/yellow] report not published to {settings.fleet.broker}: {exc}",
-                  highlight=False, soft_wrap=True)
+        warn(f"report not published to {settings.fleet.broker}: {exc}")
         return
     typer.echo(f"published to {topic}")
 
 
 config_app = typer.Typer(help="Validate and show the configuration (file < SORTER_* environment < flags).",
-                         no_args_is_help=True)
+                         no_args_is_help=True, rich_markup_mode=PLAIN_HELP)
 app.add_typer(config_app, name="config")
 
 
 @config_app.command("check")
 def config_check(config: Path | None = ConfigOpt) -> None:
     """Validate the configuration without starting anything; each problem names its file or variable."""
-    from sorter.config import ConfigError, config_path, load_settings
+    from sorter.config import ConfigError, config_path, load_settings, watch_ignores
 
     try:
-        load_settings(config)
+        settings = load_settings(config)
     except ConfigError as exc:
         fail(str(exc))
     typer.echo(f"ok: {config_path(config) or 'defaults (no config file)'}")
+    if (unfired := watch_ignores(settings)) is not None:
+        warn(unfired)
 
 
 @config_app.command("show")
@@ -541,7 +594,8 @@ def config_show(config: Path | None = ConfigOpt) -> None:
     typer.echo(json.dumps(public_dump(settings), indent=2))
 
 
-model_app = typer.Typer(help="Install a new model bundle safely, or roll back.", no_args_is_help=True)
+model_app = typer.Typer(help="Install a new model bundle safely, or roll back.", no_args_is_help=True,
+                         rich_markup_mode=PLAIN_HELP)
 app.add_typer(model_app, name="model")
 ModelsDirOpt = typer.Option(Path("/var/lib/sorter/models"), "--dir", help="Models folder holding `current`.")
 
@@ -582,7 +636,8 @@ def model_rollback(models: Path = ModelsDirOpt) -> None:
     typer.echo(f"current -> {folder.name}; restart the services to load it")
 
 
-fleet_app = typer.Typer(help="Many conveyor lines on one MQTT broker.", no_args_is_help=True)
+fleet_app = typer.Typer(help="Many conveyor lines on one MQTT broker.", no_args_is_help=True,
+                         rich_markup_mode=PLAIN_HELP)
 app.add_typer(fleet_app, name="fleet")
 
 

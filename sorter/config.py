@@ -281,19 +281,43 @@ def _env_value(raw: str) -> Any:
     return raw
 
 
+def _not_settings(environ: Mapping[str, str]) -> set[str]:
+    """SORTER_* names that are not configuration: SORTER_CONFIG (which file to read), and the decision
+    a command output hands its child (sorter.outputs.event_env: SORTER_EVENT, the event as JSON, and
+    SORTER_<KEY> per key of it), so that a `sorter` run by such a command does not trip over them."""
+    names = {"SORTER_CONFIG", "SORTER_EVENT"}
+    try:
+        event = json.loads(environ.get("SORTER_EVENT", "{}"))
+    except ValueError:
+        event = {}
+    if isinstance(event, dict):
+        names |= {f"SORTER_{str(key).upper()}" for key in event}
+    return names
+
+
 def _from_env(environ: Mapping[str, str] | None = None) -> dict[str, tuple[list[str], Any]]:
     """SORTER_BATCH_SIZE and SORTER_CAMERA__STALL_SECONDS (`__` descends into a section).
 
-    Only names whose first part is a known top-level key are read: SORTER_* variables that
-    outputs hand to child commands (SORTER_VERDICT, …) are not configuration.
+    A SORTER_* name whose first part is no top-level key is an error with a suggestion, as a
+    mistyped TOML key is (SORTER_BATCH_SIZ=4 must not pass silently); SORTER_CONFIG and the
+    variables outputs hand to child commands (SORTER_VERDICT, …) are not configuration.
     """
+    environ = os.environ if environ is None else environ
+    skip = _not_settings(environ)
     found: dict[str, tuple[list[str], Any]] = {}
-    for name, raw in (os.environ if environ is None else environ).items():
-        if not name.startswith("SORTER_"):
+    unknown = []
+    for name, raw in environ.items():
+        if not name.startswith("SORTER_") or name in skip:
             continue
         path = [p.lower() for p in name.removeprefix("SORTER_").split("__")]
         if path[0] in Settings.model_fields:
             found[name] = (path, _env_value(raw))
+            continue
+        close = difflib.get_close_matches(path[0], list(Settings.model_fields), n=1)
+        hint = f" (did you mean 'SORTER_{'__'.join([close[0], *path[1:]]).upper()}'?)" if close else ""
+        unknown.append(f"environment {name}: unknown variable{hint}")
+    if unknown:
+        raise ConfigError("\n".join(sorted(unknown)))
     return found
 
 
@@ -342,6 +366,18 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         return Settings.model_validate(data)
     except ValidationError as exc:
         raise _explain(exc, origins) from exc
+
+
+def watch_ignores(settings: Settings) -> str | None:
+    """The one line saying that `sorter watch` will not fire a configured [outputs] section, or None.
+
+    Only `sorter camera` fires outputs so far; until the watch pipeline does too, a section that
+    validates and then never fires must be said out loud (`config check` and `watch` print it)."""
+    if not settings.outputs.model_fields_set:
+        return None
+    names = [n for n in ("command", "webhook", "mqtt", "gpio", "serial") if getattr(settings.outputs, n) is not None]
+    return (f"[outputs] ({', '.join(names) or 'retries only'}) is fired by `sorter camera` only: "
+            "`sorter watch` fires no outputs yet")
 
 
 def config_path(path: Path | None = None) -> Path | None:

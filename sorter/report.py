@@ -209,6 +209,11 @@ def camera_figures(conn: sqlite3.Connection, lo: datetime, hi: datetime) -> dict
 
 # ---- drift ----
 
+def _points(fraction: float) -> str:
+    """A difference of two percentages is in percentage points: 0.167 is `16.7 points`, not `16.7 %`."""
+    return f"{fraction * 100:.1f} points"
+
+
 def _delta(value: float | None, base: float | None) -> float | None:
     return _r(value - base) if value is not None and base is not None else None
 
@@ -229,8 +234,8 @@ def compare(current: dict, baseline: dict | None, name: str, margin: float, min_
     flags = []
     if enough and acc is not None and base is not None and base - acc > margin:
         flags.append({"kind": "accuracy-vs-" + name.replace(" ", "-"), "value": acc, "baseline": base,
-                      "message": f"accuracy {acc:.1%} is {base - acc:.1%} below the {name}'s {base:.1%} "
-                                 f"(margin {margin:.1%}, {current['n']} audited items)"})
+                      "message": f"accuracy {acc:.1%} is {_points(base - acc)} below the {name}'s {base:.1%} "
+                                 f"(margin {_points(margin)}, {current['n']} audited items)"})
     out["compared"] = enough
     return out, flags
 

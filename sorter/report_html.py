@@ -155,7 +155,7 @@ def _headline(r: dict) -> str:
 def _drift(d: dict) -> str:
     parts = [f'<div class="flag">{escape(f["message"])}</div>' for f in d["flags"]]
     if not parts:
-        parts.append(f'<div class="ok">no drift flag (margin {d["margin"]:.1%})</div>')
+        parts.append(f'<div class="ok">no drift flag (margin {d["margin"] * 100:.1f} points)</div>')
     if d.get("note"):
         parts.append(f"<p>{escape(d['note'])}</p>")
     return '<div id="drift">' + "".join(parts) + "</div>"

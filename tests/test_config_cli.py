@@ -40,7 +40,8 @@ def test_nested_environment_overrides_file_and_flags_override_both(tmp_path, mon
     monkeypatch.setenv("SORTER_CAMERA__STALL_SECONDS", "8.5")
     monkeypatch.setenv("SORTER_METRICS__PORT", "9200")
     monkeypatch.setenv("SORTER_MIN_CONFIDENCE", '{"rottenblue": 0.9}')
-    monkeypatch.setenv("SORTER_VERDICT", "rotten")  # an output's child variable, not configuration
+    monkeypatch.setenv("SORTER_VERDICT", "rotten")  # an output's child variables, not configuration
+    monkeypatch.setenv("SORTER_EVENT", '{"verdict": "rotten"}')
     settings = load_settings(path, batch_size=2)
     assert (settings.camera.stall_seconds, settings.metrics.port, settings.batch_size) == (8.5, 9200, 2)
     assert settings.min_confidence == {"rottenblue": 0.9}

@@ -175,7 +175,7 @@ def test_three_line_reports_merge_into_one_exact_report(tmp_path, broker):
     assert [(f.get("line"), f["kind"]) for f in d["flags"]] == [(None, "accuracy-vs-model-card"),
                                                                 ("line-a", "accuracy-vs-model-card"),
                                                                 ("line-c", "accuracy-vs-model-card")]
-    assert d["flags"][1]["message"].startswith("line-a: accuracy 62.5% is 27.5% below the model card's 90.0%")
+    assert d["flags"][1]["message"].startswith("line-a: accuracy 62.5% is 27.5 points below the model card's 90.0%")
     assert d["flags"][2]["message"].startswith("line-c: accuracy 33.3%")
     assert {k: v["drift_flagged"] for k, v in r["lines"].items()} == {"line-a": True, "line-b": False,
                                                                        "line-c": True}

@@ -1,0 +1,196 @@
+"""Every accepted setting has an effect (issue 14 item 22): the config file's keys reach the commands
+that use them, a mistyped SORTER_* variable is an error like a mistyped TOML key, and an [outputs]
+section that `sorter watch` does not fire yet is said out loud."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from pydantic import BaseModel
+from typer.testing import CliRunner
+
+from sorter import store
+from sorter.cli import app
+from sorter.config import Settings
+from sorter.outputs import child_env
+from tests.watch_helpers import MODEL, SORTER, drop, files_under, jpeg, rows
+
+REPO = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+
+def _write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _watch_config(tmp: Path, extra: str = "") -> Path:
+    """A config naming everything `sorter watch` needs, so the command line names nothing."""
+    (tmp / "in").mkdir()
+    return _write_config(tmp / "sorter.toml", f"""
+model = "{MODEL}"
+incoming = "{tmp / 'in'}"
+out = "{tmp / 'sorted'}"
+db = "{tmp / 'from-config.db'}"
+log_format = "json"
+stable_seconds = 0.2
+threads = 1
+{extra}""")
+
+
+def _run(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`sorter ARGS` run from CWD; PYTHONPATH keeps it on this checkout's `sorter`, whatever CWD holds."""
+    env = {**(os.environ if env is None else env), "PYTHONPATH": str(REPO)}
+    return subprocess.run([*SORTER, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_watch_takes_incoming_out_db_and_log_format_from_the_config_file(tmp_path):
+    cfg = _watch_config(tmp_path)
+    drop(tmp_path / "in", "a.jpg", jpeg("red"))
+    drop(tmp_path / "in", "b.jpg", jpeg("blue"))
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    done = _run(["watch", "--once", "--config", str(cfg)], elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert [p.relative_to(tmp_path / "sorted").parent.as_posix() for p in files_under(tmp_path / "sorted")] \
+        == ["fresh/freshred", "rotten/rottenblue"]  # config `out`
+    assert len(rows(tmp_path / "from-config.db")) == 2 and not (elsewhere / "sorter.db").exists()  # config `db`
+    lines = done.stderr.splitlines()
+    logged = [json.loads(line) for line in lines[:-1]]  # config `log_format = "json"`: every log line parses
+    assert len(logged) >= 2 and {"time", "level", "logger", "message"} <= set(logged[0])
+    assert lines[-1].startswith("routed 2")  # the closing summary line
+
+
+def test_the_log_format_flag_outranks_the_config_file(tmp_path):
+    cfg = _watch_config(tmp_path)
+    drop(tmp_path / "in", "a.jpg", jpeg("red"))
+    done = _run(["--log-format", "text", "watch", "--once", "--config", str(cfg)], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert not any(line.startswith("{") for line in done.stderr.splitlines())
+    assert re.search(r"^\S+ \S+ INFO sorter", done.stderr, re.M)
+
+
+def test_watch_and_config_check_say_in_one_line_that_watch_fires_no_outputs(tmp_path):
+    marks = tmp_path / "fired"
+    cfg = _watch_config(tmp_path, f'[outputs.command]\nargv = ["touch", "{marks}"]\n')
+    drop(tmp_path / "in", "a.jpg", jpeg("red"))
+    done = _run(["watch", "--once", "--config", str(cfg)], tmp_path)
+    assert done.returncode == 0, done.stderr
+    warnings = [json.loads(line) for line in done.stderr.splitlines()[:-1]
+                if json.loads(line)["level"] == "WARNING"]
+    assert [w["message"] for w in warnings] == [
+        "[outputs] (command) is fired by `sorter camera` only: `sorter watch` fires no outputs yet"]
+    assert not marks.exists()  # what the warning says
+    checked = _run(["config", "check", "--config", str(cfg)], tmp_path)
+    assert checked.returncode == 0 and checked.stdout == f"ok: {cfg}\n"
+    assert checked.stderr == ("warning: [outputs] (command) is fired by `sorter camera` only: "
+                              "`sorter watch` fires no outputs yet\n")
+    plain = _run(["config", "check", "--config", str(_write_config(tmp_path / "plain.toml", "batch_size = 4\n"))],
+                 tmp_path)
+    assert plain.returncode == 0 and plain.stderr == ""
+
+
+def test_db_stats_opens_the_config_db_not_the_working_folder_one(tmp_path, monkeypatch):
+    db = store.open_writer(tmp_path / "line.db")
+    db["items"].insert_all([{"source": "watch", "state": "done", "received_at": store.now_iso(), "sha256": s,
+                             "source_path": f"/in/{s}.jpg", "label": "freshred", "verdict": "fresh"}
+                            for s in "abc"])
+    db.close()
+    cfg = _write_config(tmp_path / "sorter.toml", f'db = "{tmp_path / "line.db"}"\n')
+    monkeypatch.chdir(tmp_path / "..")
+    monkeypatch.delenv("SORTER_CONFIG", raising=False)
+    result = runner.invoke(app, ["db", "stats", "--json", "--config", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["items"] == 3
+    monkeypatch.setenv("SORTER_CONFIG", str(cfg))  # the environment's config file too
+    assert json.loads(runner.invoke(app, ["db", "stats", "--json"]).output)["items"] == 3
+
+
+def test_a_mistyped_environment_variable_is_an_error_with_a_suggestion(monkeypatch):
+    monkeypatch.setenv("SORTER_BATCH_SIZ", "4")
+    monkeypatch.setenv("SORTER_CAMRA__STALL_SECONDS", "3")
+    monkeypatch.delenv("SORTER_CONFIG", raising=False)
+    result = runner.invoke(app, ["config", "check"])
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [
+        "error: environment SORTER_BATCH_SIZ: unknown variable (did you mean 'SORTER_BATCH_SIZE'?)",
+        "environment SORTER_CAMRA__STALL_SECONDS: unknown variable (did you mean 'SORTER_CAMERA__STALL_SECONDS'?)"]
+
+
+def test_what_a_command_output_hands_its_child_is_not_mistaken_for_settings(tmp_path):
+    """A `sorter` run by an [outputs.command] sees SORTER_VERDICT, SORTER_EVENT, … and SORTER_CONFIG."""
+    cfg = _write_config(tmp_path / "sorter.toml", "batch_size = 4\n")
+    event = {"item_id": 7, "time": "2026-01-01T00:00:00Z", "device": "0", "verdict": "rotten",
+             "label": "rottenblue", "confidence": 0.9, "votes": "3/5", "snapshot": None}
+    env = {**child_env(event), "SORTER_CONFIG": str(cfg)}
+    assert {"SORTER_VERDICT", "SORTER_EVENT", "SORTER_ITEM_ID"} <= set(env)
+    done = _run(["config", "check"], tmp_path, env)
+    assert (done.returncode, done.stdout) == (0, f"ok: {cfg}\n"), done.stderr
+    done = _run(["config", "check"], tmp_path, {**env, "SORTER_VERDICTS": "x"})  # not an event key: a typo
+    assert done.returncode == 2 and "environment SORTER_VERDICTS: unknown variable" in done.stderr
+
+
+# ---- each key reaches the code that uses it ----
+
+# Every key of Settings → the module that reads it (outside config.py). A new key without a line
+# here fails the test: say where it takes effect. `*_file` keys fill their secret in config.py.
+KEY_READ_IN = {
+    "line": "sorter/fleet.py", "model": "sorter/cli.py", "incoming": "sorter/cli.py",
+    "rotten_labels": "sorter/classify.py", "log_format": "sorter/cli.py", "min_free_mb": "sorter/doctor.py",
+    "threads": "sorter/cli.py", "interpreters": "sorter/cli.py", "batch_size": "sorter/cli.py",
+    "batch_ms": "sorter/watch.py", "default_min_confidence": "sorter/classify.py",
+    "min_confidence": "sorter/classify.py", "max_pixels": "sorter/cli.py", "db": "sorter/cli.py",
+    "out": "sorter/cli.py", "stable_seconds": "sorter/watch.py", "recursive": "sorter/watch.py",
+    "temp_suffixes": "sorter/watch.py", "decode_workers": "sorter/watch.py", "background_nice": "sorter/watch.py",
+    "retry_seconds": "sorter/watch.py", "max_file_bytes": "sorter/watch.py",
+    "camera.*": "sorter/camera.py",
+    "outputs.retries": "sorter/camera.py", "outputs.retry_seconds": "sorter/camera.py",
+    "outputs.command.*": "sorter/outputs.py", "outputs.webhook.*": "sorter/outputs.py",
+    "outputs.mqtt.*": "sorter/outputs.py", "outputs.gpio.*": "sorter/outputs.py",
+    "outputs.serial.*": "sorter/outputs.py",
+    "report.*": "sorter/cli.py", "metrics.*": "sorter/cli.py", "retention.*": "sorter/cli.py",
+    "fleet.broker": "sorter/cli.py", "fleet.topic": "sorter/cli.py", "fleet.counters_seconds": "sorter/fleet.py",
+    "fleet.spool": "sorter/fleet.py", "fleet.username": "sorter/cli.py", "fleet.password": "sorter/cli.py",
+}
+# keys a module reads under another name or through a helper (the names they are read by)
+READ_AS = {"outputs.command.verdicts": "verdicts", "outputs.webhook.token_file": "token_file",
+           "outputs.mqtt.password_file": "password_file", "fleet.password_file": "password_file",
+           "camera.snapshot_retention_days": "snapshot_retention_days"}
+
+
+def _keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        sub = next((a for a in (ann, *getattr(ann, "__args__", ()))
+                    if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        keys += _keys(sub, f"{prefix}{name}.") if sub else [f"{prefix}{name}"]
+    return keys
+
+
+def _module_for(key: str) -> str:
+    if key.endswith("_file"):
+        return "sorter/config.py"
+    section = key.rsplit(".", 1)[0] + ".*" if "." in key else None
+    return KEY_READ_IN.get(key) or KEY_READ_IN[section]  # type: ignore[index]
+
+
+def test_every_key_is_listed_with_the_module_that_reads_it():
+    missing = [k for k in _keys(Settings) if k not in KEY_READ_IN and
+               not k.endswith("_file") and f"{k.rsplit('.', 1)[0]}.*" not in KEY_READ_IN]
+    assert missing == [], "say in KEY_READ_IN where these settings take effect"
+
+
+def test_every_key_is_read_where_the_table_says():
+    unread = []
+    for key in _keys(Settings):
+        leaf = key.rsplit(".", 1)[-1]
+        text = (REPO / _module_for(key)).read_text()
+        pattern = rf"\.{leaf}\b" if not key.endswith("_file") else r'f"\{key\}_file"'
+        if not re.search(pattern, text):
+            unread.append(f"{key} in {_module_for(key)}")
+    assert unread == []
