@@ -81,12 +81,12 @@ class Container:
         assert made.returncode == 0, made.stderr
         self.name = name
 
-    def argv(self, *command: str, user: str | None = None) -> list[str]:
-        extra = ["--user", user] if user else []
+    def argv(self, *command: str, volumes: tuple[str, ...] = ()) -> list[str]:
+        extra = [arg for volume in volumes for arg in ("--volume", volume)]
         return ["buildah", "run", "--isolation", "chroot", *extra, self.name, "--", *command]
 
-    def run(self, *command: str, user: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run(self.argv(*command, user=user), capture_output=True, text=True, timeout=timeout)
+    def run(self, *command: str, volumes: tuple[str, ...] = (), timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(*command, volumes=volumes), capture_output=True, text=True, timeout=timeout)
 
     def copy(self, source: Path, dest: str) -> None:
         copied = subprocess.run(["buildah", "copy", "--chown", "sorter:sorter", self.name, str(source), dest],
@@ -155,6 +155,13 @@ def test_runtime_image_runs_without_a_mounted_config(runtime):
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["metrics"]["host"] == "0.0.0.0"
     assert config["Healthcheck"]["Test"][-1].startswith("python3 -c")  # kept: built with --format docker
+    # a config mounted where the units keep it is read; the image's environment still outranks it
+    mounted = runtime.run("sorter", "config", "show",
+                          volumes=(f"{REPO / 'deploy' / 'sorter.toml'}:/etc/sorter/sorter.toml:ro",))
+    assert mounted.returncode == 0, mounted.stderr
+    settings = json.loads(mounted.stdout)
+    assert settings["line"] == "line-1" and settings["metrics"] == {"host": "0.0.0.0", "port": 9108}
+    assert settings["model"] == "/opt/sorter/models/fruit-lite0-int8.tflite"
 
 
 def _non_loopback_address() -> str | None:
@@ -174,19 +181,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_runtime_image_metrics_answer_beyond_the_containers_loopback(runtime):
-    """A published port reaches the container on its network address, not on 127.0.0.1: metrics must listen there.
+def test_runtime_image_default_command_sorts_and_its_metrics_answer_beyond_loopback(runtime):
+    """The image's CMD sorts what lands in /var/lib/sorter/incoming, and its metrics answer on the network address.
 
-    chroot isolation shares the host's network, so the host's own non-loopback address stands for it.
+    A published port reaches the container on its network address, not on 127.0.0.1. chroot isolation shares
+    the host's network, so the host's own non-loopback address stands for it.
     """
     address = _non_loopback_address()
     assert address, "no non-loopback IPv4 address on this host"
     port = _free_port()
-    daemon = subprocess.Popen(
-        runtime.argv("sh", "-c", "mkdir -p /tmp/in && exec sorter watch /tmp/in --out /tmp/out "
-                     f"--db /tmp/sorter.db --metrics-port {port}"),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    body, error = None, None
+    config = _config("localhost/sorter:runtime-test")
+    command = [*config["Entrypoint"], *config["Cmd"]]
+    assert command == ["sorter", "watch", "/var/lib/sorter/incoming", "--metrics-port", "9108"]
+    runtime.copy(SAMPLES, "/var/lib/sorter/incoming")
+    daemon = subprocess.Popen(runtime.argv(*command[:-1], str(port)), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    body, error, sorted_jpgs = None, None, []
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and daemon.poll() is None:
@@ -200,9 +210,15 @@ def test_runtime_image_metrics_answer_beyond_the_containers_loopback(runtime):
             except (urllib.error.URLError, OSError) as exc:
                 error = exc
                 time.sleep(0.5)
+        while time.monotonic() < deadline and daemon.poll() is None and len(sorted_jpgs) < 12:
+            found = runtime.run("find", "/var/lib/sorter/sorted", "-name", "*.jpg")
+            sorted_jpgs = found.stdout.split()
+            time.sleep(0.5)
     finally:
         os.killpg(daemon.pid, 15)
         output = daemon.communicate(timeout=60)[0]
+    assert len(sorted_jpgs) == 12, output[-2000:]
+    assert {p.split("/")[5] for p in sorted_jpgs} <= {"fresh", "rotten", "uncertain"}, sorted_jpgs
     assert body is not None, f"no answer on {address}:{port} ({error}); daemon said:\n{output[-2000:]}"
     assert body.strip().startswith("{"), body
 
