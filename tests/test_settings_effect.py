@@ -194,3 +194,50 @@ def test_every_key_is_read_where_the_table_says():
         if not re.search(pattern, text):
             unread.append(f"{key} in {_module_for(key)}")
     assert unread == []
+
+
+# ---- each classification key changes what `sorter classify` decides ----
+
+CLASSIFY_KEYS = {  # config lines → verdict (or error) of a red and a blue photo
+    "": {"red": "fresh", "blue": "rotten"},  # `model` from the config: no --model on the command line
+    'rotten_labels = ["freshred"]': {"red": "rotten", "blue": "fresh"},
+    "default_min_confidence = 0.999": {"red": "uncertain", "blue": "uncertain"},
+    "[min_confidence]\nrottenblue = 0.999": {"red": "fresh", "blue": "uncertain"},
+    "max_pixels = 100": {"red": "error", "blue": "error"},
+}
+
+
+def test_each_classification_key_changes_the_verdicts(tmp_path, monkeypatch):
+    monkeypatch.delenv("SORTER_MODEL", raising=False)
+    photos = {c: tmp_path / f"{c}.jpg" for c in ("red", "blue")}
+    for colour, path in photos.items():
+        path.write_bytes(jpeg(colour))
+    for lines, expected in CLASSIFY_KEYS.items():
+        cfg = _write_config(tmp_path / "sorter.toml", f'model = "{MODEL}"\n{lines}\n')
+        result = runner.invoke(app, ["classify", "--json", "--config", str(cfg), *map(str, photos.values())])
+        got = {Path(r["path"]).stem: r.get("verdict", "error" if r.get("error") else None)
+               for r in map(json.loads, result.stdout.splitlines())}
+        assert got == expected, (lines, result.output)
+
+
+def test_report_and_retention_keys_reach_report_json_and_prune(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    old = (datetime.now(UTC) - timedelta(days=10)).isoformat(timespec="milliseconds")
+    db = store.open_writer(tmp_path / "s.db")
+    db["items"].insert_all([{"source": "watch", "state": "done", "received_at": when, "sha256": s,
+                             "source_path": f"/in/{s}.jpg", "label": "freshred", "verdict": "fresh"}
+                            for s, when in (("a", store.now_iso()), ("b", old))])
+    db.close()
+    cfg = _write_config(tmp_path / "sorter.toml", f'db = "{tmp_path / "s.db"}"\nmodel = "{MODEL}"\n'
+                        "[report]\ndrift_margin = 0.2\nmin_audited = 3\n"
+                        "[retention]\nitems_days = 5\ncamera_events_days = 5\nsnapshots_days = 5\n")
+    result = runner.invoke(app, ["report", "--out", str(tmp_path / "r"), "--config", str(cfg), "--no-publish"])
+    assert result.exit_code == 0, result.output
+    drift = json.loads((tmp_path / "r" / "report.json").read_text())["drift"]
+    assert (drift["margin"], drift["min_audited"]) == (0.2, 3)
+    result = runner.invoke(app, ["db", "prune", "--dry-run", "--config", str(cfg)])
+    assert result.output.strip() == "would delete 1 items, 0 camera events, 0 snapshots"
+    cfg.write_text(cfg.read_text().replace("items_days = 5", "items_days = 20"))
+    result = runner.invoke(app, ["db", "prune", "--dry-run", "--config", str(cfg)])
+    assert result.output.strip() == "would delete 0 items, 0 camera events, 0 snapshots"
