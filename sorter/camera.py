@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from sorter import memory, store
-from sorter.capture import Capture, Frame
+from sorter.capture import Capture, Frame, check_source
 from sorter.config import CameraSettings, ConfigError, Settings
 from sorter.control import ControlServer
 from sorter.imaging import resize_rgb
@@ -36,6 +36,7 @@ from sorter.triggers import (
     LineTrigger,
     MotionTrigger,
     Roi,
+    SceneGate,
     Trigger,
     Vote,
     Voter,
@@ -98,6 +99,7 @@ class CameraStatus:
     classified: int = 0
     decisions: dict[str, int] = field(default_factory=lambda: {"fresh": 0, "rotten": 0, "uncertain": 0})
     no_consensus: int = 0
+    unchanged: int = 0  # sampled frames not classified: the scene had not changed since the last decision
     snapshots: int = 0
     errors: int = 0
 
@@ -116,11 +118,12 @@ class CameraRunner:
         self.roi: Roi | None = parse_roi(settings.roi)
         self.trigger = make_trigger(settings)
         self.voter = Voter(settings.votes, settings.window)
+        self.gate = SceneGate(settings.scene_change, settings.motion_pixel_delta)
         self.snapshots = SnapshotStore(settings.snapshots, settings.snapshot_retention_days,
                                        settings.snapshot_max_files)
         self.capture = Capture(device, settings.stall_seconds, settings.backoff_seconds,
                                settings.backoff_max_seconds, settings.queue_size, settings.loop,
-                               on_event=self._camera_event)
+                               on_event=self._camera_event, frozen_area=settings.frozen_area)
         self.status = CameraStatus()
         self.decisions: list[dict[str, Any]] = []  # the events sent, for the summary and tests
         self._open = 0  # frames left in the current item's window (motion/line triggers)
@@ -151,13 +154,30 @@ class CameraRunner:
         verdict = self.rules.decide(pred.label, pred.confidence)
         return self.voter.add(Vote(pred.label, verdict, round(pred.confidence, 6)))
 
-    def on_frame(self, frame: Frame) -> Decision | None:
-        """Trigger, classify and vote on one fresh frame; the decision if this frame completed one."""
-        image = crop(frame.image, self.roi)
+    def _starts_item(self, frame: Frame, image: np.ndarray) -> bool | None:
+        """Does this frame open an item's window? None: the interval trigger skips the frame."""
         if isinstance(self.trigger, IntervalTrigger):
-            return self._vote(image) if self.trigger.fire(image, frame.clock) else None
-        fired = self.trigger.fire(frame.image, frame.clock) if (
-            self._open == 0 or isinstance(self.trigger, MotionTrigger)) else False
+            if not self.trigger.fire(image, frame.clock):
+                return None
+            if self._open:
+                return False
+            new = self.gate.changed(image)  # the same scene as the last decision is not a new item
+            self.status.unchanged += not new
+            return new
+        if self._open == 0 or isinstance(self.trigger, MotionTrigger):  # motion tracks every frame
+            return self.trigger.fire(frame.image, frame.clock)
+        return False
+
+    def on_frame(self, frame: Frame) -> Decision | None:
+        """Trigger, classify and vote on one fresh frame; the decision if this frame completed one.
+
+        Every trigger works in items: a window of up to `window` classified frames that ends with
+        K agreeing votes or, failing that, an `uncertain` decision (never silently nothing).
+        """
+        image = crop(frame.image, self.roi)
+        fired = self._starts_item(frame, image)
+        if fired is None:
+            return None
         if fired and self._open == 0:
             self.voter.reset()
             self._open = self.settings.window
@@ -165,10 +185,11 @@ class CameraRunner:
             return None
         self._open -= 1
         decision = self._vote(image)
+        if decision is None and self._open == 0:
+            decision = self.voter.close()
         if decision is not None:
             self._open = 0
-        elif self._open == 0:
-            decision = self.voter.close()
+            self.gate.settle(image)
         return decision
 
     def act(self, decision: Decision, frame: Frame) -> dict[str, Any]:
@@ -241,10 +262,15 @@ class CameraRunner:
                     if self.telemetry is not None:
                         self.telemetry.errors.labels(reason=type(exc).__name__).inc()
                     log.exception("frame %d could not be processed", frame.seq)
-            if self._open and last is not None and (decision := self.voter.close()) is not None:
-                self.act(decision, last)  # the file ended mid-item
+            # the file ended mid-item, or a pulsed/moving item was in view at shutdown; an interval
+            # window cut short by a stop is no item (each restart would record a spurious one)
+            ended = self.capture.ended.is_set() or not isinstance(self.trigger, IntervalTrigger)
+            if self._open and ended and last is not None and (decision := self.voter.close()) is not None:
+                self.act(decision, last)
         finally:
             self.capture.close()
+        if self.capture.error is not None:
+            raise OSError(self.capture.error)
         return self.status
 
 
@@ -253,6 +279,7 @@ def serve(device: str, classifier: Classifier, rules: VerdictRules, settings: Se
           telemetry: Telemetry | None = None) -> dict[str, Any]:
     """Wire one camera to the database, the outputs and the external triggers; the final status."""
     cam = settings.camera
+    check_source(device)  # before anything starts: a mistyped video path is an error, exit non-zero
     memory.recycle_buffers()
     warm_up_all([classifier], 1)  # the first item is scored at full speed
     writer = store.Writer(db)

@@ -3,17 +3,23 @@
 Why a reader thread per connection: `VideoCapture.read()` on a USB or network camera can block
 far past any sensible deadline and cannot be interrupted. The supervisor never waits on it: when
 no fresh frame arrived within `stall_seconds` it abandons that reader (which releases its own
-capture whenever the read returns) and opens a new connection after a backoff. A frame that is
-byte-identical to the previous one (a USB camera that lost its sensor keeps returning its last
-frame), an empty read, or a read from an abandoned connection never reaches the queue.
+capture whenever the read returns) and opens a new connection after a backoff. On a live source a
+frozen picture never reaches the queue: a frame identical to the last fresh one (a USB camera that
+lost its sensor keeps returning its last frame), or identical to it but for a small area (an IP
+camera whose sensor stalled still ticks the clock it draws over the picture). A real sensor's noise
+changes every part of the picture, so only a frozen one is caught. Nor does an empty read or a
+read from an abandoned connection. A video file is not a camera: every frame it holds is
+delivered (a photo held for a second is 25 identical frames, not a stall), and a file that is
+missing or cannot be decoded is an error, never a reconnect loop.
 """
 
 from __future__ import annotations
 
 import collections
-import hashlib
+import errno
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +32,9 @@ from sorter.redact import mask_url
 
 log = logging.getLogger("sorter.camera")
 NETWORK_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
+DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443, "rtmp": 1935}
+FROZEN_GRID = 16  # the picture is judged in 16×16 cells: "a small area" is a count of cells
+FROZEN_TOLERANCE = 2  # grey levels a decoder may round differently on the very same picture
 
 
 @dataclass
@@ -39,6 +48,64 @@ class Frame:
 def is_file(device: str) -> bool:
     """A replayed video file (ends, or loops) rather than a live camera."""
     return not device.isdigit() and not device.startswith(NETWORK_PREFIXES) and os.path.isfile(device)
+
+
+def check_source(device: str) -> None:
+    """Refuse, before any retry loop, a device that names a file that is not there.
+
+    A live camera may come back (a USB camera replugged, `/dev/video2` reappearing, a network
+    camera rebooting), so those are retried; a mistyped video path never appears by waiting.
+    An image-sequence pattern (`img_%04d.png`) or a GStreamer pipeline (`… ! appsink`) is OpenCV's
+    to judge.
+    """
+    if device.isdigit() or device.startswith(NETWORK_PREFIXES) or device.startswith("/dev/"):
+        return
+    if "%" in device or "!" in device:
+        return
+    if not os.path.exists(device):
+        raise FileNotFoundError(f"no such video file: {device}")
+    if not os.path.isfile(device):
+        raise IsADirectoryError(f"not a video file: {device}") if os.path.isdir(device) else \
+            OSError(f"not a video file or camera device: {device}")
+
+
+def diagnose(device: str, timeout_s: float) -> str:
+    """Why opening `device` failed, as far as can be told without OpenCV (which says nothing)."""
+    if device.isdigit() or device.startswith("/dev/"):
+        node = f"/dev/video{device}" if device.isdigit() else device
+        if not os.path.exists(node):
+            return f"could not open: {node} does not exist (unplugged?)"
+        if not os.access(node, os.R_OK | os.W_OK):
+            return f"could not open: no permission on {node} (is the user in the 'video' group?)"
+        return f"could not open: {node} is there but gave no video (busy, or not a capture node?)"
+    if not device.startswith(NETWORK_PREFIXES) or device.startswith(("udp://", "tcp://")):
+        return "could not open"
+    return f"could not open: {_reach(device, timeout_s)}"
+
+
+def _reach(url: str, timeout_s: float) -> str:
+    """Can the URL's host and port be reached at all? Tells a dead camera from a wrong path."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port or DEFAULT_PORTS.get(parts.scheme, 80)
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if not host:
+        return "the URL names no host"
+    try:
+        with socket.create_connection((host, port), timeout=min(timeout_s, 3.0)):
+            pass
+    except socket.gaierror:
+        return f"host {host} not found (DNS)"
+    except TimeoutError:
+        return f"{host}:{port} did not answer within {min(timeout_s, 3.0):g} s"
+    except OSError as exc:
+        why = {errno.ECONNREFUSED: "connection refused", errno.EHOSTUNREACH: "host unreachable",
+               errno.ENETUNREACH: "network unreachable"}.get(exc.errno or 0, exc.strerror or str(exc))
+        return f"{host}:{port}: {why}"
+    return f"{host}:{port} answers, but no video stream opened (wrong path, credentials or codec?)"
 
 
 def open_source(device: str, timeout_s: float) -> cv2.VideoCapture:
@@ -110,9 +177,23 @@ class FrameQueue:
         return len(self._items)
 
 
-def fingerprint(image: np.ndarray) -> bytes:
-    """A cheap identity for 'the exact same frame again' (every 4th pixel is plenty)."""
-    return hashlib.blake2b(np.ascontiguousarray(image[::4, ::4]).tobytes(), digest_size=16).digest()
+def changed_area(image: np.ndarray, reference: np.ndarray | None) -> float:
+    """The fraction of the picture's 16×16 cells in which any pixel differs from `reference`.
+
+    Exact but for decoder rounding, on purpose: a live sensor's noise touches every cell of every
+    frame, so 0.0 (or a few cells, a clock overlay) means the same picture delivered again. Every
+    2nd pixel is compared, which halves the cost and misses no real change.
+    """
+    if reference is None or image.shape != reference.shape:
+        return 1.0
+    step = 2
+    diff = cv2.absdiff(image[::step, ::step], reference[::step, ::step])
+    changed = (diff.max(axis=2) if diff.ndim == 3 else diff) > FROZEN_TOLERANCE
+    rows = np.array_split(np.arange(changed.shape[0]), FROZEN_GRID)
+    cols = np.array_split(np.arange(changed.shape[1]), FROZEN_GRID)
+    row_any = np.stack([changed[r].any(axis=0) for r in rows if r.size])  # cell rows × columns
+    cells = np.stack([row_any[:, c].any(axis=1) for c in cols if c.size], axis=1)
+    return float(np.count_nonzero(cells)) / cells.size
 
 
 @dataclass
@@ -135,6 +216,7 @@ class _Reader(threading.Thread):
         self.abandoned, self.failed, self.ended = threading.Event(), threading.Event(), threading.Event()
         self.last_fresh = time.monotonic()
         self.fresh = self.repeats = 0
+        self.repeat_area = 0.0  # the most of the picture a repeated (frozen) frame changed
 
     def run(self) -> None:
         owner = self.owner
@@ -149,7 +231,6 @@ class _Reader(threading.Thread):
                     return  # this connection was given up on while read() blocked: discard
                 if not ok or image is None or image.size == 0:
                     if owner.file and ok is False and owner.loop and cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
-                        owner.last_print = None
                         continue
                     owner.stats.empty += 1
                     (self.ended if owner.file else self.failed).set()
@@ -161,17 +242,20 @@ class _Reader(threading.Thread):
     def _offer(self, image: np.ndarray, clock: float) -> None:
         owner = self.owner
         owner.stats.read += 1
-        print_ = fingerprint(image)
-        if print_ == owner.last_print:  # across connections too: a replugged dead camera is still dead
-            owner.stats.stale += 1  # same bytes again: not fresh, never classified
-            self.repeats += 1
-            return
-        owner.last_print, self.repeats = print_, 0
+        if not owner.file:  # a replayed file is not a stalled camera: every frame it holds counts
+            area = changed_area(image, owner.reference)
+            if area <= owner.frozen_area:  # against the last fresh frame, across connections too:
+                owner.stats.stale += 1  # a replugged dead camera is still dead; never classified
+                self.repeats += 1
+                self.repeat_area = max(self.repeat_area, area)
+                return
+            owner.reference, self.repeats, self.repeat_area = image, 0, 0.0
         self.fresh += 1
         self.last_fresh = time.monotonic()
         owner.stats.fresh += 1
         owner._fresh(self)
         owner.frames.put(Frame(image, owner.stats.fresh, clock), owner.stop)
+        self.last_fresh = time.monotonic()  # a replay waits for room in the queue: not a stall
 
 
 class Capture:
@@ -180,8 +264,9 @@ class Capture:
     def __init__(self, device: str, stall_seconds: float = 5.0, backoff_seconds: float = 0.5,
                  backoff_max_seconds: float = 30.0, queue_size: int = 4, loop: bool = False,
                  on_event: Callable[[str, str], None] | None = None,
-                 opener: Callable[[str, float], cv2.VideoCapture] = open_source):
+                 opener: Callable[[str, float], cv2.VideoCapture] = open_source, frozen_area: float = 0.05):
         self.device, self.stall_seconds, self.loop, self.opener = device, stall_seconds, loop, opener
+        self.frozen_area = frozen_area  # a live frame changed in no more of its cells is the same picture
         self.name = mask_url(device)  # for log lines: never the camera's password
         self.backoff_seconds, self.backoff_max_seconds = backoff_seconds, backoff_max_seconds
         self.file = is_file(device)
@@ -191,12 +276,15 @@ class Capture:
         self.stop = threading.Event()
         self.ended = threading.Event()  # a video file reached its end (and does not loop)
         self.on_event = on_event or (lambda event, detail: None)
-        self.last_print: bytes | None = None
+        self.reference: np.ndarray | None = None  # the last fresh frame of a live source
+        self.error: str | None = None  # why a video file could not be replayed (the source ended)
         self._lock = threading.Lock()
         self._reader: _Reader | None = None
         self._thread = threading.Thread(target=self._supervise, name="capture-supervisor", daemon=True)
 
     def start(self) -> Capture:
+        if self.opener is open_source:  # (a test's own opener names no real source)
+            check_source(self.device)  # a mistyped file name is an error now, not a reconnect loop
         self._thread.start()
         return self
 
@@ -214,8 +302,7 @@ class Capture:
             self.stats.online += 1
             log.info("camera %s %s: %s", self.name, event, detail)
         else:
-            self.stats.offline += 1
-            log.warning("camera %s offline: %s", self.name, detail)
+            self.stats.offline += 1  # logged by the supervisor's retry line, which says why
         self.on_event(event, detail)
 
     def _fresh(self, reader: _Reader) -> None:
@@ -228,13 +315,23 @@ class Capture:
             if reader.ended.is_set():
                 return None
             if reader.failed.is_set():
-                return "no frame (closed or unreadable)" if reader.fresh else "could not open"
+                if reader.fresh:
+                    return "no frame (closed or unreadable)"
+                return "could not open" if self.file else diagnose(self.device, self.stall_seconds)
             stalled = time.monotonic() - reader.last_fresh
             if stalled > self.stall_seconds:
-                why = f"same frame repeated {reader.repeats}×" if reader.repeats else "no fresh frame"
-                return f"{why} for {stalled:.1f} s (stall limit {self.stall_seconds:g} s)"
+                return f"{self._stall_reason(reader)} for {stalled:.1f} s (stall limit {self.stall_seconds:g} s)"
             self.stop.wait(0.05)
         return None
+
+    @staticmethod
+    def _stall_reason(reader: _Reader) -> str:
+        if not reader.repeats:
+            return "no fresh frame"
+        if reader.repeat_area == 0:
+            return f"same frame repeated {reader.repeats}×"
+        return (f"same picture repeated {reader.repeats}× (frozen but for {reader.repeat_area:.0%} of it, "
+                "an overlay such as a clock?)")
 
     def _supervise(self) -> None:
         backoff, generation = self.backoff_seconds, 0
@@ -251,10 +348,18 @@ class Capture:
                     reader.join(timeout=1.0)
                     self.ended.set()
                 return
+            if self.file:  # a file that cannot be read now will not be readable after a backoff
+                self.error = f"{self.device}: {problem} as a video (a file OpenCV cannot decode?)"
+                log.error("camera %s", self.error)
+                self.ended.set()
+                return
             if self.state == "online":
                 backoff = self.backoff_seconds  # it worked for a while: start the backoff afresh
+            still = "still offline" if self.state == "offline" else "offline"
             self._set_state("offline", problem)
             self.frames.clear()  # frames from a dying connection are not worth classifying
-            log.info("camera %s: reconnecting in %.1f s", self.name, backoff)
+            # every retry says why the last attempt failed: a camera that never answers is diagnosable
+            log.warning("camera %s %s: %s; reconnecting in %.1f s (attempt %d)", self.name, still, problem,
+                        backoff, generation + 1)
             self.stop.wait(backoff)
             backoff = min(self.backoff_max_seconds, backoff * 2)

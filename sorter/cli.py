@@ -331,7 +331,8 @@ def camera(device: str | None = typer.Option(None, "--device", "-d",
         typer.echo(json.dumps(status, indent=2))
     d = status["decisions"]
     err.print(f"decisions: fresh {d['fresh']}, rotten {d['rotten']}, uncertain {d['uncertain']}; "
-              f"frames classified {status['classified']}, dropped {status['dropped']}, "
+              f"frames classified {status['classified']}, same scene {status['unchanged']}, "
+              f"dropped {status['dropped']}, "
               f"offline {status['capture']['offline']}x", highlight=False)
 
 

@@ -44,6 +44,12 @@ class CameraSettings(BaseModel):
     motion_threshold: float = Field(default=0.02, gt=0, le=1)
     motion_pixel_delta: int = Field(default=25, ge=1, le=255)
     motion_roi: str | None = None
+    # interval trigger: after a decision, this fraction of the (ROI) picture must change before the
+    # next one (an item that stays, a stopped belt or a frozen picture is decided once); 0 = off
+    scene_change: float = Field(default=0.02, ge=0, le=1)
+    # live sources: a frame identical to the last fresh one but for at most this fraction of its
+    # cells (a clock drawn over a frozen picture) is stale; 0 = only exact repeats
+    frozen_area: float = Field(default=0.05, ge=0, lt=1)
     roi: str | None = None
     votes: int = Field(default=3, ge=1)
     window: int = Field(default=5, ge=1)

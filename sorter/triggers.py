@@ -100,6 +100,48 @@ class MotionTrigger:
         return fired
 
 
+class SceneGate:
+    """After a decision, no next one until the (ROI) picture has changed: one item, one decision.
+
+    Why: the interval trigger samples a belt by the clock, so an item that stays in view, a belt
+    that stopped, or a camera whose picture froze (a ticking clock overlay keeps its frames
+    "fresh") would be decided again every interval and fire the outputs each time. The picture is
+    compared with the one last decided on, downscaled so that sensor noise and compression do not
+    count, and changes confined to a small area (a clock, a timestamp) are ignored: more than
+    `fraction` of it must differ by more than `pixel_delta` levels in some colour channel.
+    `fraction` 0 turns it off.
+    """
+
+    WIDTH = 64  # pixels across the compared picture: enough for an item, blind to noise and text
+
+    def __init__(self, fraction: float = 0.02, pixel_delta: int = 25):
+        self.fraction, self.pixel_delta = fraction, pixel_delta
+        self._reference: np.ndarray | None = None
+        self.last_fraction = 1.0
+
+    def _small(self, image: np.ndarray) -> np.ndarray:
+        """In colour: a green item on a grey belt has nearly the grey's brightness."""
+        height, width = image.shape[:2]
+        size = (self.WIDTH, max(1, round(height * self.WIDTH / width)))
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+    def changed(self, image: np.ndarray) -> bool:
+        """Is this a new scene (or is there nothing decided yet)?"""
+        if self.fraction == 0 or self._reference is None:
+            return True
+        small = self._small(image)
+        if small.shape != self._reference.shape:
+            return True
+        diff = cv2.absdiff(small, self._reference)
+        diff = diff.max(axis=2) if diff.ndim == 3 else diff
+        self.last_fraction = float(np.count_nonzero(diff > self.pixel_delta)) / diff.size
+        return self.last_fraction > self.fraction
+
+    def settle(self, image: np.ndarray) -> None:
+        """A decision was made on `image`: the next one waits for a picture that differs from it."""
+        self._reference = self._small(image)
+
+
 class LineTrigger:
     """An external signal (stdin line, HTTP POST, GPIO edge); each pulse starts one item.
 

@@ -39,6 +39,27 @@ def write_video(path: Path, colours: list[str], size: tuple[int, int] = (120, 16
     return path
 
 
+def with_clock(image: np.ndarray, tick: int, fps: float = 25.0) -> np.ndarray:
+    """`image` with a running clock drawn in its top-left corner (hundredths: new every frame), as
+    IP cameras draw one over the picture, and go on drawing it when their sensor stalls."""
+    out = image.copy()
+    seconds = tick / fps
+    text = f"2026-12-01 12:{int(seconds // 60) % 60:02d}:{seconds % 60:05.2f}"
+    cv2.putText(out, text, (4, 12), cv2.FONT_HERSHEY_PLAIN, 0.8, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def write_frames(path: Path, frames: list[np.ndarray], fps: float = 25.0) -> Path:
+    """An MJPG .avi of exactly these BGR frames (all of one size)."""
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    assert writer.isOpened(), "cv2.VideoWriter could not open an MJPG .avi"
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -47,13 +68,17 @@ def free_port() -> int:
 
 class MjpegCamera:
     """A fake IP camera. mode: 'live' (fresh frames), 'repeat' (one frame forever, like an
-    unplugged USB camera), 'freeze' (socket open, nothing sent), set via `.mode`."""
+    unplugged USB camera), 'clock' (one picture forever with a ticking clock drawn over it, like
+    an IP camera whose sensor stalled), 'freeze' (socket open, nothing sent), set via `.mode`."""
 
-    def __init__(self, colour: str = "red", port: int | None = None, fps: float = 20.0):
-        self.colour, self.fps, self.mode = colour, fps, "live"
+    def __init__(self, colour: str = "red", port: int | None = None, fps: float = 20.0,
+                 size: tuple[int, int] = (120, 160)):
+        self.colour, self.fps, self.mode, self.size = colour, fps, "live", size
         self.port = port or free_port()
         self.served = 0
         self.still: bytes | None = None  # the frame 'repeat' serves, shared by every connection
+        self.picture: np.ndarray | None = None  # the last live picture, which 'clock' keeps serving
+        self.ticks = 0
         self._server: ThreadingHTTPServer | None = None
         self._stop = threading.Event()
 
@@ -75,9 +100,13 @@ class MjpegCamera:
                         continue
                     if cam.mode == "repeat" and cam.still is not None:
                         jpeg = cam.still
+                    elif cam.mode == "clock" and cam.picture is not None:
+                        cam.ticks += 1
+                        jpeg = cv2.imencode(".jpg", with_clock(cam.picture, cam.ticks))[1].tobytes()
                     else:
                         seed += 1
-                        jpeg = cv2.imencode(".jpg", colour_frame(cam.colour, seed=seed))[1].tobytes()
+                        cam.picture = colour_frame(cam.colour, cam.size, seed=seed)
+                        jpeg = cv2.imencode(".jpg", cam.picture)[1].tobytes()
                         cam.still = jpeg
                     part = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
                             f"Content-Length: {len(jpeg)}\r\n\r\n").encode() + jpeg + b"\r\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -10,7 +11,7 @@ import pytest
 
 from sorter import store
 from sorter.camera import CameraRunner
-from sorter.capture import Capture, Frame, FrameQueue, fingerprint
+from sorter.capture import Capture, Frame, FrameQueue
 from sorter.classify import rules_for
 from sorter.config import CameraSettings
 from sorter.model import Classifier
@@ -42,10 +43,16 @@ def test_queue_drops_the_oldest_and_counts():
     assert q.get(0.01) is None
 
 
-def test_fingerprint_tells_same_from_fresh():
+def test_changed_area_tells_a_frozen_picture_from_a_noisy_live_one():
+    from sorter.capture import changed_area
+
     a, b = colour_frame("red", seed=1), colour_frame("red", seed=2)
-    assert fingerprint(a) == fingerprint(a.copy())
-    assert fingerprint(a) != fingerprint(b)
+    assert changed_area(a, a.copy()) == 0.0
+    assert changed_area(b, a) == 1.0  # sensor noise touches every cell
+    clocked = a.copy()
+    clocked[2:12, 4:40] = 255  # a clock overlay: 36×10 of 160×120 pixels
+    assert 0 < changed_area(clocked, a) <= 0.05
+    assert changed_area(a, None) == 1.0
 
 
 def test_video_file_delivers_every_fresh_frame_then_ends(tmp_path):
@@ -59,7 +66,8 @@ def test_video_file_delivers_every_fresh_frame_then_ends(tmp_path):
     assert cap.ended.is_set() and events == ["online"] and cap.stats.offline == 0
 
 
-def test_repeated_frames_in_a_file_are_never_delivered(tmp_path):
+def test_repeated_frames_in_a_file_are_all_delivered(tmp_path):
+    """Item 18: a replayed file is not a stalled camera (a held photo is many identical frames)."""
     import cv2
 
     path = tmp_path / "still.avi"
@@ -70,7 +78,8 @@ def test_repeated_frames_in_a_file_are_never_delivered(tmp_path):
     cap = Capture(str(path), stall_seconds=2).start()
     frames = drain(cap)
     cap.close()
-    assert len(frames) == 3 and cap.stats.stale == 3
+    assert [f.seq for f in frames] == [1, 2, 3, 4, 5, 6] and cap.stats.stale == 0
+    assert np.array_equal(frames[1].image, frames[4].image)  # identical frames, each delivered
 
 
 def test_loop_replays_the_file(tmp_path):
@@ -183,3 +192,108 @@ def test_a_camera_repeating_one_frame_goes_offline_and_is_never_classified(tmp_p
     assert conn.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 0
     assert rows[0][0] == "online" and rows[1][0] == "offline" and "same frame repeated" in rows[1][1]
     assert "reconnect" not in [r[0] for r in rows]
+
+
+def test_a_frozen_picture_with_a_ticking_clock_goes_offline_and_is_never_classified(tmp_path, color_model):
+    """Item 14: an IP camera whose sensor stalled keeps drawing its clock over the last picture.
+    The frames differ (the clock), but the picture is frozen: stale, offline, never classified."""
+    clf = Classifier(color_model, num_threads=1)
+    writer = store.Writer(tmp_path / "cam.db")
+    settings = CameraSettings(stall_seconds=1.0, backoff_seconds=0.2, backoff_max_seconds=0.4, interval_ms=1,
+                              votes=1, window=1, snapshots=tmp_path / "snaps")
+    stop = threading.Event()
+    with MjpegCamera(colour="blue", size=(480, 640)) as cam:
+        runner = CameraRunner(cam.url, clf, rules_for(clf), settings, writer, Dispatcher([]))
+        thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            assert wait_for(lambda: runner.status.classified >= 1, 10), "no frames from the MJPEG server"
+            cam.mode = "clock"
+            assert wait_for(lambda: runner.capture.stats.offline >= 1, 10)
+            classified = runner.status.classified
+            assert wait_for(lambda: runner.capture.stats.stale >= 30 and cam.ticks >= 30, 10)
+        finally:
+            stop.set()
+            thread.join(10)
+    writer.close()
+    assert runner.status.classified == classified  # nothing classified since the picture froze
+    conn = store.open_reader(tmp_path / "cam.db")
+    rows = [tuple(r) for r in conn.execute("SELECT event, detail FROM camera_events ORDER BY id")]
+    assert rows[0][0] == "online" and rows[1][0] == "offline"
+    assert "same picture repeated" in rows[1][1] and "frozen but for" in rows[1][1]
+
+
+def test_a_live_camera_with_sensor_noise_stays_online_on_a_still_scene(tmp_path):
+    """The frozen-picture guard must not take a working camera on an empty belt offline: its
+    noise changes every cell of every frame (the helper's 'live' mode: one colour, fresh noise)."""
+    with MjpegCamera(colour="grey", size=(480, 640)) as cam:
+        cap = Capture(cam.url, stall_seconds=1.0, backoff_seconds=0.2).start()
+        try:
+            assert wait_for(lambda: cap.stats.fresh >= 40, 15)
+        finally:
+            cap.close()
+    assert cap.stats.stale == 0 and cap.stats.offline == 0
+
+
+def test_each_retry_says_why_the_last_attempt_failed(tmp_path, caplog):
+    """Item 19: a camera that never answers is diagnosable from the log alone."""
+    import logging
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.camera_helpers import free_port
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(404)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    caplog.set_level(logging.INFO, logger="sorter.camera")
+    closed = f"http://127.0.0.1:{free_port()}/stream.mjpg"  # nothing listens there
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    wrong_path = f"http://127.0.0.1:{server.server_address[1]}/nothere.mjpg"
+    try:
+        for url in (closed, wrong_path):
+            cap = Capture(url, stall_seconds=1.0, backoff_seconds=0.05, backoff_max_seconds=0.1).start()
+            try:
+                assert wait_for(lambda c=cap: c.stats.connects >= 3, 20)
+            finally:
+                cap.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    retries = [r.getMessage() for r in caplog.records if "reconnecting in" in r.getMessage()]
+    refused = [m for m in retries if closed.split("/stream")[0][7:] in m]
+    wrong = [m for m in retries if str(server.server_address[1]) in m]
+    assert len(refused) >= 2 and all("connection refused" in m for m in refused), retries
+    assert len(wrong) >= 2 and all("answers, but no video stream opened" in m for m in wrong), retries
+    assert any("still offline" in m for m in refused)
+
+
+@pytest.mark.skipif(os.path.exists("/dev/video9"), reason="this machine has a /dev/video9")
+def test_a_missing_local_camera_is_retried_saying_its_device_node_is_absent(caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="sorter.camera")
+    cap = Capture("9", stall_seconds=1.0, backoff_seconds=0.05, backoff_max_seconds=0.1).start()
+    try:
+        assert wait_for(lambda: cap.stats.connects >= 3, 20)  # a camera may be plugged in: retried
+    finally:
+        cap.close()
+    retries = [r.getMessage() for r in caplog.records if "reconnecting in" in r.getMessage()]
+    assert len(retries) >= 2 and all("/dev/video9 does not exist" in m for m in retries), retries
+
+
+def test_frozen_area_zero_counts_only_exact_repeats_as_stale():
+    """The `frozen_area` setting has an effect: at 0 a clock overlay keeps a frozen picture fresh."""
+    with MjpegCamera(colour="blue", size=(480, 640)) as cam:
+        cap = Capture(cam.url, stall_seconds=1.0, backoff_seconds=0.2, frozen_area=0).start()
+        try:
+            assert wait_for(lambda: cap.stats.fresh >= 2, 10)
+            cam.mode = "clock"
+            assert wait_for(lambda: cam.ticks >= 30, 10)
+        finally:
+            cap.close()
+    assert cap.stats.stale == 0 and cap.stats.offline == 0

@@ -161,3 +161,34 @@ def test_line_trigger_classifies_only_the_window_after_a_pulse(runner_for):
     out = [runner.on_frame(Frame(colour_frame(c, seed=9), 9, 1.0)) for c in ("red", "blue", "green")]
     assert out[:2] == [None, None]
     assert (out[2].verdict, out[2].consensus, out[2].frames) == ("uncertain", False, 3)
+
+
+def test_scene_gate_ignores_noise_and_a_clock_but_not_a_new_item():
+    from sorter.triggers import SceneGate
+    from tests.camera_helpers import with_clock
+
+    belt = colour_frame("grey", (240, 320), seed=1)
+    gate = SceneGate(fraction=0.02, pixel_delta=25)
+    assert gate.changed(belt)  # nothing decided yet
+    gate.settle(with_clock(belt, 1))
+    assert not gate.changed(with_clock(colour_frame("grey", (240, 320), seed=2), 37))  # noise + clock
+    green = belt.copy()
+    green[80:160, 120:200] = colour_frame("green", (80, 80), seed=3)  # about the grey's brightness
+    assert gate.changed(green) and gate.last_fraction > 0.05
+    off = SceneGate(fraction=0)
+    off.settle(belt)
+    assert off.changed(belt)
+
+
+def test_interval_trigger_decides_a_scene_once_unless_scene_change_is_off(runner_for):
+    """Item 14: the same picture again is not a new item; `scene_change = 0` samples regardless."""
+    frames = [colour_frame("blue", seed=i) for i in range(4)] + [colour_frame("red", seed=9)]
+
+    def labels(runner: CameraRunner) -> list[str | None]:
+        return [d and d.label for d in (runner.on_frame(Frame(f, i, i / 10)) for i, f in enumerate(frames))]
+
+    gated = runner_for(interval_ms=1, votes=1, window=1)
+    assert labels(gated) == ["rottenblue", None, None, None, "freshred"]
+    assert (gated.status.unchanged, gated.status.classified) == (3, 2)
+    sampler = runner_for(interval_ms=1, votes=1, window=1, scene_change=0)
+    assert labels(sampler) == ["rottenblue"] * 4 + ["freshred"] and sampler.status.unchanged == 0
