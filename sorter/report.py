@@ -145,7 +145,8 @@ def _hours(lo: datetime, hi: datetime) -> list[str]:
 
 def hourly(items: list[dict], lo: datetime, hi: datetime) -> list[dict]:
     """Volume, rotten and uncertain counts per UTC hour (every hour, empty ones too)."""
-    series = {h: {"hour": h + ":00Z", "items": 0, "rotten": 0, "uncertain": 0} for h in _hours(lo, hi)}
+    series: dict[str, dict[str, Any]] = {h: {"hour": h + ":00Z", "items": 0, "rotten": 0, "uncertain": 0}
+                                         for h in _hours(lo, hi)}
     for item in items:
         slot = series.get(item["received_at"][:13])
         if slot is not None:
@@ -250,7 +251,8 @@ def drift(audit: dict, rates: dict[str, float | None], card_base: dict | None, p
           margin: float, min_audited: int) -> dict[str, Any]:
     """Against the card's test-set figures and the previous report; flags only accuracy falls."""
     vs_card, f1 = compare(audit, card_base, "model card", margin, min_audited, None)
-    vs_prev, f2 = None, []
+    vs_prev: dict | None = None
+    f2: list[dict] = []
     if previous:
         prev_audit = previous.get("audit") or {}
         vs_prev, f2 = compare(audit, prev_audit, "previous report", margin, min_audited, prev_audit.get("n", 0))
