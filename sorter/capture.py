@@ -182,18 +182,16 @@ def changed_area(image: np.ndarray, reference: np.ndarray | None) -> float:
 
     Exact but for decoder rounding, on purpose: a live sensor's noise touches every cell of every
     frame, so 0.0 (or a few cells, a clock overlay) means the same picture delivered again. Every
-    2nd pixel is compared, which halves the cost and misses no real change.
+    4th pixel each way is compared (about 2 ms for a 1080p frame): noise shows in any sample.
     """
     if reference is None or image.shape != reference.shape:
         return 1.0
-    step = 2
-    diff = cv2.absdiff(image[::step, ::step], reference[::step, ::step])
-    changed = (diff.max(axis=2) if diff.ndim == 3 else diff) > FROZEN_TOLERANCE
-    rows = np.array_split(np.arange(changed.shape[0]), FROZEN_GRID)
-    cols = np.array_split(np.arange(changed.shape[1]), FROZEN_GRID)
-    row_any = np.stack([changed[r].any(axis=0) for r in rows if r.size])  # cell rows × columns
-    cells = np.stack([row_any[:, c].any(axis=1) for c in cols if c.size], axis=1)
-    return float(np.count_nonzero(cells)) / cells.size
+    diff = cv2.absdiff(image[::4, ::4], reference[::4, ::4])
+    if diff.ndim == 3:
+        diff = np.maximum(np.maximum(diff[..., 0], diff[..., 1]), diff[..., 2])
+    changed = (diff > FROZEN_TOLERANCE).astype(np.float32)
+    cells = cv2.resize(changed, (FROZEN_GRID, FROZEN_GRID), interpolation=cv2.INTER_AREA)  # cell means
+    return float(np.count_nonzero(cells > 0)) / cells.size
 
 
 @dataclass
