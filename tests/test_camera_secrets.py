@@ -57,6 +57,7 @@ def test_a_camera_password_stays_in_the_connection(tmp_path, color_model, broker
             url = cam.url.replace("http://", f"http://operator:{SECRET}@")
             cfg = Settings(threads=1, camera={
                 "interval_ms": 1, "votes": 2, "window": 2, "snapshots": str(tmp_path / "snaps"),
+                "scene_change": 0,  # one unchanging blue scene, decided again and again: outputs keep firing
                 "control_port": control_port}, outputs={
                 "retry_seconds": 0.05, "command": {"argv": [sys.executable, "-c", dump_env]},
                 "webhook": {"url": hook.url()}, "mqtt": {"port": broker.port, "spool": str(tmp_path / "spool")}})

@@ -81,8 +81,8 @@ def test_camera_hooks_report_online_and_decisions(tmp_path):
     server = MetricsServer(telemetry, port=0).start()
     try:
         clf = Classifier(MODEL, num_threads=1)
-        cfg = Settings(threads=1, camera={"interval_ms": 1, "votes": 3, "window": 5,
-                                          "snapshots": str(tmp_path / "snaps")})
+        cfg = Settings(threads=1, camera={"interval_ms": 1, "votes": 3, "window": 5, "scene_change": 0,
+                                          "snapshots": str(tmp_path / "snaps")})  # every frame is classified
         serve(str(video), clf, rules_for(clf), cfg, tmp_path / "db", threading.Event(), telemetry=telemetry)
         got = samples(server.port)
         counted = {dict(lbl)["verdict"]: v for (n, lbl), v in got.items() if n == "sorter_items_total"}
