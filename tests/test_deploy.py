@@ -173,6 +173,16 @@ broker = "198.51.100.9:1883"
     assert "[Service]" in lines and "secret" not in result.stdout
     # sorted, loopback left to the unit, no resolver (every peer is an address)
     assert lines[-1] == "IPAddressAllow=10.20.30.40 192.0.2.7 198.51.100.9 203.0.113.5"
+    if shutil.which("systemd-analyze"):  # the drop-in parses: the unit with it appended still verifies
+        units = tmp_path / "units"
+        units.mkdir()
+        copy_units(units)
+        watch = units / "sorter-watch.service"
+        dropin = result.stdout.replace("[Service]\n", "")  # its lines, at the end of the unit's [Service]
+        watch.write_text(watch.read_text().replace("\n[Install]", dropin + "\n[Install]"))
+        assert "IPAddressAllow=10.20.30.40" in watch.read_text()
+        checked = verify(units, ["sorter-watch.service"])
+        assert checked.returncode == 0 and not checked.stderr.strip(), checked.stderr
 
 
 def test_ip_allow_names_resolve_and_allow_the_resolver_and_a_bad_name_is_one_line(tmp_path):
