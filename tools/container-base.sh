@@ -27,7 +27,7 @@ fi
 mkdir -p "$CACHE"
 if [ ! -s "$tarball" ]; then
   # Docs, man pages and translations are left out: the image only runs python3.
-  mmdebstrap --quiet --variant=apt --include="$PACKAGES" \
+  mmdebstrap --quiet --variant=apt --format=tar --include="$PACKAGES" \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' "$SUITE" "$tarball.part" >&2
   mv "$tarball.part" "$tarball"
