@@ -195,24 +195,25 @@ class CameraRunner:
     def act(self, decision: Decision, frame: Frame) -> dict[str, Any]:
         """Record the decision (with a snapshot for rotten/uncertain), then hand it to the outputs."""
         when = datetime.fromtimestamp(frame.wall, UTC)
+        error = None if decision.consensus else f"no-consensus: {decision.agreeing}/{decision.frames}"
         row = {"sha256": None, "source_path": f"{self.device}#{frame.seq}", "label": decision.label,
                "confidence": decision.confidence, "verdict": decision.verdict, "scores": self._last_scores,
                "model_id": self.clf.model_id, "model_sha256": self.clf.sha256, "source": "camera",
                "received_at": when.isoformat(timespec="milliseconds"), "routed_at": store.now_iso(),
                "state": "dry-run" if self.dry_run else "done",
-               "error": None if decision.consensus else f"no-consensus: {decision.agreeing}/{decision.frames}"}
+               "error": error}
         item_id = self.writer.call(lambda db: store.insert_item(db, row))
         snapshot = None
         if decision.verdict in SNAPSHOT_VERDICTS and self._last_image is not None:
             try:
                 snapshot = str(self.snapshots.save(self._last_image, decision.verdict, decision.label, item_id, when))
-                self.writer.call(lambda db: db["items"].update(item_id, {"destination": snapshot}))
+                self.writer.call(lambda db: db.table("items").update(item_id, {"destination": snapshot}))
                 self.status.snapshots += 1
             except OSError as exc:
                 log.error("snapshot for item %d failed: %s", item_id, exc)
         self.status.decisions[decision.verdict] += 1
         if self.telemetry is not None:
-            self.telemetry.item(decision.verdict, decision.label, row["error"])
+            self.telemetry.item(decision.verdict, decision.label, error)
         self.status.no_consensus += not decision.consensus
         event = {"item_id": item_id, "time": row["received_at"], "device": self.device,
                  "verdict": decision.verdict, "label": decision.label, "confidence": decision.confidence,

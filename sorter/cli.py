@@ -8,6 +8,7 @@ import logging
 import platform
 import sys
 from pathlib import Path
+from typing import NoReturn, Protocol
 
 import typer
 from rich.console import Console
@@ -28,7 +29,13 @@ ModelOpt = typer.Option(None, "--model", "-m",
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML configuration file.")
 
 
-def fail(message: str, code: int = 2) -> None:
+class Closer(Protocol):
+    """What a command starts beside its daemon (metrics server, fleet publisher) and closes after it."""
+
+    def close(self) -> object: ...
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
     """One line on stderr and a non-zero exit: the user sees what happened, not a traceback."""
     from sorter.redact import mask_text
 
@@ -182,7 +189,7 @@ def _operations(settings, source: str, metrics_port: int | None):
     telemetry = Telemetry(source)
     telemetry.model_loaded = True
     port = metrics_port if metrics_port is not None else settings.metrics.port
-    closers = []
+    closers: list[Closer] = []
     if port is not None:
         try:
             closers.append(MetricsServer(telemetry, settings.metrics.host, port).start())

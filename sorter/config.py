@@ -8,7 +8,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -79,7 +79,10 @@ def reveal(secret: SecretStr | None) -> str | None:
     return secret.get_secret_value() if secret else None
 
 
-def _read_secret(model: BaseModel, key: str) -> BaseModel:
+M = TypeVar("M", bound=BaseModel)
+
+
+def _read_secret(model: M, key: str) -> M:
     """`<key>_file` fills `<key>` from a file (systemd credentials, Docker secrets): never in the TOML."""
     path = getattr(model, f"{key}_file")
     if path is None:
