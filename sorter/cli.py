@@ -118,6 +118,8 @@ def classify(paths: list[Path] = typer.Argument(..., help="Image files or folder
 
     settings, clf = load_classifier(model, config)
     files = collect(paths)
+    if not files:  # an empty table and exit 0 read as "all classified"
+        fail(f"no image files found in {', '.join(str(p) for p in paths)} (searched recursively)")
     rules = rules_for(clf, settings)
     table = Table("path", "label", "confidence", "verdict")
     failed = 0

@@ -28,21 +28,21 @@ _lock = threading.Lock()
 _allocated = threading.Event()
 
 
-def is_banner(line: str) -> bool:
-    return any(p.match(line) for p in BANNERS)
+def is_banner(line: str, extra: tuple[re.Pattern, ...] = ()) -> bool:
+    return any(p.match(line) for p in (*BANNERS, *extra))
 
 
-def _replay(captured: bytes) -> None:
+def _replay(captured: bytes, extra: tuple[re.Pattern, ...]) -> None:
     kept = [line for line in captured.splitlines(keepends=True)
-            if not is_banner(line.decode(errors="replace").rstrip("\r\n"))]
+            if not is_banner(line.decode(errors="replace").rstrip("\r\n"), extra)]
     if kept:
         os.write(2, b"".join(kept))
 
 
 @contextlib.contextmanager
-def banners_filtered() -> Iterator[None]:
-    """Run the block with fd 2 captured, then write back every line that is not a known banner.
-    Other threads' stderr lines written meanwhile are delayed, never lost."""
+def banners_filtered(extra: tuple[re.Pattern, ...] = ()) -> Iterator[None]:
+    """Run the block with fd 2 captured, then write back every line that is not a known banner
+    (BANNERS, plus `extra`). Other threads' stderr lines written meanwhile are delayed, never lost."""
     with _lock, tempfile.TemporaryFile() as tmp:
         with contextlib.suppress(ValueError, OSError):
             sys.stderr.flush()
@@ -60,7 +60,7 @@ def banners_filtered() -> Iterator[None]:
             os.dup2(saved, 2)
             os.close(saved)
             tmp.seek(0)
-            _replay(tmp.read())
+            _replay(tmp.read(), extra)
 
 
 def allocate_tensors(interpreter) -> None:

@@ -166,16 +166,20 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
     return "<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + f"</tr>{body}</table>"
 
 
+GALLERY_DIRECTION = "true (audited) label → the model's prediction (its confidence)"
+
+
 def _wrong(wrong: list[dict], limit: int) -> str:
     figures = []
     for w in wrong[:limit]:
         src = thumbnail(w["destination"])
         img = f'<img src="{src}" alt="item {w["id"]}">' if src else "<div>(image gone)</div>"
         where = escape(f"{w['line']} ") if w.get("line") else ""
-        figures.append(f'<figure>{img}<figcaption>{where}#{w["id"]}: {escape(w["label"])} → '
-                       f'<b>{escape(w["true_label"])}</b> ({w["confidence"]:.2f})</figcaption></figure>')
+        figures.append(f'<figure>{img}<figcaption>{where}#{w["id"]}: <b>{escape(w["true_label"])}</b> → '
+                       f'{escape(w["label"])} ({w["confidence"]:.2f})</figcaption></figure>')
     more = f"<p>and {len(wrong) - limit} more in report.json</p>" if len(wrong) > limit else ""
-    return ('<div class="thumbs">' + "".join(figures) + "</div>" + more) if figures else "<p>none</p>"
+    legend = f"<p class=\"legend\">Each photo: {escape(GALLERY_DIRECTION)}, as in the evaluate report.</p>"
+    return (legend + '<div class="thumbs">' + "".join(figures) + "</div>" + more) if figures else "<p>none</p>"
 
 
 def _page(title: str, sections: list[str]) -> str:

@@ -58,6 +58,9 @@ def train(ctx: typer.Context,
     from pathlib import Path
 
     from sorter.cli import fail
+    from training.tf_quiet import import_tensorflow
+
+    import_tensorflow()
     from training.backbones import WeightsUnavailable
     from training.train import TrainConfig
     from training.train import train as run_train
@@ -94,6 +97,9 @@ def tune(data: str = typer.Argument(..., help="DATA/<class>/ or DATA/{train,val,
     from rich.console import Console
 
     from sorter.cli import fail
+    from training.tf_quiet import import_tensorflow
+
+    import_tensorflow()
     from training.backbones import WeightsUnavailable
     from training.tune import tune as run_tune
 
@@ -103,6 +109,7 @@ def tune(data: str = typer.Argument(..., help="DATA/<class>/ or DATA/{train,val,
     except (OSError, ValueError, WeightsUnavailable) as exc:
         fail(str(exc))
     Console().print(result.table())
+    typer.echo(result.recommendation)
     typer.echo(str(result.out_dir / "best.json"))
 
 
@@ -118,16 +125,22 @@ def evaluate(model: str = typer.Argument(..., help="Run folder, model.keras, or 
     from pathlib import Path
 
     from rich.console import Console
+    from rich.markup import escape
 
     from training.evaluate import evaluate as run_evaluate
+    from training.evaluate import split_name
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    folder = Path(out or f"evaluations/{Path(model).name.removesuffix('.tflite')}-{split}")
+    err = Console(stderr=True)
     try:
+        split = split_name(split)
+        folder = Path(out or f"evaluations/{Path(model).name.removesuffix('.tflite')}-{split}")
         metrics = run_evaluate(Path(model), Path(data), folder, split, worst)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    for warning in metrics["warnings"]:
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     typer.echo(f"accuracy {metrics['accuracy']:.4f} on {metrics['n']} {split} images; "
                f"macro F1 {metrics['macro']['f1']:.4f}")
     typer.echo(f"report: {folder / 'report.html'}  metrics: {folder / 'metrics.json'}")
@@ -166,8 +179,12 @@ def export(ctx: typer.Context,
     from pathlib import Path
 
     from rich.console import Console
+    from rich.markup import escape
 
-    from training.export import FORMATS, ExportError, export_table, parse_formats
+    from training.tf_quiet import import_tensorflow
+
+    import_tensorflow()
+    from training.export import FORMATS, ExportError, GateRefused, export_table, parse_formats
     from training.export import export as run_export
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -179,7 +196,9 @@ def export(ctx: typer.Context,
                              calibration, allow_drop, max_drop, command_line(ctx),
                              latency_runs)
     except (ExportError, FileNotFoundError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        if isinstance(exc, GateRefused):  # what every format scored, refused ones included
+            console.print(export_table(exc.results))
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     console.print(export_table(results))
     best = next((r for r in results if r.format == "int8" and not r.problem), results[-1])

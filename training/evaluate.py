@@ -74,13 +74,39 @@ def read_run(path: Path) -> RunInfo:
                    run_dir / "splits.json" if (run_dir / "splits.json").is_file() else None)
 
 
+SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+GALLERY_DIRECTION = "true label → predicted label (confidence)"
+
+
+def split_name(text: str) -> str:
+    """The split a user means ("validation" is "val"), or one clear error naming the choices."""
+    name = SPLIT_NAMES.get(text.strip().lower())
+    if name is None:
+        raise ValueError(f"--split must be train, val (or validation) or test, not '{text}'")
+    return name
+
+
 def load_keras(path: Path):
     """Load without compiling; importing backbones first registers any custom layers."""
+    from training.tf_quiet import import_tensorflow
+
+    import_tensorflow()
     import keras
 
     with contextlib.suppress(ImportError):
         import training.backbones  # noqa: F401
-    return keras.models.load_model(path, compile=False)
+    return two_class_outputs(keras.models.load_model(path, compile=False))
+
+
+def two_class_outputs(model):
+    """A `--binary-sigmoid` head has one unit, P(second label); wrap it so it gives one probability
+    per label, [1 - p, p], as every other model, the metrics and the runtime's card expect."""
+    if int(model.output_shape[-1]) != 1:
+        return model
+    import keras
+
+    p = model.output
+    return keras.Model(model.input, keras.layers.Concatenate(name="two_class")([1.0 - p, p]), name=model.name)
 
 
 def keras_scores(model, images: np.ndarray, batch: int = 32) -> np.ndarray:
@@ -167,13 +193,15 @@ class SplitImages:
 
 def split_images(splits: DataSplits, split: str, labels: list[str], size: tuple[int, int]) -> SplitImages:
     """A split decoded at the model's size, with class indices mapped to the model's label order."""
-    files = getattr(splits, split)
+    files = getattr(splits, split_name(split))
     if not files:
         raise ValueError(f"split '{split}' of {splits.root} is empty")
     unknown = sorted({splits.classes[i] for _, i in files} - set(labels))
     if unknown:
         raise ValueError(f"data classes {unknown} are not among the model's labels {labels}")
     images, kept = load_images([p for p, _ in files], size)
+    if not kept:
+        raise ValueError(f"none of the {len(files)} images in split '{split}' of {splits.root} could be decoded")
     y = np.array([labels.index(splits.classes[files[i][1]]) for i in kept], dtype=int)
     return SplitImages(images, y, [files[i][0] for i in kept])
 
@@ -249,7 +277,8 @@ def plot_history(history: dict, path: Path) -> Path:
 
 
 def plot_gallery(items: list[dict], images: np.ndarray, path: Path, cols: int = 4) -> Path:
-    """Thumbnails of the most confident mistakes, titled true → predicted (confidence)."""
+    """Thumbnails of the most confident mistakes, titled true → predicted (confidence), as the
+    runtime report's gallery is: both say so above the pictures."""
     plt = _plt()
     rows = max(1, -(-len(items) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows), squeeze=False)
@@ -260,6 +289,7 @@ def plot_gallery(items: list[dict], images: np.ndarray, path: Path, cols: int = 
         ax.set_title(f"{item['true']} → {item['predicted']}\n{item['confidence']:.2f}", fontsize=8)
     if not items:
         axes[0, 0].text(0.5, 0.5, "no errors", ha="center", va="center")
+    fig.suptitle(f"each photo: {GALLERY_DIRECTION}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -275,12 +305,20 @@ def _table(rows: list[dict], keys: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _caption(title: str) -> str:
+    return f"<p>Each photo: {html.escape(GALLERY_DIRECTION)}.</p>" if title == ERRORS_TITLE else ""
+
+
+def _warnings(metrics: dict) -> str:
+    return "".join(f"<p class='warning'><b>warning:</b> {html.escape(w)}</p>" for w in metrics.get("warnings", []))
+
+
 def render_report(metrics: dict, images: dict[str, Path]) -> str:
     """One self-contained page: headline, per-class table, threshold table, embedded PNGs."""
     per_class = [{"class": k, **v} for k, v in metrics["per_class"].items()]
     per_class += [{"class": avg, **metrics[avg]} for avg in ("macro", "weighted")]
     figs = "".join(
-        f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,"
+        f"<h2>{html.escape(title)}</h2>{_caption(title)}<img alt='{html.escape(title)}' src='data:image/png;base64,"
         f"{base64.b64encode(p.read_bytes()).decode()}'>" for title, p in images.items())
     thresholds = _table(metrics["threshold_table"], ["threshold", "binned", "precision", "recall",
                                                      "fresh_binned", "fresh_binned_rate"])
@@ -291,7 +329,7 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}img{{max-width:10
 <h1>{html.escape(metrics["model"])}</h1>
 <p>{html.escape(metrics["kind"])} model on split <b>{html.escape(metrics["split"])}</b> of
 {html.escape(metrics["data"])}: <b>accuracy {metrics["accuracy"]:.4f}</b> on {metrics["n"]} images.</p>
-<h2>Per class</h2>{_table(per_class, ["class", "precision", "recall", "f1", "support"])}
+{_warnings(metrics)}<h2>Per class</h2>{_table(per_class, ["class", "precision", "recall", "f1", "support"])}
 <h2>Fresh vs rotten thresholds</h2>{thresholds}{figs}</body></html>"""
 
 
@@ -302,9 +340,21 @@ def _error_items(sample: SplitImages, probs: np.ndarray, labels: list[str], k: i
             for i in worst_errors(sample.y, probs, k)]
 
 
+ERRORS_TITLE = "Most confident errors"
+
+
+def one_class_warning(metrics: dict, y: np.ndarray) -> str | None:
+    """A model that gives every image the same label has learnt nothing, whatever its accuracy says."""
+    if metrics["predicted_classes"] != 1 or len(set(y.tolist())) < 2:
+        return None
+    label = metrics["labels"][int(np.argmax(np.asarray(metrics["confusion_matrix"]).sum(axis=0)))]
+    return (f"the model predicts '{label}' for all {metrics['n']} images, though they hold "
+            f"{len(set(y.tolist()))} classes: it has not learnt to tell them apart")
+
+
 def evaluate(model: Path, data: Path, out: Path, split: str = "test", worst: int = 16) -> dict:
     """Score MODEL on a split of DATA and write PNGs, metrics.json and report.html into OUT."""
-    data, out = Path(data), Path(out)
+    data, out, split = Path(data), Path(out), split_name(split)
     out.mkdir(parents=True, exist_ok=True)
     scorer = open_scorer(Path(model), discover(data).classes if data.is_dir() else None)
     splits = resolve_splits(data, scorer.run.splits_file if scorer.run else None)
@@ -312,7 +362,9 @@ def evaluate(model: Path, data: Path, out: Path, split: str = "test", worst: int
     probs = scorer.score(sample.images)
     metrics = compute_metrics(sample.y, probs, scorer.labels, scorer.rotten_labels)
     errors = _error_items(sample, probs, scorer.labels, worst)
+    warning = one_class_warning(metrics, sample.y)  # the command prints it; library callers read metrics
     metrics.update(model=scorer.name, kind=scorer.kind, model_path=str(model), data=str(data), split=split,
+                   warnings=[warning] if warning else [], gallery=GALLERY_DIRECTION,
                    worst_errors=[{k: v for k, v in e.items() if k != "index"} for e in errors])
     pngs = {"Confusion matrix": plot_confusion(metrics["confusion_matrix"], scorer.labels, out / "confusion.png"),
             "Precision-recall (one vs rest)": plot_pr(pr_curves(sample.y, probs, scorer.labels),
@@ -321,7 +373,7 @@ def evaluate(model: Path, data: Path, out: Path, split: str = "test", worst: int
         pngs["Fresh vs rotten thresholds"] = plot_thresholds(metrics["threshold_table"], out / "thresholds.png")
     if scorer.run and scorer.run.history:
         pngs["Training curves"] = plot_history(scorer.run.history, out / "training_curves.png")
-    pngs["Most confident errors"] = plot_gallery(errors, sample.images, out / "worst_errors.png")
+    pngs[ERRORS_TITLE] = plot_gallery(errors, sample.images, out / "worst_errors.png")
     metrics["plots"] = {title: p.name for title, p in pngs.items()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "report.html").write_text(render_report(metrics, pngs))

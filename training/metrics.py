@@ -105,3 +105,11 @@ def compute_metrics(y_true: Sequence[int] | np.ndarray, probs: np.ndarray, label
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
     """Top-1 agreement between two score arrays (the export vs the float model)."""
     return _r(np.mean(np.asarray(a).argmax(axis=1) == np.asarray(b).argmax(axis=1))) if len(a) else 0.0
+
+
+def drop_p_value(lost: int, gained: int) -> float:
+    """Exact one-sided McNemar test: how likely, if the export were no worse than the float model, is
+    it to lose at least `lost` of the `lost + gained` images the two disagree on (each a coin flip)."""
+    from scipy.stats import binomtest
+
+    return float(binomtest(lost, lost + gained, 0.5, alternative="greater").pvalue) if lost + gained else 1.0

@@ -112,6 +112,25 @@ def _fold_accuracy(config: TrainConfig, images, labels, n_classes: int, train_id
     return float(np.mean(pred == labels[test_idx]))
 
 
+def trial_name(backbone: str, params: dict) -> str:
+    """What a trial trains: with unfreeze 0 there is no phase 2, only the head on the frozen backbone."""
+    unfreeze = int(params.get("unfreeze", 0))
+    return f"{backbone} fine-tuned (top {unfreeze} layers)" if unfreeze else f"{backbone} head only (frozen)"
+
+
+def recommendation(rows: list[dict]) -> str:
+    """Say what won. best.json can only hold a trainable recipe, so when a frozen baseline beats every
+    trial, say so rather than pass the best trial off as the winner."""
+    rank, trial = next((i, r) for i, r in enumerate(rows, 1) if r["params"])
+    if rank == 1:
+        return f"recommended: rank 1, {trial['model']} (cv accuracy {trial['mean']:.3f}); best.json holds it"
+    top = rows[0]
+    return (f"no trained trial is recommended: {top['model']} scores {top['mean']:.3f}, above the best trial "
+            f"(rank {rank}, {trial['model']}, {trial['mean']:.3f}); the frozen features already do better than "
+            f"these trials, so train longer (--epochs), search more trials, or add data before shipping a "
+            f"trained model; best.json holds the best trial's settings, not a winner")
+
+
 @dataclass
 class TuneResult:
     out_dir: Path
@@ -119,8 +138,12 @@ class TuneResult:
     best: dict  # the partial TrainConfig written to best.json
     baselines_test: dict | None
 
+    @property
+    def recommendation(self) -> str:
+        return recommendation(self.rows)
+
     def table(self) -> Table:
-        """The ranked table: fine-tuned settings and the frozen baselines, same folds."""
+        """The ranked table: trained settings and the frozen baselines, same folds."""
         table = Table("rank", "model", "lr", "dropout", "unfreeze", "batch", "optimizer", "cv accuracy",
                       "folds", title="k-fold CV on train+val (best first)")
         for rank, row in enumerate(self.rows, 1):
@@ -169,7 +192,7 @@ def tune(data: Path, *, search: str = "random", trials: int | None = None, folds
         config = dataclasses.replace(base, **p)
         scores = [_fold_accuracy(config, pool.images, pool.labels, len(splits.classes), a, b, size)
                   for a, b in fold_idx]
-        rows.append(_row(f"{backbone} fine-tuned", scores, p))
+        rows.append(_row(trial_name(backbone, p), scores, p))
     rows.sort(key=lambda r: (-r["mean"], r["std"]))
     best_trial = next(r for r in rows if r["params"])
     best = {"backbone": backbone, "weights": weights, "img_size": size, "seed": seed,
@@ -177,6 +200,7 @@ def tune(data: Path, *, search: str = "random", trials: int | None = None, folds
     out_dir = next_run_dir(Path(out).parent, Path(out).name)
     (out_dir / "best.json").write_text(json.dumps(best, indent=2) + "\n")
     report = {"data": str(Path(data).resolve()), "fingerprint": splits.fingerprint(), "search": search,
-              "folds": folds, "epochs": epochs, "rows": rows, "baselines_test": baselines_test}
+              "folds": folds, "epochs": epochs, "rows": rows, "baselines_test": baselines_test,
+              "recommended": rows[0]["model"], "recommendation": recommendation(rows)}
     (out_dir / "tune.json").write_text(json.dumps(report, indent=2) + "\n")
     return TuneResult(out_dir, rows, best, baselines_test)
