@@ -174,9 +174,11 @@ def test_gate_refuses_single_class_model(data, tmp_path):
     out = tmp_path / "models"
     args = ["export", str(run), "--data", str(data), "--out", str(out), "--formats", "float32",
             "--latency-runs", "1"]
-    refused = CliRunner().invoke(app, args)
+    refused = CliRunner().invoke(app, args, env={"COLUMNS": "300"})  # the table's cells unwrapped
     assert refused.exit_code != 0
     assert "single class" in refused.output and "--allow-drop" in refused.output
+    table = " ".join(refused.output.split())  # issue 14 item 25: the figures are shown when it refuses
+    assert "exports" in table and "refused (removed)" in table and "0.3333" in table
     assert not list(out.glob("*.tflite")) and not list(out.glob("*.card.json"))
     allowed = CliRunner().invoke(app, [*args, "--allow-drop"])
     assert allowed.exit_code == 0, allowed.output
@@ -189,6 +191,54 @@ def test_gate_refuses_accuracy_drop():
     result = ExportResult("int8", Path("x.tflite"), 1, "uint8", 0.90, 0.9, 1.0, 1.0, 3)
     assert "points below" in gate(result, 0.92, 1.0, 3)
     assert gate(result, 0.905, 1.0, 3) is None
+
+
+def _result(n: int, lost: int, gained: int, float_accuracy: float):
+    from training.export import ExportResult
+
+    accuracy = float_accuracy - (lost - gained) / n
+    return ExportResult("int8", Path("x.tflite"), 1, "uint8", accuracy, 0.9, 1.0, 1.0, 3, n, lost, gained)
+
+
+def test_gate_lets_one_photo_of_sixty_through_with_a_note():
+    """Issue 14 item 25: on 60 test images one photo is 1.67 points, which the 1.0-point rule refused."""
+    from training.export import gate
+
+    one = _result(60, 1, 0, 0.95)
+    assert gate(one, 0.95, 1.0, 3) is None
+    assert one.note.startswith("1.7 points below float, within chance (1 of 60 test images lost and 0 gained")
+    assert "p = 0.500" in one.note
+    three = _result(60, 4, 1, 0.95)  # 5.0 points, but 4 lost vs 1 gained is still a coin flip's work
+    assert gate(three, 0.95, 1.0, 3) is None and "p = 0.188" in three.note
+
+
+def test_gate_refuses_a_drop_chance_does_not_explain():
+    from training.export import gate
+
+    six = _result(60, 6, 0, 0.95)  # 6 lost, none gained: p = 1/64
+    problem = gate(six, 0.95, 1.0, 3)
+    assert "10.0 points below" in problem and "6 of 60 test images lost and 0 gained" in problem
+    assert "p = 0.016" in problem
+    many = _result(10_000, 150, 40, 0.95)  # 1.1 points on a big test set: the points rule, with evidence
+    assert "1.1 points below" in gate(many, 0.95, 1.0, 3)
+    assert gate(_result(10_000, 140, 50, 0.95), 0.95, 1.0, 3) is None  # 0.9 points: within --max-drop
+
+
+def test_evaluate_warns_when_the_model_predicts_one_class(data, tmp_path):
+    """Issue 14 item 25: the export gate refuses a one-class model, and now evaluate says so too."""
+    from typer.testing import CliRunner
+
+    from sorter.cli import app
+
+    run = write_run_folder(tmp_path / "flat", one_class_model(), CLASSES, ROTTEN, data)
+    result = CliRunner().invoke(app, ["evaluate", str(run), str(data), "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    warning = ("warning: the model predicts 'freshapple' for all 30 images, though they hold 3 classes: "
+               "it has not learnt to tell them apart")
+    assert warning in " ".join(result.output.split())
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["warnings"] == [warning.removeprefix("warning: ")]
+    assert "it has not learnt" in (tmp_path / "eval" / "report.html").read_text()
 
 
 def test_unknown_format_is_one_clear_line(tmp_path):

@@ -21,9 +21,15 @@ def test_search_ranks_trials_with_baselines_and_best_json_trains(tmp_path, class
                                       "--weights", "none", "--img-size", "32", "--out", str(out), "--seed", "3"],
                                 env={"COLUMNS": "200"})  # the whole table on one line per row
     assert result.exit_code == 0, result.output
-    for word in ("rank", "cv accuracy", "logreg (frozen)", "linear_svm (frozen)", "resnet50 fine-tuned"):
-        assert word in result.output
+    from training.tune import recommendation, trial_name
+
     report = json.loads((out / "tune.json").read_text())
+    trials = [row for row in report["rows"] if row["params"]]
+    for word in ("rank", "cv accuracy", "logreg (frozen)", "linear_svm (frozen)",
+                 *(trial_name("resnet50", row["params"]) for row in trials)):
+        assert word in result.output
+    assert report["recommendation"] == recommendation(report["rows"])
+    assert report["recommendation"] in " ".join(result.output.split())
     means = [row["mean"] for row in report["rows"]]
     assert len(means) == 4 and means == sorted(means, reverse=True)
     assert all(len(row["folds"]) == 2 and 0 <= row["mean"] <= 1 for row in report["rows"])
@@ -59,3 +65,29 @@ def test_embed_and_frozen_baselines(tmp_path, class_folders):
     scores = frozen_baselines(splits, "resnet50", "none", 32)
     assert scores["n_test"] == 3 and scores["n_train"] == 15
     assert 0 <= scores["logreg"]["accuracy"] <= 1 and 0 <= scores["linear_svm"]["macro_f1"] <= 1
+
+
+def _rows(*models: tuple[str, float, dict | None]) -> list[dict]:
+    return [{"model": m, "mean": mean, "std": 0.0, "folds": [mean], "params": p or {}} for m, mean, p in models]
+
+
+def test_baseline_that_beats_every_trial_is_not_passed_off_as_a_fine_tuned_winner():
+    """Issue 14 item 25: the frozen baselines won (0.70 vs 0.33) and tune still recommended a trial."""
+    from training.tune import recommendation, trial_name
+
+    head = {"lr": 1e-3, "unfreeze": 0}
+    rows = _rows(("logreg (frozen)", 0.70, None), ("linear_svm (frozen)", 0.66, None),
+                 (trial_name("resnet50", head), 0.33, head))
+    text = recommendation(rows)
+    assert text.startswith("no trained trial is recommended: logreg (frozen) scores 0.700")
+    assert "rank 3, resnet50 head only (frozen), 0.330" in text and "not a winner" in text
+    tuned = {"lr": 1e-4, "unfreeze": 30}
+    rows = _rows((trial_name("resnet50", tuned), 0.9, tuned), ("logreg (frozen)", 0.7, None))
+    assert recommendation(rows).startswith("recommended: rank 1, resnet50 fine-tuned (top 30 layers)")
+
+
+def test_head_only_trials_are_not_called_fine_tuned():
+    from training.tune import trial_name
+
+    assert trial_name("resnet50", {"unfreeze": 0}) == "resnet50 head only (frozen)"
+    assert trial_name("resnet50", {"unfreeze": 10}) == "resnet50 fine-tuned (top 10 layers)"

@@ -427,6 +427,7 @@ def export_table(rows: list[ExportFormat] | list[ExportResult]):
     table = Table("format", "file", "MB", "input", "accuracy", "agreement", "ms (median)", "ms (p90)", "status",
                   title="exports")
     for r in rows:
+        assert isinstance(r, ExportResult)
         table.add_row(r.format, escape(str(r.path)), f"{r.size_bytes / 1e6:.2f}", r.input_dtype,
                       f"{r.accuracy:.4f}", f"{r.agreement_with_float:.4f}", f"{r.latency_ms:.2f}",
                       f"{r.latency_p90_ms:.2f}", _status(r))
