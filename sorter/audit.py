@@ -96,17 +96,16 @@ def item_by_name(db: sqlite3.Connection, name: str) -> tuple[int, str] | str:
     return item_by_sha(db, rows[0][1]) or f"unknown item '{name}'"
 
 
-def _find_item(db: sqlite3.Connection, sha: str, name: str, base: Path) -> tuple[int, str] | str:
+def _find_item(db: sqlite3.Connection, sha: str, name: str) -> tuple[int, str] | str:
+    """By hash, else by a path or file name the database already records. Nothing named in the CSV
+    is opened: an audit file is not a licence to read `/etc/shadow` or hash a 2 GB file, and the
+    message for a name is the same whether or not such a file exists."""
     if sha:
         if not _SHA.match(sha):
             return f"bad sha256 '{sha}' (want 64 hex digits)"
         return item_by_sha(db, sha) or f"unknown item sha256 {sha[:12]}… (not in the database)"
     if not name:
         return "neither sha256 nor file given"
-    on_disk = next((p for p in (Path(name), base / name) if p.is_file()), None)
-    if on_disk is not None:
-        sha = sha256_file(on_disk)
-        return item_by_sha(db, sha) or f"unknown item '{name}' (its content is not in the database)"
     return item_by_name(db, name)
 
 
@@ -123,7 +122,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
                 for row in reader]
 
 
-def resolve_csv(db: sqlite3.Connection, rows: list[dict[str, str]], labels: list[str], base: Path,
+def resolve_csv(db: sqlite3.Connection, rows: list[dict[str, str]], labels: list[str],
                 now: str) -> tuple[list[Audit], list[str], int]:
     """Validated audits, one error line per bad row (row 2 = first data line), rows left blank."""
     audits, errors, skipped = [], [], 0
@@ -133,7 +132,7 @@ def resolve_csv(db: sqlite3.Connection, rows: list[dict[str, str]], labels: list
             skipped += 1  # a sample manifest not filled in yet
             continue
         problem = check_label(label, labels)
-        found = _find_item(db, row.get("sha256", ""), row.get("file", ""), base)
+        found = _find_item(db, row.get("sha256", ""), row.get("file", ""))
         if isinstance(found, str):
             problem = f"{problem}; {found}" if problem else found
         try:
@@ -213,7 +212,7 @@ def import_csv(db_path: Path, csv_path: Path, labels: list[str], partial: bool =
     """`sorter audit import`: validate every row, then write all (or, with errors, nothing)."""
     rows = read_csv(csv_path)
     now = store.now_iso()
-    return _import(db_path, lambda conn: resolve_csv(conn, rows, labels, csv_path.parent, now), partial)
+    return _import(db_path, lambda conn: resolve_csv(conn, rows, labels, now), partial)
 
 
 def import_folder(db_path: Path, folder: Path, labels: list[str], auditor: str = "",

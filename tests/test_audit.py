@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -179,3 +180,21 @@ def test_sample_copies_files_writes_manifest_and_round_trips(tmp_path):
     outside = sample(db, tmp_path / "none", 5, "2026-02-01T00:00:00.000+00:00", "2026-02-02T00:00:00.000+00:00",
                      LABELS)
     assert outside.drawn == 0
+
+
+def test_csv_import_never_opens_paths_it_names(seeded, tmp_path):
+    """Item 13: a CSV row names a file by path; only paths the database records match, nothing named
+    is opened or hashed, and the message is the same whether the file exists or not."""
+    db, items = seeded
+    stranger = tmp_path / "elsewhere" / "copy.jpg"  # same bytes as item 1, at a path no row records
+    stranger.parent.mkdir()
+    shutil.copy(items[0]["destination"], stranger)
+    fifo = tmp_path / "elsewhere" / "pipe.jpg"  # opening it would block the import for ever
+    os.mkfifo(fifo)
+    missing = tmp_path / "elsewhere" / "missing.jpg"
+    names = [str(stranger), str(fifo), str(missing), "/etc/shadow", "../elsewhere/copy.jpg"]
+    rows = [[name, "freshred"] for name in names]
+    result = import_csv(db, _write_csv(tmp_path / "paths.csv", ["file", "true_label"], rows), LABELS)
+    assert not result.written and _audits(db) == []
+    assert result.errors == [f"row {n}: unknown item '{name}' (no record with that file name)"
+                             for n, name in enumerate(names, start=2)]
