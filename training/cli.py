@@ -172,7 +172,9 @@ def export(ctx: typer.Context,
            name: str = typer.Option("", "--name", help="Bundle name prefix (default: the run name)."),
            calibration: int = typer.Option(500, "--calibration", help="int8 calibration images (train)."),
            allow_drop: bool = typer.Option(False, "--allow-drop", help="Keep exports that fail the gate."),
-           max_drop: float = typer.Option(1.0, "--max-drop", help="Max accuracy drop in points vs float."),
+           max_drop: float = typer.Option(1.0, "--max-drop",
+                                         help="Max accuracy drop in points vs float, refused only when beyond "
+                                              "chance on this test set (exact McNemar, p < 0.05)."),
            latency_runs: int = typer.Option(30, "--latency-runs", help="Timed batch-1 runs per export.")) -> None:
     """Export TFLite variants with model cards and an accuracy gate."""
     import logging
