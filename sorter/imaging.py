@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 
 MAX_PIXELS = 80_000_000  # a 9000×9000 photo; above this the decode alone could exhaust an edge box
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jp2"})
+# .jp2 is not here: OpenCV's wheels decode no JPEG 2000, so such a file is refused by its name at once
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
 
 class ImageError(ValueError):
@@ -24,51 +25,145 @@ class ImageError(ValueError):
 
 @dataclass(frozen=True)
 class Header:
+    """What the header says, read before a byte is decoded. `channels` and `sample_bytes` are what the
+    decoder holds per pixel (16-bit PNG/TIFF decode at 2 bytes a sample before the 8-bit conversion);
+    `progressive` JPEGs keep every DCT coefficient of the frame, whatever the output scale."""
+
     kind: str
     width: int
     height: int
+    channels: int = 3
+    sample_bytes: int = 1
+    progressive: bool = False
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+
+
+def _jpeg_header(data: bytes) -> Header | None:
+    """The first frame header, walked as libjpeg walks markers: any number of 0xFF fill bytes may come
+    before a marker (skipping only one let a crafted file hide its real size); anything else between
+    segments is refused rather than guessed past."""
     i = 2
-    while i + 9 < len(data):
+    while i + 1 < len(data):
         if data[i] != 0xFF:
+            return None
+        while i + 1 < len(data) and data[i + 1] == 0xFF:  # fill bytes
+            i += 1
+        if i + 1 >= len(data):
             return None
         marker = data[i + 1]
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
             i += 2
             continue
+        if marker in (0xD9, 0xDA) or i + 4 > len(data):  # image ends (or a scan starts) before any frame
+            return None
         length = struct.unpack(">H", data[i + 2 : i + 4])[0]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-            return width, height
+        if marker in _SOF:
+            if length < 8 or i + 10 > len(data):
+                return None
+            precision, height, width, components = struct.unpack(">BHHB", data[i + 4 : i + 10])
+            return Header("jpeg", width, height, max(components, 1), 2 if precision > 8 else 1,
+                          marker in _PROGRESSIVE)
+        if length < 2:
+            return None
         i += 2 + length
     return None
 
 
+def _webp_header(data: bytes) -> Header | None:
+    """Canvas size from the first chunk: VP8X (extended), VP8L (lossless) or VP8 (lossy)."""
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:
+        width = 1 + int.from_bytes(data[24:27], "little")
+        height = 1 + int.from_bytes(data[27:30], "little")
+        return Header("webp", width, height, 4)
+    if chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return Header("webp", 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF), 4)
+    if chunk == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":
+        width, height = struct.unpack("<HH", data[26:30])
+        return Header("webp", width & 0x3FFF, height & 0x3FFF, 3)
+    return None
+
+
+_TIFF_TYPES = {3: ("H", 2), 4: ("I", 4)}  # SHORT, LONG
+
+
+def _tiff_header(data: bytes) -> Header | None:
+    """Width, height, samples and bits from the first IFD (the page a decoder reads)."""
+    order = "<" if data[:2] == b"II" else ">"
+    if len(data) < 8:
+        return None
+    (offset,) = struct.unpack(order + "I", data[4:8])
+    if offset + 2 > len(data):
+        return None
+    (count,) = struct.unpack(order + "H", data[offset : offset + 2])
+    tags: dict[int, int] = {}
+    for n in range(count):
+        entry = data[offset + 2 + 12 * n : offset + 14 + 12 * n]
+        if len(entry) < 12:
+            return None
+        tag, kind, values = struct.unpack(order + "HHI", entry[:8])
+        if kind in _TIFF_TYPES and tag in (256, 257, 258, 277):
+            fmt, size = _TIFF_TYPES[kind]
+            if values * size <= 4:
+                tags[tag] = struct.unpack(order + fmt, entry[8 : 8 + size])[0]
+            else:  # several values stored elsewhere (BitsPerSample per sample): take the first
+                (where,) = struct.unpack(order + "I", entry[8:12])
+                if where + size > len(data):
+                    return None
+                tags[tag] = struct.unpack(order + fmt, data[where : where + size])[0]
+    if 256 not in tags or 257 not in tags:
+        return None
+    samples = tags.get(277, 1)
+    bits = tags.get(258, 8)
+    return Header("tiff", tags[256], tags[257], max(samples, 3), max(1, -(-bits // 8)))
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
+
+
 def sniff(data: bytes) -> Header:
-    """Format and size from the header alone, so a bomb is refused before it is decoded."""
+    """Format and size from the header alone, so a bomb is refused before it is decoded. A format
+    whose size cannot be read here is refused: an unknown size is never trusted."""
     if not data:
         raise ImageError("empty", "zero-byte file")
+    header: Header | None = None
     if data[:3] == b"\xff\xd8\xff":
-        size = _jpeg_size(data)
-        if size is None:
+        header = _jpeg_header(data)
+        if header is None:
             raise ImageError("truncated", "JPEG header ends before the frame size")
-        return Header("jpeg", *size)
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+    elif data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 26:
         width, height = struct.unpack(">II", data[16:24])
-        return Header("png", width, height)
-    if data[:2] == b"BM" and len(data) >= 26:
+        header = Header("png", width, height, max(3, _PNG_CHANNELS.get(data[25], 4)), 2 if data[24] == 16 else 1)
+    elif data[:2] == b"BM" and len(data) >= 30:
         width, height = struct.unpack("<ii", data[18:26])
-        return Header("bmp", abs(width), abs(height))
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return Header("webp", 0, 0)
-    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        bits = struct.unpack("<H", data[28:30])[0]
+        header = Header("bmp", abs(width), abs(height), 4 if bits == 32 else 3)
+    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        header = _webp_header(data)
+    elif data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
         width, height = struct.unpack("<HH", data[6:10])
-        return Header("gif", width, height)
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return Header("tiff", 0, 0)
-    raise ImageError("not-an-image", "unrecognised file signature")
+        header = Header("gif", width, height, 4)
+    elif data[:4] in (b"II*\x00", b"MM\x00*"):
+        header = _tiff_header(data)
+    else:
+        raise ImageError("not-an-image", "unrecognised file signature")
+    if header is None or not header.width or not header.height:
+        raise ImageError("unknown-size", "the header does not say the image's size; refused before decoding")
+    return header
+
+
+def decode_bytes(header: Header, factor: int = 1) -> int:
+    """What decoding costs in memory: the decoder's own buffer at this scale (16-bit and alpha included),
+    plus, for a progressive JPEG, the coefficients of the whole frame it keeps while it reads the scans."""
+    scaled = -(-header.width // factor) * -(-header.height // factor)
+    cost = scaled * header.channels * header.sample_bytes
+    if header.progressive:
+        cost += header.width * header.height * header.channels * 2
+    return cost
 
 
 REDUCED_MARGIN = 1.5  # decoded side ≥ 1.5 × the model's: the area filter still averages ≥1.5 pixels per output
@@ -100,12 +195,20 @@ _RGB = {f: cv2.IMREAD_COLOR_RGB | (flag & ~cv2.IMREAD_COLOR) for f, flag in
 
 
 def decode(data: bytes, size: tuple[int, int], max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode to an (H, W, 3) uint8 RGB array of `size` (height, width); EXIF orientation honoured."""
+    """Decode to an (H, W, 3) uint8 RGB array of `size` (height, width); EXIF orientation honoured.
+
+    `max_pixels` bounds the frame's size and, in bytes, what decoding may hold: 3 bytes a pixel (8-bit
+    RGB) at the scale it is decoded at. A 16-bit or alpha image costs the decoder more per pixel and a
+    progressive JPEG keeps its whole frame's coefficients, so those meet the limit sooner."""
     header = sniff(data)
     if header.width * header.height > max_pixels:
         raise ImageError("pixel-bomb", f"{header.width}×{header.height} exceeds {max_pixels:,} pixels")
+    factor = _reduction(header, size)
+    if (cost := decode_bytes(header, factor)) > 3 * max_pixels:
+        raise ImageError("pixel-bomb", f"{header.width}×{header.height} {header.kind} needs {cost / 1e6:,.0f} MB "
+                                       f"to decode, over the {3 * max_pixels / 1e6:,.0f} MB max_pixels allows")
     buf = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buf, _RGB[_reduction(header, size)])
+    image = cv2.imdecode(buf, _RGB[factor])
     if image is None:
         raise ImageError("undecodable", f"{header.kind} data could not be decoded (corrupt or truncated)")
     if image.shape[0] * image.shape[1] > max_pixels:
