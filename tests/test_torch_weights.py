@@ -116,3 +116,81 @@ def test_refuses_zip_format(tmp_path):
         z.writestr("archive/data.pkl", b"")
     with pytest.raises(ValueError, match="zip-format"):
         load_state_dict(path)
+
+
+def _one_float_file(tmp_path, monkeypatch, build, name="w.pth", storages=None) -> Path:
+    path = tmp_path / name
+    data = storages if storages is not None else [("0", np.array([1.5], dtype="<f4"))]
+    path.write_bytes(_legacy_file(_state_pickle(monkeypatch, build), data))
+    return path
+
+
+def test_a_view_larger_than_its_storage_is_refused_before_allocating(tmp_path, monkeypatch):
+    """Item 12: zero strides over a one-element storage named 2**24 elements (2**31 in the issue: 8 GiB)."""
+
+    def build(torch, Storage, Tensor):
+        return {"w": Tensor(Storage(torch.FloatStorage, "0", 1), 0, (2**24,), (0,))}
+
+    with pytest.raises(pickle.UnpicklingError, match=r"larger than storage 0 \(1 elements"):
+        load_state_dict(_one_float_file(tmp_path, monkeypatch, build))
+
+
+def test_a_storage_larger_than_the_file_is_refused_before_reading(tmp_path, monkeypatch):
+    numel = 2**28  # 1 GiB of floats declared, in a file of a few hundred bytes
+
+    def build(torch, Storage, Tensor):
+        return {"w": Tensor(Storage(torch.FloatStorage, "0", numel), 0, (1,), (1,))}
+
+    path = tmp_path / "big.pth"
+    head = _legacy_file(_state_pickle(monkeypatch, build), [])[: -len(pickle.dumps([], protocol=2))]
+    path.write_bytes(head + pickle.dumps(["0"], protocol=2) + struct.pack("<q", numel) + b"\0" * 16)
+    with pytest.raises(pickle.UnpicklingError, match=r"storage 0 declares 1,073,741,824 bytes; the file holds 16 more"):
+        load_state_dict(path)
+
+
+def test_a_shared_dict_is_not_walked_twice(tmp_path, monkeypatch):
+    """16 levels of a dict holding the same dict twice would name 65,536 tensors from a tiny pickle."""
+
+    def build(torch, Storage, Tensor):
+        node = {"w": Tensor(Storage(torch.FloatStorage, "0", 1), 0, (1,), (1,))}
+        for _ in range(16):
+            node = {"a": node, "b": node}
+        return node
+
+    with pytest.raises(pickle.UnpicklingError, match="appears twice"):
+        load_state_dict(_one_float_file(tmp_path, monkeypatch, build))
+
+
+def test_a_crafted_file_cannot_change_later_loads(tmp_path, monkeypatch):
+    """A pickle may BUILD (set attributes on) the globals it names: FloatStorage's dtype set to a
+    string broke every later load in the same process. Each load has its own allowed objects now."""
+
+    def good(torch, Storage, Tensor):
+        return {"w": Tensor(Storage(torch.FloatStorage, "0", 1), 0, (1,), (1,))}
+
+    refused = [b"ctorch\nFloatStorage\n}(Vdtype\nVboom\nub0}.",  # BUILD with a __dict__ state
+               b"ctorch\nFloatStorage\nN}(Vdtype\nVboom\nu\x86b0}."]  # ... with a slot state
+    for n, payload in enumerate(refused):
+        evil = tmp_path / f"evil{n}.pth"
+        evil.write_bytes(_legacy_file(payload, []))
+        with pytest.raises(pickle.UnpicklingError, match=r"tries to modify torch\.FloatStorage"):
+            load_state_dict(evil)
+    harmless = tmp_path / "attr.pth"  # an attribute on the rebuild function: on this load's copy only
+    harmless.write_bytes(_legacy_file(b"ctorch._utils\n_rebuild_tensor_v2\n}(Vmarker\nVx\nub0}.", []))
+    assert load_state_dict(harmless) == {}
+    sd = load_state_dict(_one_float_file(tmp_path, monkeypatch, good))
+    assert sd["w"].dtype == np.float32 and sd["w"].tolist() == [1.5]
+
+
+@pytest.mark.parametrize(("offset", "size", "stride", "message"), [
+    (0, (-1,), (1,), "negative size"),
+    (0, (1,), (-1,), "negative size or stride"),
+    (-1, (1,), (1,), "negative"),
+    (3, (1,), (1,), "larger than storage"),
+])
+def test_views_outside_their_storage_are_refused(tmp_path, monkeypatch, offset, size, stride, message):
+    def build(torch, Storage, Tensor):
+        return {"w": Tensor(Storage(torch.FloatStorage, "0", 1), offset, size, stride)}
+
+    with pytest.raises(pickle.UnpicklingError, match=message):
+        load_state_dict(_one_float_file(tmp_path, monkeypatch, build))

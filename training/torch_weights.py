@@ -11,6 +11,8 @@ persistent ids) pickle(storage keys), then per key: int64 LE element count + raw
 from __future__ import annotations
 
 import collections
+import math
+import os
 import pickle
 import struct
 import zipfile
@@ -36,12 +38,19 @@ _STORAGE_DTYPES: dict[str, np.dtype] = {
 }
 
 
-@dataclass(frozen=True)
 class _StorageType:
     """Stands in for a `torch.*Storage` class: only its element dtype matters."""
 
-    name: str
-    dtype: np.dtype
+    __slots__ = ("dtype", "name")
+
+    def __init__(self, name: str, dtype: np.dtype):
+        self.name, self.dtype = name, dtype
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError(f"refused: the weights file tries to modify torch.{self.name}")
+
+    def __repr__(self) -> str:
+        return f"torch.{self.name}"
 
 
 @dataclass
@@ -65,10 +74,17 @@ class _TensorRef:
         data = self.storage.data
         if data is None:
             raise pickle.UnpicklingError(f"storage {self.storage.key} has no data in the file")
+        if min(self.size, default=1) < 0 or min(self.stride, default=0) < 0 or self.offset < 0:
+            raise pickle.UnpicklingError(f"tensor on storage {self.storage.key} has a negative size or stride")
+        # Checked before anything is allocated: a view with zero strides over one element would
+        # otherwise copy out as many elements as its shape names (a 220-byte file, an 8 GiB array).
+        if math.prod(self.size) > max(0, data.size - self.offset):
+            raise pickle.UnpicklingError(f"tensor of shape {self.size} is larger than storage {self.storage.key} "
+                                         f"({data.size} elements from offset {self.offset})")
         if not self.size:
             return np.array(data[self.offset])
         extent = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride, strict=True)) + 1
-        if min(self.size) > 0 and (extent > data.size or min(self.stride) < 0):
+        if min(self.size) > 0 and extent > data.size:
             raise pickle.UnpicklingError(f"tensor view exceeds storage {self.storage.key}")
         item = data.itemsize
         view = np.lib.stride_tricks.as_strided(
@@ -89,12 +105,22 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None) -> Any:
     return data
 
 
-_ALLOWED: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    **{("torch", name): _StorageType(name, dtype) for name, dtype in _STORAGE_DTYPES.items()},
-}
+def _allowed() -> dict[tuple[str, str], Any]:
+    """A fresh table per unpickler. A pickle can BUILD (set attributes on) any object it names; were
+    these shared, one crafted file could change, say, FloatStorage's dtype for every later load."""
+
+    def rebuild_tensor(*args: Any, **kwargs: Any) -> _TensorRef:
+        return _rebuild_tensor_v2(*args, **kwargs)
+
+    def rebuild_parameter(*args: Any, **kwargs: Any) -> Any:
+        return _rebuild_parameter(*args, **kwargs)
+
+    return {
+        ("collections", "OrderedDict"): type("OrderedDict", (collections.OrderedDict,), {}),
+        ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
+        ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
+        **{("torch", name): _StorageType(name, dtype) for name, dtype in _STORAGE_DTYPES.items()},
+    }
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -103,10 +129,11 @@ class RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file: BinaryIO, storages: dict[str, _Storage] | None = None):
         super().__init__(file)
         self.storages = storages if storages is not None else {}
+        self._allowed = _allowed()
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return _ALLOWED[(module, name)]
+            return self._allowed[(module, name)]
         except KeyError:
             raise pickle.UnpicklingError(f"refused global {module}.{name} in a weights file") from None
 
@@ -116,39 +143,65 @@ class RestrictedUnpickler(pickle.Unpickler):
         _, storage_type, key, _location, numel, view_metadata = pid
         if not isinstance(storage_type, _StorageType) or view_metadata is not None:
             raise pickle.UnpicklingError(f"unsupported storage {storage_type!r:.80} / view {view_metadata!r}")
-        storage = self.storages.setdefault(str(key), _Storage(str(key), storage_type.dtype, int(numel)))
+        if not isinstance(numel, int) or numel < 0:
+            raise pickle.UnpicklingError(f"storage {key!r:.80} declares {numel!r:.80} elements")
+        storage = self.storages.setdefault(str(key), _Storage(str(key), storage_type.dtype, numel))
         if storage.dtype != storage_type.dtype:
             raise pickle.UnpicklingError(f"storage {key} used with two dtypes")
         return storage
 
 
 def _read_storage(f: BinaryIO, storage: _Storage) -> None:
-    (count,) = struct.unpack("<q", f.read(8))
+    (count,) = struct.unpack("<q", f.read(8).ljust(8, b"\0"))
     if count != storage.numel:
         raise pickle.UnpicklingError(f"storage {storage.key}: {count} elements in file, {storage.numel} expected")
-    raw = f.read(count * storage.dtype.itemsize)
-    if len(raw) != count * storage.dtype.itemsize:
+    size = count * storage.dtype.itemsize
+    left = os.fstat(f.fileno()).st_size - f.tell()
+    if size > left:  # before reading: f.read(n) allocates n bytes whatever the file holds
+        raise pickle.UnpicklingError(f"storage {storage.key} declares {size:,} bytes; the file holds {left:,} more")
+    raw = f.read(size)
+    if len(raw) != size:
         raise pickle.UnpicklingError(f"storage {storage.key} is truncated")
     storage.data = np.frombuffer(raw, dtype=storage.dtype)
 
 
-def _collect(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
-    """Flatten (possibly nested) dicts of tensors into {"a.b": array}."""
+MAX_TENSORS = 100_000  # EfficientNet-B7 has ~1,100; a state dict is a tree, not a pickle's shared DAG
+
+
+def _collect(obj: Any, prefix: str = "", seen: set[int] | None = None) -> dict[str, np.ndarray]:
+    """Flatten (possibly nested) dicts of tensors into {"a.b": array}. A container reached twice is
+    refused: 30 levels of a dict holding the same dict twice would name 2**30 tensors."""
+    seen = set() if seen is None else seen
     if isinstance(obj, _TensorRef):
         return {prefix: obj.materialise()}
     if isinstance(obj, dict):
+        if id(obj) in seen:
+            raise pickle.UnpicklingError(f"dict {prefix or '(root)'} appears twice in the state dict")
+        seen.add(id(obj))
         out: dict[str, np.ndarray] = {}
         for k, v in obj.items():
-            out.update(_collect(v, f"{prefix}.{k}" if prefix else str(k)))
+            out.update(_collect(v, f"{prefix}.{k}" if prefix else str(k), seen))
+            if len(out) > MAX_TENSORS:
+                raise pickle.UnpicklingError(f"more than {MAX_TENSORS:,} tensors in the state dict")
         return out
     return {}
 
 
 def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a legacy-format `.pth` state dict into {name: numpy array}, without torch."""
+    """Read a legacy-format `.pth` state dict into {name: numpy array}, without torch. A malformed
+    file raises `pickle.UnpicklingError` (or ValueError for a file that is not this format)."""
     path = Path(path)
     if zipfile.is_zipfile(path):
         raise ValueError(f"{path} is a zip-format .pth (torch >= 1.6); only the legacy format is supported")
+    try:
+        return _load(path)
+    except (pickle.UnpicklingError, ValueError):
+        raise
+    except (AttributeError, TypeError, KeyError, IndexError, EOFError, RecursionError, struct.error) as exc:
+        raise pickle.UnpicklingError(f"{path} is not a well-formed weights file: {type(exc).__name__}: {exc}") from None
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
     with path.open("rb") as f:
         if RestrictedUnpickler(f).load() != MAGIC_NUMBER:
             raise ValueError(f"{path} is not a legacy PyTorch file (bad magic number)")
@@ -160,6 +213,8 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         storages: dict[str, _Storage] = {}
         state = RestrictedUnpickler(f, storages).load()
         keys = RestrictedUnpickler(f).load()
+        if not isinstance(keys, list | tuple):
+            raise pickle.UnpicklingError("the storage key list is not a list")
         for key in keys:
             if str(key) not in storages:
                 raise pickle.UnpicklingError(f"storage {key} listed but never used")
