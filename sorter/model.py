@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import logging
 import os
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from sorter import quiet, threads
-from sorter.card import ModelCard, card_path, load_card, sha256_file
+from sorter.card import ModelCard, card_path, load_card
 
 log = logging.getLogger("sorter.model")
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "fruit-lite0-int8.tflite"
@@ -76,7 +77,12 @@ class Prediction:
 
 
 class Classifier:
-    """One TFLite interpreter with its card; thread-safe through a lock."""
+    """One TFLite interpreter with its card; thread-safe through a lock.
+
+    The model file is read into memory once, hashed, and every interpreter (replicas too) is built
+    from those bytes. A running daemon keeps the model it loaded and checked: the interpreter would
+    otherwise map the file, so overwriting it in place killed the daemon with SIGBUS or, with other
+    bytes of the same size, gave verdicts from a model that no card describes."""
 
     def __init__(self, path: Path | str | None = None, num_threads: int | None = None, max_batch: int = 8):
         self.path = resolve_model(path)
@@ -88,7 +94,11 @@ class Classifier:
             raise ModelError(str(exc)) from exc
         except ValueError as exc:
             raise ModelError(f"model card {card_path(self.path)} is invalid: {exc}") from exc
-        self.sha256 = sha256_file(self.path)
+        try:
+            self._content = self.path.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"model {self.path} cannot be read: {exc.strerror}") from exc
+        self.sha256 = hashlib.sha256(self._content).hexdigest()
         self.num_threads = num_threads or default_threads()
         self.max_batch = max_batch
         self._open()
@@ -97,7 +107,7 @@ class Classifier:
     def _open(self) -> None:
         self.backend, interpreter_cls = interpreter_backend()
         try:
-            self._interp = interpreter_cls(model_path=str(self.path), num_threads=self.num_threads)
+            self._interp = interpreter_cls(model_content=self._content, num_threads=self.num_threads)
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{self.path} is not a loadable TFLite model: {exc}") from exc
         self._lock = threading.Lock()
