@@ -14,6 +14,7 @@ import itertools
 import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,8 +198,11 @@ def move(src: Path, dst: Path, expect: Identity | None = None) -> None:
 
 
 def _holds(path: Path, sha256: str | None) -> bool:
-    """Does `path` hold the bytes a row describes? (Rows without a hash, symlinks: cannot tell, yes.)"""
-    return sha256 is None or path.is_symlink() or sha256_file(path) == sha256
+    """Does `path` hold the bytes a row describes? Rows without a hash: cannot tell, yes. A symlink,
+    FIFO or device holds no row's bytes (and is never opened: a FIFO would block recovery)."""
+    if sha256 is None:
+        return True
+    return stat.S_ISREG(os.lstat(path).st_mode) and sha256_file(path) == sha256
 
 
 def _same(src: Path, dst: Path) -> bool:
@@ -213,7 +217,9 @@ def finish(src: Path, dst: Path, sha256: str | None) -> str:
 
     Never assumes what sits at src: while the daemon was down a new file may have taken the name.
     - only dst → already done;
-    - both, the same inode (killed between link and unlink) → drop the src link: 'already';
+    - both, the same inode (killed between link and unlink) → drop the src link: 'already'; if that
+      file no longer holds the row's bytes (killed before a changed file's link was undone) → drop the
+      dst link instead: 'replaced';
     - both, dst holds the row's bytes: src is the finished copy's source (killed before its unlink) when it
       holds them too → dropped, 'already'; when it holds other bytes it is a new file: 'kept' (left for
       the scan, a new item);
@@ -226,6 +232,9 @@ def finish(src: Path, dst: Path, sha256: str | None) -> str:
         return "already"
     if src_there and dst_there:
         if _same(src, dst):
+            if not _holds(dst, sha256):  # the link of a file that changed after it was read
+                os.unlink(dst)  # src is the same file: its bytes stay in INCOMING, read anew
+                return "replaced"
             os.unlink(src)
             return "already"
         if sha256 is None or not _holds(dst, sha256):

@@ -141,7 +141,10 @@ class Stability:
     """When a file is finished: its size and mtime have not changed for `stable_seconds` and no
     writer holds it open. A close event does not skip the wait (a writer may open the file again and
     append: `head -c 3000 x > a.jpg; tail -c +3001 x >> a.jpg`), and a file some process has opened
-    (inotify IN_OPEN without its close) is never due, however long its writer pauses."""
+    (inotify IN_OPEN without its close) is never due, however long its writer pauses. Opens are
+    counted, but inotify and watchdog's queue merge an event identical to the one before it: a writer's
+    open followed at once by another process's look counts one open and one close. So a file written to
+    (IN_MODIFY) also counts as open until a writer closes it (IN_CLOSE_WRITE), whatever readers do."""
 
     def __init__(self, stable_seconds: float):
         self.stable = stable_seconds
@@ -149,6 +152,7 @@ class Stability:
         self.open_grace = max(OPEN_GRACE_S, 20 * stable_seconds)
         self._seen: dict[Path, tuple[int, int, float]] = {}
         self._open: dict[Path, int] = {}  # opens not yet closed, from the events
+        self._writing: set[Path] = set()  # written to since a writer last closed it
         self._lock = threading.Lock()
 
     def track(self, path: Path) -> None:
@@ -165,22 +169,32 @@ class Stability:
         with self._lock:
             self._open[path] = self._open.get(path, 0) + 1
 
-    def closed(self, path: Path) -> None:
+    def written(self, path: Path) -> None:
+        with self._lock:
+            self._writing.add(path)
+
+    def closed(self, path: Path, wrote: bool = False) -> None:
         """A close (after writing or not): one open fewer. Our own reads open and close too."""
         with self._lock:
             left = self._open.pop(path, 0) - 1
             if left > 0:
                 self._open[path] = left
+            if wrote:
+                self._writing.discard(path)
+
+    def _busy(self, path: Path) -> bool:
+        return path in self._open or path in self._writing
 
     def is_open(self, path: Path) -> bool:
         with self._lock:
-            return path in self._open
+            return self._busy(path)
 
     def forget(self, path: Path) -> None:
         """The path was deleted or moved away: what was known of it no longer applies."""
         with self._lock:
             self._seen.pop(path, None)
             self._open.pop(path, None)
+            self._writing.discard(path)
 
     def due(self) -> list[Path]:
         with self._lock:
@@ -195,11 +209,12 @@ class Stability:
                 quiet = time.monotonic() - entry[2]
                 if not os.path.lexists(path):
                     del self._seen[path]
-                elif quiet >= self.stable and (path not in self._open or quiet >= self.open_grace):
-                    if path in self._open:  # a close event lost (inotify overflow): never strand the file
+                elif quiet >= self.stable and (not self._busy(path) or quiet >= self.open_grace):
+                    if self._busy(path):  # a close event lost (inotify overflow): never strand the file
                         log.warning("%s still looks open but has not changed for %.0f s; reading it",
                                     path.name, quiet)
-                        del self._open[path]
+                        self._open.pop(path, None)
+                        self._writing.discard(path)
                     del self._seen[path]
                     ready.append(path)
         return ready
@@ -230,7 +245,7 @@ class Events(FileSystemEventHandler):
 
     def on_closed(self, event: FileSystemEvent) -> None:
         if not event.is_directory and (p := self._mine(event.src_path)):
-            self.stability.closed(p)
+            self.stability.closed(p, wrote=True)
             self.stability.track(p)
 
     def on_closed_no_write(self, event: FileSystemEvent) -> None:
@@ -259,6 +274,7 @@ class Events(FileSystemEventHandler):
 
     def on_modified(self, event: FileSystemEvent) -> None:
         if not event.is_directory and (p := self._mine(event.src_path)):
+            self.stability.written(p)
             self.stability.track(p)
 
     def on_deleted(self, event: FileSystemEvent) -> None:
@@ -268,10 +284,11 @@ class Events(FileSystemEventHandler):
 
 def within(incoming: Path, path: Path, recursive: bool, out: Path | None) -> bool:
     """Is `path` a file of INCOMING's: a direct child, or (recursive) in a subfolder that is neither
-    hidden (someone's work in progress) nor OUT itself (OUT may sit inside INCOMING)."""
+    hidden (someone's work in progress) nor OUT itself (OUT may sit inside INCOMING; an INCOMING inside
+    OUT is all INCOMING's)."""
     if path.parent == incoming:
         return True
-    if not recursive or (out is not None and path.is_relative_to(out)):
+    if not recursive or (out is not None and out.is_relative_to(incoming) and path.is_relative_to(out)):
         return False
     try:
         parts = path.relative_to(incoming).parts

@@ -309,3 +309,107 @@ def test_a_label_that_resolves_outside_out_is_rejected_inside_out(tmp_path):
     assert summary.rejected == 1 and list(outside.iterdir()) == []
     (row,) = _every_row_holds_its_bytes(tmp_path)
     assert row["error"].startswith("unsafe-destination") and "/out/rejected/" in row["destination"]
+
+
+# ---- review of items 1-6 (found after the first fixes) ----
+
+def test_recovery_never_drops_a_source_because_a_symlink_sits_at_its_destination(tmp_path):
+    """A symlink at the destination says nothing about the row's bytes: the file in INCOMING (the only
+    copy) must not be deleted as 'already moved'; it is moved under another name."""
+    incoming, out = tmp_path / "in", tmp_path / "out" / RED
+    incoming.mkdir()
+    out.mkdir(parents=True)
+    data = jpeg("red", tag="only-copy")
+    (tmp_path / "elsewhere").write_bytes(b"not the photo")
+    (out / "a.jpg").symlink_to(tmp_path / "elsewhere")
+    _intent(tmp_path, incoming / "a.jpg", out / "a.jpg", data)
+    (incoming / "a.jpg").write_bytes(data)
+    _old(incoming / "a.jpg")
+    make_watcher(tmp_path).run(threading.Event(), once=True)
+    (row,) = _every_row_holds_its_bytes(tmp_path)
+    assert row["state"] == "done" and Path(row["destination"]).read_bytes() == data
+    assert not Path(row["destination"]).is_symlink()
+
+
+def test_recovery_of_a_hard_link_that_holds_other_bytes_keeps_no_row_for_them(tmp_path):
+    """Killed between the link and its undo (the file changed after it was read): the destination is the
+    source itself, with other bytes than the row's. The row is forgotten and the file read as itself."""
+    incoming, out = tmp_path / "in", tmp_path / "out" / RED
+    incoming.mkdir()
+    out.mkdir(parents=True)
+    read, now = jpeg("red", tag="as-read"), jpeg("blue", tag="as-it-is-now")
+    (incoming / "a.jpg").write_bytes(now)
+    os.link(incoming / "a.jpg", out / "a.jpg")
+    _intent(tmp_path, incoming / "a.jpg", out / "a.jpg", read)
+    _old(incoming / "a.jpg")
+    make_watcher(tmp_path).run(threading.Event(), once=True)
+    (row,) = _every_row_holds_its_bytes(tmp_path)
+    assert row["sha256"] == _sha(now) and row["destination"].endswith("rotten/rottenblue/a.jpg")
+    assert list(out.iterdir()) == [] and list(incoming.iterdir()) == []
+
+
+def test_subfolders_are_followed_when_incoming_sits_inside_out(tmp_path):
+    """OUT=/srv/photos, INCOMING=/srv/photos/incoming: only OUT inside INCOMING is excluded, so the
+    dated subfolders of an INCOMING inside OUT are still read (and not silently left, exit 0)."""
+    out = tmp_path / "out"
+    incoming = out / "in"
+    (incoming / "cam1").mkdir(parents=True)
+    (incoming / "cam1" / "a.jpg").write_bytes(data := jpeg("red", tag="in-out"))
+    _old(incoming / "cam1" / "a.jpg")
+    clf_watcher = make_watcher(tmp_path, out=out)
+    w = watch.Watcher(incoming, out, tmp_path / "db.sqlite", clf_watcher.clf, clf_watcher.rules,
+                      clf_watcher.settings)
+    summary = w.run(threading.Event(), once=True)
+    assert summary.routed == 1 and not summary.left
+    (row,) = _every_row_holds_its_bytes(tmp_path)
+    assert row["destination"] == str(out / RED / "a.jpg") and (out / RED / "a.jpg").read_bytes() == data
+
+
+def test_a_writer_whose_open_event_merges_with_a_peek_keeps_its_file(tmp_path):
+    """inotify (and watchdog's queue) merge two opens in a row into one event: a writer's open then
+    another process's quick look (an indexer, a thumbnailer) leave one open and one close counted. The
+    writer, paused longer than stable_seconds, must still not have its half-written file read."""
+    w = make_watcher(tmp_path, stable_seconds=0.2)
+    run = Running(w)
+    names = [f"p{i}.jpg" for i in range(5)]
+    data = {n: jpeg("red", tag=f"peeked-{n}" * 300) for n in names}
+    writers = {}
+    for n in names:
+        writers[n] = open(tmp_path / "in" / n, "wb")  # noqa: SIM115 - held open on purpose
+        open(tmp_path / "in" / n, "rb").close()  # the peek
+        writers[n].write(data[n][: len(data[n]) // 2])
+        writers[n].flush()
+    time.sleep(1.2)  # 6 × stable_seconds, every writer still open
+    try:
+        assert rows(tmp_path / "db.sqlite") == []
+        assert sorted(p.name for p in (tmp_path / "in").iterdir()) == names
+    finally:
+        for n in names:
+            writers[n].write(data[n][len(data[n]) // 2 :])
+            writers[n].close()
+    wait_until(lambda: not list((tmp_path / "in").iterdir()), timeout=10, what="the files routed")
+    time.sleep(0.3)
+    run.stop()
+    got = _every_row_holds_its_bytes(tmp_path)
+    assert sorted(r["sha256"] for r in got) == sorted(_sha(d) for d in data.values())
+    assert all(r["error"] is None for r in got)
+
+
+def test_recovery_does_not_hang_on_a_fifo_left_at_a_rows_source(tmp_path):
+    """While the daemon was down a FIFO took the name of a file whose intent it left: recovery must not
+    open it (it would block until someone writes to it: the daemon never starts)."""
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    _intent(tmp_path, incoming / "a.jpg", tmp_path / "out" / RED / "a.jpg", jpeg("red", tag="was-here"))
+    os.mkfifo(incoming / "a.jpg")
+    writer = store.Writer(tmp_path / "db.sqlite")
+    done = threading.Thread(target=watch.recover, args=(tmp_path / "out", writer), daemon=True)
+    done.start()
+    done.join(10)
+    blocked = done.is_alive()
+    if blocked:  # unblock it before failing
+        os.close(os.open(incoming / "a.jpg", os.O_WRONLY | os.O_NONBLOCK))
+        done.join(5)
+    writer.close()
+    assert not blocked, "recovery blocked on the FIFO"
+    assert rows(tmp_path / "db.sqlite") == [] and (incoming / "a.jpg").exists()
