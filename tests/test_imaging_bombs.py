@@ -117,7 +117,7 @@ def test_a_tiff_that_does_not_say_its_size_is_refused():
 
 def test_the_limit_is_in_bytes_for_sixteen_bit_and_progressive_images():
     png = _png16(7_000, 7_000)  # 49 M pixels, under the 80 M limit, but 6 bytes a pixel while decoding
-    assert decode_bytes(sniff(png)) == 7_000 * 7_000 * 6
+    assert decode_bytes(sniff(png)) == 7_000 * 7_000 * (6 + 3)  # + the uint8 copy cv2 hands back
     with pytest.raises(ImageError) as info:
         decode(png, SIZE)
     assert info.value.reason == "pixel-bomb" and "MB to decode" in str(info.value)
@@ -130,3 +130,14 @@ def test_the_limit_is_in_bytes_for_sixteen_bit_and_progressive_images():
 
 def test_jp2_is_not_accepted_by_its_name():
     assert not is_image_name("photo.jp2") and is_image_name("photo.JPG")
+
+
+def test_the_copy_cv2_hands_back_counts_against_the_limit():
+    """An 8-bit RGB PNG of 50 M pixels (under the pixel limit) held 300 MB in the decoder and 300 MB
+    more in the array cv2 copies it into: +459 MB peak RSS for an 80 MP one in `sorter watch`."""
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", 10_000, 5_000, 8, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + b"\0" * 64
+    assert decode_bytes(sniff(png)) == 10_000 * 5_000 * 6
+    with pytest.raises(ImageError) as info:
+        decode(png, SIZE)
+    assert info.value.reason == "pixel-bomb" and "300 MB to decode" in str(info.value)
