@@ -3,7 +3,7 @@ truncated and crafted headers, zero-byte and random files, a symlink out of INCO
 so the daemon's peak RSS (VmHWM in /proc/<pid>/status) can be read after each; every file must get
 a database row with a reason, and nothing outside INCOMING and OUT may change.
 
-    python benchmarks/torture_hostile.py            # the full set (150 files), prints the figures
+    python benchmarks/torture_hostile.py            # the full set (154 files), prints the figures
     python benchmarks/torture_hostile.py --small    # the set tests/test_torture_hostile.py runs
 """
 
@@ -104,9 +104,28 @@ def _real(fmt: str, size: int = 64, **kw) -> bytes:
     return bio.getvalue()
 
 
+def _with_fill(jpeg: bytes, fill: int) -> bytes:
+    """The same JPEG with `fill` extra 0xFF fill bytes before its frame header (valid, T.81 B.1.1.2)."""
+    at = min(jpeg.find(bytes([0xFF, m])) % len(jpeg) for m in (0xC0, 0xC2))
+    return jpeg[:at] + b"\xff" * fill + jpeg[at:]
+
+
+def real_bombs() -> list[tuple[str, bytes]]:
+    """Real, decodable images of 81 M pixels that compress to a few KB or MB: what the old size check
+    let through (TIFF and WEBP were sized 0×0, a fill byte hid the JPEG's frame, 16-bit cost 2×)."""
+    zeros = np.zeros((9_000, 9_000, 3), np.uint8)
+    progressive = cv2.imencode(".jpg", zeros, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    bombs = [("real-bomb-deflate.tif", cv2.imencode(".tif", zeros, [cv2.IMWRITE_TIFF_COMPRESSION, 8])[1].tobytes()),
+             ("real-bomb-lossless.webp", cv2.imencode(".webp", zeros, [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes()),
+             ("real-bomb-fill-progressive.jpg", _with_fill(progressive, 3)),
+             ("real-bomb-16bit-70mp.png", png_zeros(10_000, 7_000, 16, 2))]
+    del zeros
+    return bombs
+
+
 def hostile(small: bool = False) -> list[tuple[str, bytes]]:
     """(name, bytes) of each hostile file; `small` keeps one of each kind for the test suite."""
-    out: list[tuple[str, bytes]] = []
+    out: list[tuple[str, bytes]] = real_bombs()
     suffixes = [".jpg", ".png", ".webp", ".tif", ".gif", ".bmp"]
     out += [(f"empty{s}", b"") for s in suffixes]
     out += [(f"text{s}", b"I am a text file pretending to be an image\n" * 3) for s in suffixes]
