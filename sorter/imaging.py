@@ -9,6 +9,7 @@ from dataclasses import dataclass
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 30))
 import cv2
 import numpy as np
+import simplejpeg
 
 MAX_PIXELS = 80_000_000  # a 9000×9000 photo; above this the decode alone could exhaust an edge box
 # .jp2 is not here: OpenCV's wheels decode no JPEG 2000, so such a file is refused by its name at once
@@ -209,6 +210,8 @@ def decode(data: bytes, size: tuple[int, int], max_pixels: int = MAX_PIXELS) -> 
     if (cost := decode_bytes(header, factor)) > 3 * max_pixels:
         raise ImageError("pixel-bomb", f"{header.width}×{header.height} {header.kind} needs {cost / 1e6:,.0f} MB "
                                        f"to decode, over the {3 * max_pixels / 1e6:,.0f} MB max_pixels allows")
+    if header.kind == "jpeg":
+        _check_scan_complete(data)
     buf = np.frombuffer(data, dtype=np.uint8)
     image = cv2.imdecode(buf, _RGB[factor])
     if image is None:
@@ -216,6 +219,23 @@ def decode(data: bytes, size: tuple[int, int], max_pixels: int = MAX_PIXELS) -> 
     if image.shape[0] * image.shape[1] > max_pixels:
         raise ImageError("pixel-bomb", f"{image.shape[1]}×{image.shape[0]} exceeds {max_pixels:,} pixels")
     return fit(image, size)
+
+
+# libjpeg's warnings for scan data that stops before the last block: an EOI marker reached early
+# (JWRN_HIT_MARKER) or the bytes running out (JWRN_JPEG_EOF). OpenCV ignores both and returns the
+# missing blocks grey, so a photo cut at 80 % with EOI appended was scored ("rotten 0.83").
+_CUT_SHORT = ("premature end of data segment", "premature end of jpeg file")
+
+
+def _check_scan_complete(data: bytes) -> None:
+    """Refuse a JPEG whose entropy-coded data ends early. One grey 1/8-scale decode by libjpeg-turbo
+    in strict mode (simplejpeg): +0.06 ms on a 224 px photo, +0.7 ms on a 1000 px one (5.8 ms to decode).
+    Other libjpeg warnings (extraneous bytes, which some cameras write) are left to OpenCV, as before."""
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=True, min_factor=8, fastdct=True, fastupsample=True)
+    except ValueError as exc:
+        if any(text in str(exc).lower() for text in _CUT_SHORT):
+            raise ImageError("truncated", f"JPEG scan data ends early ({str(exc).strip()})") from None
 
 
 def fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -116,3 +116,23 @@ def test_an_opencv_too_old_for_rgb_decoding_is_named_at_import():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert f"sorter needs OpenCV 4.11 or newer, found {cv2.__version__}" in out.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("cut", [0.3, 0.8, 0.95])
+def test_a_jpeg_cut_short_and_closed_with_eoi_is_refused(cut):
+    """Item 4: OpenCV filled the missing blocks with grey and the photo got a verdict ("rotten 0.83")."""
+    yy, xx = np.mgrid[0:240, 0:320]
+    img = np.stack([xx % 256, yy % 256, (xx * yy) % 256], -1).astype(np.uint8)
+    for params in ([], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]):
+        data = cv2.imencode(".jpg", img, params)[1].tobytes()
+        assert decode(data, SIZE).shape == (32, 32, 3)
+        with pytest.raises(ImageError) as info:
+            decode(data[: int(len(data) * cut)] + b"\xff\xd9", SIZE)
+        assert info.value.reason == "truncated" and "ends early" in str(info.value)
+
+
+def test_a_jpeg_with_extraneous_bytes_before_eoi_still_decodes():
+    """A libjpeg warning that some cameras trigger (bytes after the last scan) is not a cut file."""
+    data = cv2.imencode(".jpg", np.full((64, 64, 3), 90, np.uint8))[1].tobytes()
+    padded = data[:-2] + b"\x00\x00\x00" + data[-2:]
+    assert decode(padded, SIZE).shape == (32, 32, 3)
