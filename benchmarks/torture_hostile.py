@@ -3,7 +3,7 @@ truncated and crafted headers, zero-byte and random files, a symlink out of INCO
 so the daemon's peak RSS (VmHWM in /proc/<pid>/status) can be read after each; every file must get
 a database row with a reason, and nothing outside INCOMING and OUT may change.
 
-    python benchmarks/torture_hostile.py            # the full set (154 files), prints the figures
+    python benchmarks/torture_hostile.py            # the full set (160 files), prints the figures
     python benchmarks/torture_hostile.py --small    # the set tests/test_torture_hostile.py runs
 """
 
@@ -150,6 +150,7 @@ def hostile(small: bool = False) -> list[tuple[str, bytes]]:
     photo = cv2.imencode(".jpg", rng.integers(0, 255, (240, 320, 3)).astype(np.uint8))[1].tobytes()
     for cut in ((0.5,) if small else (0.02, 0.1, 0.3, 0.5, 0.8, 0.95)):
         out.append((f"jpeg-cut{int(cut * 100)}.jpg", photo[: int(len(photo) * cut)]))
+        out.append((f"jpeg-cut{int(cut * 100)}-eoi.jpg", photo[: int(len(photo) * cut)] + b"\xff\xd9"))
     out += list(webp_bombs())
     out += [("tiff-bomb.tif", tiff(100_000, 100_000)), ("tiff-no-size.tif", tiff(0, 0, tags=False)),
             ("tiff-ifd-outside.tif", tiff(64, 64, ifd_at=1 << 30)),

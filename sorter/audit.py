@@ -113,12 +113,13 @@ def read_csv(path: Path) -> list[dict[str, str]]:
     """Rows keyed by canonical column names (sha256, file, label, auditor, time)."""
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
-        header = {h: _ALIASES.get(h.strip().lower().replace(" ", "_")) for h in reader.fieldnames or []}
+        names = {h: _ALIASES.get(h.strip().lower().replace(" ", "_")) for h in reader.fieldnames or []}
+        header = {h: name for h, name in names.items() if name}
         if "label" not in header.values():
             raise AuditError(f"{path}: no label column (want one of: true_label, label)")
         if not {"sha256", "file"} & set(header.values()):
             raise AuditError(f"{path}: no item column (want sha256 or file/path)")
-        return [{header[k]: (v or "").strip() for k, v in row.items() if k is not None and header.get(k)}
+        return [{header[k]: (v or "").strip() for k, v in row.items() if k in header}
                 for row in reader]
 
 
