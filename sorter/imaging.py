@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 30))
@@ -213,7 +216,8 @@ def decode(data: bytes, size: tuple[int, int], max_pixels: int = MAX_PIXELS) -> 
     if header.kind == "jpeg":
         _check_scan_complete(data)
     buf = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buf, _RGB[factor])
+    with _codec_logs_quiet():
+        image = cv2.imdecode(buf, _RGB[factor])
     if image is None:
         raise ImageError("undecodable", f"{header.kind} data could not be decoded (corrupt or truncated)")
     if image.shape[0] * image.shape[1] > max_pixels:
@@ -236,6 +240,36 @@ def _check_scan_complete(data: bytes) -> None:
     except ValueError as exc:
         if any(text in str(exc).lower() for text in _CUT_SHORT):
             raise ImageError("truncated", f"JPEG scan data ends early ({str(exc).strip()})") from None
+
+
+class _QuietCodecs:
+    """OpenCV logs its own `[ERROR]`/`[ WARN ]` lines (several, multi-line) for every corrupt file
+    imdecode meets, beside the one line the caller already writes with the reason. OpenCV's log level
+    is process-wide, so it is lowered only while a decode runs and restored when the last one ends:
+    warnings from anything else (a camera's capture) keep their level outside decoding."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+        self._saved = 0
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if not self._active:
+                self._saved = cv2.utils.logging.getLogLevel()
+                cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+                if not self._active:
+                    cv2.utils.logging.setLogLevel(self._saved)
+
+
+_codec_logs_quiet = _QuietCodecs()
 
 
 def fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -136,3 +136,30 @@ def test_a_jpeg_with_extraneous_bytes_before_eoi_still_decodes():
     data = cv2.imencode(".jpg", np.full((64, 64, 3), 90, np.uint8))[1].tobytes()
     padded = data[:-2] + b"\x00\x00\x00" + data[-2:]
     assert decode(padded, SIZE).shape == (32, 32, 3)
+
+
+def test_opencv_logs_nothing_of_its_own_for_corrupt_files():
+    """Item 24: imdecode printed [ERROR]/[ WARN ] lines per corrupt file beside our one-line reason;
+    OpenCV's log level is back where it was after decoding."""
+    code = """
+import io, cv2, numpy as np
+from PIL import Image
+from sorter.imaging import ImageError, decode
+img = Image.new("RGB", (64, 64), (1, 2, 3))
+level = cv2.utils.logging.getLogLevel()
+reasons = []
+for fmt in ("TIFF", "PNG", "WEBP"):
+    bio = io.BytesIO()
+    img.save(bio, fmt)
+    data = bio.getvalue()
+    try:
+        decode(data[: len(data) * 2 // 3], (32, 32))
+    except ImageError as exc:
+        reasons.append(exc.reason)
+print(reasons, cv2.utils.logging.getLogLevel() == level != cv2.utils.logging.LOG_LEVEL_SILENT)
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                         env={k: v for k, v in __import__("os").environ.items() if k != "OPENCV_LOG_LEVEL"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("]")[0].count("undecodable") == 3 and out.stdout.strip().endswith("True")
+    assert "[ERROR" not in out.stderr and "[ WARN" not in out.stderr, out.stderr
