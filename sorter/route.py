@@ -72,6 +72,13 @@ def from_text(text: str) -> Path:
     return Path(os.fsdecode(raw))
 
 
+def stored_at(out: Path, text: str) -> Path:
+    """The path a stored destination names. Below OUT every name is UTF-8 (`free_name`, labels), but OUT's
+    own path may not be: its escaped text would name a sibling folder outside OUT, so it is OUT itself."""
+    prefix = path_text(out) + os.sep
+    return out / text[len(prefix):] if text.startswith(prefix) else Path(text)
+
+
 def _fit(stem: str, rest: str) -> str:
     """`stem + rest`, the stem cut (on a character boundary) so the name fits NAME_MAX bytes."""
     room = NAME_MAX - len(rest.encode("utf-8"))

@@ -32,7 +32,7 @@ from sorter.config import Settings
 from sorter.imaging import ImageError, decode, is_image_name, one_image_per_thread
 from sorter.metrics import Telemetry
 from sorter.model import Classifier, warm_up_all
-from sorter.route import Changed, Identity, finish, free_name, from_text, move, path_text, target_dir
+from sorter.route import Changed, Identity, finish, free_name, from_text, move, path_text, stored_at, target_dir
 from sorter.verdict import VerdictRules
 
 log = logging.getLogger("sorter.watch")
@@ -469,11 +469,12 @@ class Router:
             return []
         settled = []
         for item, row, item_id in zip(batch, rows, ids, strict=True):
+            dst = stored_at(self.out, row["destination"])
             if self.dry_run:
-                self._log(item, Path(row["destination"]), "would route")
+                self._log(item, dst, "would route")
                 settled.append(item)
                 continue
-            outcome = self._move(item, Path(row["destination"]), item_id)
+            outcome = self._move(item, dst, item_id)
             self._finished.append(outcome)
             if outcome.get("state") == "done":
                 settled.append(item)
@@ -544,7 +545,7 @@ def recover(out: Path, writer: store.Writer) -> int:
     rows = writer.call(store.unfinished)
     updates: list[dict] = []
     for row in rows:
-        src, dst = from_text(row["source_path"]), Path(row["destination"])
+        src, dst = from_text(row["source_path"]), stored_at(out, row["destination"])
         update = {"id": row["id"], "state": "done", "routed_at": store.now_iso()}
         try:
             try:

@@ -413,3 +413,28 @@ def test_recovery_does_not_hang_on_a_fifo_left_at_a_rows_source(tmp_path):
     writer.close()
     assert not blocked, "recovery blocked on the FIFO"
     assert rows(tmp_path / "db.sqlite") == [] and (incoming / "a.jpg").exists()
+
+
+def test_an_out_folder_whose_name_is_not_utf8_gets_the_files_and_its_rows_are_recovered(tmp_path):
+    """OUT's own path stored as text names a sibling (`caf\\xe9`, a backslash) outside OUT: moves must go
+    into OUT itself, and recovery must find a file moved there (not call it lost)."""
+    incoming, out = tmp_path / "in", tmp_path / os.fsdecode(b"caf\xe9")
+    incoming.mkdir()
+    (out / RED).mkdir(parents=True)
+    moved = jpeg("red", tag="moved-before-the-kill")
+    (out / RED / "m.jpg").write_bytes(moved)
+    _intent(tmp_path, incoming / "m.jpg", Path(watch.path_text(out / RED / "m.jpg")), moved)  # as text
+    (incoming / "a.jpg").write_bytes(new := jpeg("red", tag="after"))
+    _old(incoming / "a.jpg")
+    w = make_watcher(tmp_path, out=out)
+    stop, result = threading.Event(), []
+    runner = threading.Thread(target=lambda: result.append(w.run(stop, once=True)), daemon=True)
+    runner.start()
+    runner.join(30)
+    stop.set()
+    runner.join(15)
+    assert result and result[0].routed == 1 and result[0].recovered == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["db.sqlite", "in", out.name])
+    assert (out / RED / "a.jpg").read_bytes() == new and (out / RED / "m.jpg").read_bytes() == moved
+    got = rows(tmp_path / "db.sqlite")
+    assert {r["state"] for r in got} == {"done"} and all(r["error"] is None for r in got)
