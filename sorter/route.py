@@ -152,8 +152,7 @@ def _link_or_rename(src: Path, dst: Path, expect: Identity | None = None) -> Non
             if expect is not None and not expect.unchanged(os.lstat(dst)):
                 os.unlink(dst)
                 raise Changed(errno.ESTALE, "replaced while it was being moved", str(src))
-            if expect is None or expect.same_file(os.lstat(src)):
-                os.unlink(src)
+            _drop_source(src, expect)
             return
     if os.path.lexists(dst):
         raise FileExistsError(errno.EEXIST, "destination exists", str(dst))
@@ -180,8 +179,17 @@ def copy_across(src: Path, dst: Path, expect: Identity | None = None) -> None:
         if os.path.lexists(tmp):
             os.unlink(tmp)
         raise
-    if expect is None or expect.same_file(os.lstat(src)):
-        os.unlink(src)
+    _drop_source(src, expect)
+
+
+def _drop_source(src: Path, expect: Identity | None) -> None:
+    """Unlink src now that dst holds its file, unless a new file took the name; a src someone else
+    removed meanwhile is fine (the file is at dst: the move must not be reported as failed)."""
+    try:
+        if expect is None or expect.same_file(os.lstat(src)):
+            os.unlink(src)
+    except FileNotFoundError:
+        pass
 
 
 def move(src: Path, dst: Path, expect: Identity | None = None) -> None:

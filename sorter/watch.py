@@ -258,7 +258,7 @@ class Events(FileSystemEventHandler):
         if not (p := self._mine(event.dest_path)):
             return
         if event.is_directory:
-            scan(p, self.intake, self.stability, self.recursive, self.out)
+            self._folder(p)
         elif self.stability.is_open(p):
             self.stability.track(p)
         else:
@@ -268,9 +268,21 @@ class Events(FileSystemEventHandler):
         if not (p := self._mine(event.src_path)):
             return
         if event.is_directory:
-            scan(p, self.intake, self.stability, self.recursive, self.out)
+            self._folder(p)
         else:
             self.stability.track(p)
+
+    def _folder(self, path: Path) -> None:
+        """A folder made or moved in: scanned when subfolders are followed, else said to be skipped (its
+        files would otherwise be read once, and what is added to it later never). A hidden folder (someone's
+        work in progress) and OUT itself are never looked into, as in `backlog`."""
+        if path.name.startswith(".") or path == self.out:
+            return
+        if self.recursive:
+            scan(path, self.intake, self.stability, self.recursive, self.out)
+        else:
+            log.warning("subfolder %s of %s not looked into (recursive = false)", path_text(path.name),
+                        self.incoming)
 
     def on_modified(self, event: FileSystemEvent) -> None:
         if not event.is_directory and (p := self._mine(event.src_path)):

@@ -438,3 +438,64 @@ def test_an_out_folder_whose_name_is_not_utf8_gets_the_files_and_its_rows_are_re
     assert (out / RED / "a.jpg").read_bytes() == new and (out / RED / "m.jpg").read_bytes() == moved
     got = rows(tmp_path / "db.sqlite")
     assert {r["state"] for r in got} == {"done"} and all(r["error"] is None for r in got)
+
+
+def test_a_source_removed_right_after_its_link_is_recorded_where_it_went(tmp_path, monkeypatch):
+    """Someone deletes the file in INCOMING between the daemon's link and its unlink: the photo is in OUT
+    and its row must say so (not 'vanished-before-move' with no destination: a file with no row)."""
+    from sorter import route
+
+    w = make_watcher(tmp_path)
+    path = tmp_path / "in" / "a.jpg"
+    path.write_bytes(data := jpeg("red", tag="deleted-meanwhile"))
+    item = _loaded(w, path)
+    real_link = os.link
+
+    def link_then_someone_deletes(src, dst, **kw):
+        real_link(src, dst, **kw)
+        os.unlink(src)
+
+    monkeypatch.setattr(route.os, "link", link_then_someone_deletes)
+    w.router.route([item])
+    monkeypatch.undo()
+    w.router.flush()
+    (row,) = _every_row_holds_its_bytes(tmp_path)
+    assert row["error"] is None and Path(row["destination"]).read_bytes() == data
+
+
+def test_not_recursive_leaves_a_folder_moved_in_and_says_so(tmp_path, caplog):
+    """recursive = false: a folder moved in is not read (its later files would never be), and a line
+    says it is skipped."""
+    w = make_watcher(tmp_path, recursive=False)
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "a.jpg").write_bytes(jpeg("red", tag="in-a-moved-folder"))
+    _old(staged / "a.jpg")
+    with caplog.at_level("WARNING", logger="sorter.watch"):
+        run = Running(w)
+        os.rename(staged, tmp_path / "in" / "cam2")
+        (tmp_path / "in" / "top.jpg").write_bytes(jpeg("green", tag="top"))
+        wait_until(lambda: len(rows(tmp_path / "db.sqlite")) == 1, what="top.jpg routed")
+        time.sleep(0.5)
+        run.stop()
+    assert [Path(r["source_path"]).name for r in rows(tmp_path / "db.sqlite")] == ["top.jpg"]
+    assert (tmp_path / "in" / "cam2" / "a.jpg").exists()
+    assert any("subfolder cam2" in r.getMessage() and "recursive = false" in r.getMessage() for r in caplog.records)
+
+
+def test_a_hidden_folder_moved_in_is_not_read(tmp_path):
+    """A sync tool's hidden folder (`.stversions`, a partial dir) moved or made in INCOMING while the daemon
+    runs is someone's work in progress, like one there at startup: its files are not read."""
+    w = make_watcher(tmp_path)
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "old.jpg").write_bytes(jpeg("red", tag="an-old-version"))
+    _old(staged / "old.jpg")
+    run = Running(w)
+    os.rename(staged, tmp_path / "in" / ".stversions")
+    (tmp_path / "in" / "top.jpg").write_bytes(jpeg("green", tag="top"))
+    wait_until(lambda: len(rows(tmp_path / "db.sqlite")) == 1, what="top.jpg routed")
+    time.sleep(0.6)
+    run.stop()
+    assert [Path(r["source_path"]).name for r in rows(tmp_path / "db.sqlite")] == ["top.jpg"]
+    assert (tmp_path / "in" / ".stversions" / "old.jpg").exists()
