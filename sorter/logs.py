@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, TextIO
 
 from sorter.redact import mask_text
 
@@ -36,9 +36,25 @@ class TextFormatter(logging.Formatter):
         return mask_text(_one_line(super().format(record)))
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record is emitted, not the stream it was made with: a
+    command run in-process (tests, a CLI runner) swaps stderr and closes the old one when it ends."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:  # logging assigns it in __init__ and setStream: ignored below
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
 def setup(fmt: LogFormat = "text", level: int | str = logging.INFO) -> logging.Handler:
     """Replace the root handlers with one stderr handler in the chosen format (idempotent)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -34,3 +34,23 @@ def test_cli_json_logs_are_one_object_per_line(tmp_path):
     lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     assert lines and all(set(e) >= {"time", "level", "logger", "message"} for e in lines)
     assert any(e["logger"] == "sorter.watch" and "a.jpg" in e["message"] for e in lines)
+
+
+def test_the_handler_follows_stderr_when_a_runner_swaps_and_closes_it(capsys):
+    """Commands run in-process (CliRunner) swap sys.stderr and close it after: a handler bound to the old
+    stream printed '--- Logging error ---' and a traceback into the next command's output."""
+    import io
+    import sys
+
+    first = io.StringIO()
+    real = sys.stderr
+    try:
+        sys.stderr = first
+        setup("text")
+        logging.getLogger("sorter.test").warning("into the first stream")
+        first.close()
+        sys.stderr = second = io.StringIO()
+        logging.getLogger("sorter.test").warning("into the second stream")
+    finally:
+        sys.stderr = real
+    assert "into the second stream" in second.getvalue() and "Logging error" not in second.getvalue()
