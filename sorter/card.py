@@ -12,7 +12,7 @@ import hashlib
 import json
 import unicodedata
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -67,6 +67,7 @@ class ExportScore(BaseModel):
     accuracy: float | None = None
     agreement_with_float: float | None = None
     n_test: int | None = None
+    macro_f1: float | None = None
     per_class: dict[str, dict[str, float]] = Field(default_factory=dict)
 
 
@@ -102,6 +103,15 @@ class ModelCard(BaseModel):
     dataset_sha256: str | None = None
     sample: str | None = None  # an image file beside the model (a plain name inside the bundle)
     samples: list[SamplePrediction] = Field(default_factory=list)
+    # how the export was made and how it and its siblings did (training/export.py writes them)
+    converter: dict[str, Any] | None = None
+    float_accuracy: float | None = None
+    baselines: dict[str, Any] | None = None
+    source_run: str | None = None
+    calibration: dict[str, Any] | None = None
+    latency_ms: dict[str, Any] | None = None
+    exports: list[dict[str, Any]] | None = None
+    gate: dict[str, Any] | None = None  # {passed, problem[, accepted]}: `model install` reads it
 
     @field_validator("labels")
     @classmethod
@@ -140,13 +150,11 @@ class ModelCard(BaseModel):
         return label in self.rotten_labels
 
     def _gate(self) -> dict:
-        gate = (self.model_extra or {}).get("gate")
-        return gate if isinstance(gate, dict) else {}
+        return self.gate or {}
 
     def _own_export(self) -> dict:
         """This bundle's row of the `exports` table (cards from before `gate` was recorded)."""
-        rows = (self.model_extra or {}).get("exports")
-        for row in rows if isinstance(rows, list) else []:
+        for row in self.exports or []:
             if isinstance(row, dict) and row.get("path") == f"{self.name}.tflite":
                 return row
         return {}

@@ -229,9 +229,9 @@ def test_make_test_installs_the_programs_then_lints_type_checks_and_tests():
     assert at("tools/install-test-deps.sh") < at("ruff check .") < at("/mypy") < at("-m pytest")
     ci = (DEPLOY.parent / ".ci" / "run").read_text()
     assert "make test" in ci and "apt-get" not in ci  # one copy of the install logic
-    failing = subprocess.run([make, "-n", "typecheck", "MYPY_REQUIRED=1"], cwd=DEPLOY.parent, capture_output=True,
-                             text=True, timeout=60)
-    assert '[ "1" = 0 ]' in failing.stdout  # turned on: a mypy error fails the build
+    typecheck = subprocess.run([make, "-n", "typecheck"], cwd=DEPLOY.parent, capture_output=True, text=True,
+                               timeout=60)
+    assert typecheck.stdout.strip().endswith("/mypy") and "||" not in typecheck.stdout  # an error fails the build
 
 
 def test_test_deps_script_names_exactly_what_to_install(tmp_path):

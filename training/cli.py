@@ -8,6 +8,12 @@ app = typer.Typer(help="Train, evaluate, export and tune models.", no_args_is_he
                   pretty_exceptions_enable=False)
 
 
+def _given(ctx: typer.Context, name: str | None) -> bool:
+    """Was this option set on the command line (or by the environment), not left at its default?"""
+    source = ctx.get_parameter_source(name) if name else None
+    return source is not None and source.name != "DEFAULT"
+
+
 # --- train (owner: train helper) ---
 @app.command()
 def train(ctx: typer.Context,
@@ -70,7 +76,7 @@ def train(ctx: typer.Context,
         if config:
             values.update(json.loads(Path(config).read_text()))
         for key, value in ctx.params.items():
-            if key not in ("data", "config") and ctx.get_parameter_source(key).name != "DEFAULT":  # typer vendors click
+            if key not in ("data", "config") and _given(ctx, key):  # typer vendors click
                 values["augment" if key == "no_augment" else key] = (not value) if key == "no_augment" else value
         result = run_train(Path(data), TrainConfig.from_dict(values))
     except (OSError, ValueError, TypeError, WeightsUnavailable) as exc:  # json errors are ValueErrors
@@ -156,7 +162,7 @@ def command_line(ctx: typer.Context) -> str:
         value = ctx.params.get(param.name)
         if param.param_type_name == "argument":
             words.append(str(value))
-        elif ctx.get_parameter_source(param.name).name != "DEFAULT":
+        elif _given(ctx, param.name):
             flag = param.opts[0] if not isinstance(value, bool) or value else (param.secondary_opts or [""])[0]
             words += [flag] if isinstance(value, bool) else [flag, str(value)]
     return shlex.join(w for w in words if w)

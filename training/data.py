@@ -9,6 +9,7 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -151,7 +152,7 @@ def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
 
 def save_splits(splits: DataSplits, path: Path) -> None:
     """Write the file lists (relative to DATA) so evaluate/export score the very same test split."""
-    doc = {"root": str(splits.root.resolve()), "classes": splits.classes}
+    doc: dict[str, Any] = {"root": str(splits.root.resolve()), "classes": splits.classes}
     for split in SPLITS:
         doc[split] = [[p.relative_to(splits.root).as_posix(), i] for p, i in getattr(splits, split)]
     Path(path).write_text(json.dumps(doc, indent=1) + "\n")

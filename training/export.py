@@ -283,7 +283,8 @@ def base_card(job: ExportJob, fmt: ExportFormat, path: Path) -> ModelCard:
     height, width = job.size
     return ModelCard(
         name=path.name.removesuffix(".tflite"), labels=job.labels, rotten_labels=job.rotten_labels,
-        input=InputSpec(height=height, width=width, dtype=fmt.input_dtype), quantization=fmt.name,
+        input=InputSpec(height=height, width=width, dtype=fmt.input_dtype),  # type: ignore[arg-type]
+        quantization=fmt.name,  # type: ignore[arg-type]  # the formats table holds only valid names
         backbone=str(job.run.config.get("backbone", "unknown")), model_sha256=sha256_file(path),
         file_size_bytes=path.stat().st_size, command=job.command, dataset_sha256=job.dataset_sha256,
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -323,7 +324,7 @@ def export_one(job: ExportJob, fmt: ExportFormat, calibration: np.ndarray | None
                        "processor": platform.processor() or platform.machine()}
     right, float_right = probs.argmax(axis=1) == job.test_y, job.float_probs.argmax(axis=1) == job.test_y
     return ExportResult(fmt.name, path, path.stat().st_size, fmt.input_dtype, m["accuracy"],
-                        card.score.agreement_with_float, med, p90, m["predicted_classes"], m["n"],
+                        card.score.agreement_with_float or 0.0, med, p90, m["predicted_classes"], m["n"],
                         int(np.sum(float_right & ~right)), int(np.sum(~float_right & right)), card=card)
 
 

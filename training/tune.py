@@ -8,6 +8,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.table import Table
@@ -15,9 +16,10 @@ from rich.table import Table
 from training.data import DataSplits, Loaded, discover, load_split, make_dataset
 from training.train import TrainConfig, build_model, fit, is_binary, next_run_dir
 
-GRID = {"lr": [1e-3, 3e-4, 1e-4], "dropout": [0.3, 0.5], "unfreeze": [0, 30],
+GRID: dict[str, list[Any]] = {"lr": [1e-3, 3e-4, 1e-4], "dropout": [0.3, 0.5], "unfreeze": [0, 30],
         "batch_size": [16, 32], "optimizer": ["adam", "sgd", "rmsprop"]}
-CHOICES = {"unfreeze": [0, 10, 30, 60], "batch_size": [8, 16, 32], "optimizer": ["adam", "sgd", "rmsprop", "nadam"]}
+CHOICES: dict[str, list[Any]] = {"unfreeze": [0, 10, 30, 60],
+                                 "batch_size": [8, 16, 32], "optimizer": ["adam", "sgd", "rmsprop", "nadam"]}
 BASELINES = ("logreg", "linear_svm")
 
 
