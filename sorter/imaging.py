@@ -213,11 +213,10 @@ def decode(data: bytes, size: tuple[int, int], max_pixels: int = MAX_PIXELS) -> 
     if (cost := decode_bytes(header, factor)) > 3 * max_pixels:
         raise ImageError("pixel-bomb", f"{header.width}×{header.height} {header.kind} needs {cost / 1e6:,.0f} MB "
                                        f"to decode, over the {3 * max_pixels / 1e6:,.0f} MB max_pixels allows")
-    if header.kind == "jpeg":
-        _check_scan_complete(data)
-    buf = np.frombuffer(data, dtype=np.uint8)
-    with _codec_logs_quiet():
-        image = cv2.imdecode(buf, _RGB[factor])
+    image = _decode_jpeg(data, header, factor) if header.kind == "jpeg" else None
+    if image is None:
+        with _codec_logs_quiet():
+            image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _RGB[factor])
     if image is None:
         raise ImageError("undecodable", f"{header.kind} data could not be decoded (corrupt or truncated)")
     if image.shape[0] * image.shape[1] > max_pixels:
@@ -231,15 +230,58 @@ def decode(data: bytes, size: tuple[int, int], max_pixels: int = MAX_PIXELS) -> 
 _CUT_SHORT = ("premature end of data segment", "premature end of jpeg file")
 
 
-def _check_scan_complete(data: bytes) -> None:
-    """Refuse a JPEG whose entropy-coded data ends early. One grey 1/8-scale decode by libjpeg-turbo
-    in strict mode (simplejpeg): +0.06 ms on a 224 px photo, +0.7 ms on a 1000 px one (5.8 ms to decode).
-    Other libjpeg warnings (extraneous bytes, which some cameras write) are left to OpenCV, as before."""
+def _decode_jpeg(data: bytes, header: Header, factor: int) -> np.ndarray | None:
+    """A JPEG through libjpeg-turbo in strict mode (simplejpeg), at 1/factor scale, EXIF orientation
+    applied: the same pixels OpenCV gives (checked on 800 photos), in one decode that also tells a scan
+    cut short. None where OpenCV should decode instead: CMYK or 12-bit data, or a warning other than a cut
+    (extraneous bytes, which some cameras write), which OpenCV tolerates as it always did."""
     try:
-        simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=True, min_factor=8, fastdct=True, fastupsample=True)
+        image = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, min_factor=factor,
+                                       min_height=-(-header.height // factor), min_width=-(-header.width // factor))
     except ValueError as exc:
         if any(text in str(exc).lower() for text in _CUT_SHORT):
             raise ImageError("truncated", f"JPEG scan data ends early ({str(exc).strip()})") from None
+        return None
+    return _orient(image, exif_orientation(data))
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF Orientation tag (1-8) of a JPEG's APP1 segment, 1 when there is none or it is unreadable."""
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker in (0xDA, 0xD9):
+            break
+        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
+        if marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\0\0":
+            return _tiff_orientation(data[i + 10 : i + 2 + length])
+        i += 2 + length
+    return 1
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    order = "<" if tiff[:2] == b"II" else ">"
+    try:
+        (offset,) = struct.unpack(order + "I", tiff[4:8])
+        (count,) = struct.unpack(order + "H", tiff[offset : offset + 2])
+        for n in range(count):
+            tag, kind, _, value = struct.unpack(order + "HHIH", tiff[offset + 2 + 12 * n : offset + 12 + 12 * n])
+            if tag == 0x0112 and kind == 3:
+                return value if 1 <= value <= 8 else 1
+    except struct.error:
+        pass
+    return 1
+
+
+def _orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """What OpenCV's decoder does for each EXIF orientation (a flip, a transpose, or both)."""
+    if orientation >= 5:
+        image = cv2.transpose(image)
+    flip = {2: 1, 3: -1, 4: 0, 6: 1, 7: -1, 8: 0}.get(orientation)
+    return image if flip is None else cv2.flip(image, flip)
 
 
 class _QuietCodecs:

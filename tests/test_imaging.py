@@ -163,3 +163,20 @@ print(reasons, cv2.utils.logging.getLogLevel() == level != cv2.utils.logging.LOG
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("]")[0].count("undecodable") == 3 and out.stdout.strip().endswith("True")
     assert "[ERROR" not in out.stderr and "[ WARN" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("factor", [1, 2, 4, 8])
+def test_jpeg_decoding_gives_opencvs_pixels_at_every_scale_and_orientation(orientation, factor):
+    """JPEGs decode once through libjpeg-turbo in strict mode (it tells a cut scan); the pixels must be
+    OpenCV's own, EXIF orientation and DCT scaling included."""
+    from sorter.imaging import _RGB, _decode_jpeg
+
+    rng = np.random.default_rng(orientation)
+    img = Image.fromarray(rng.integers(0, 255, (96, 160, 3)).astype(np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _pil_bytes(img, "JPEG", exif=exif.tobytes(), quality=90)
+    ours = _decode_jpeg(data, sniff(data), factor)
+    theirs = cv2.imdecode(np.frombuffer(data, np.uint8), _RGB[factor])
+    assert ours is not None and ours.shape == theirs.shape and np.array_equal(ours, theirs)
