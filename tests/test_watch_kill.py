@@ -11,23 +11,19 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tests.watch_helpers import EXPECTED, drop, files_under, jpeg, rows, wait_until, watch_command
+from tests.watch_helpers import (
+    EXPECTED,
+    drop,
+    files_under,
+    jpeg,
+    kill_env,
+    rows,
+    start_watch,
+    watch_command,
+)
 
 COLORS = ["red", "green", "blue", "grey"]
 N_DISTINCT, N_DUPES = 240, 60
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "SORTER_STABLE_SECONDS": "0.2", "SORTER_BATCH_SIZE": "8", "SORTER_THREADS": "1"}
-
-
-def _start(tmp: Path, n: int) -> subprocess.Popen:
-    log = tmp / f"run{n}.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen(watch_command(tmp), stderr=err, env=_env())
-    wait_until(lambda: "ready" in log.read_text() or proc.poll() is not None, timeout=30, what="ready")
-    assert proc.poll() is None, log.read_text()
-    return proc
 
 
 def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path):
@@ -46,7 +42,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path):
     queue = files[100:]
     kills = 0
     for run in range(4):
-        proc = _start(tmp_path, run)
+        proc = start_watch(tmp_path, run)
         chunk, queue = queue[:50], queue[50:]
         kill_at = rng.randrange(len(chunk))
         for i, (name, data, _) in enumerate(chunk):
@@ -59,7 +55,8 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path):
     assert kills >= 3
     for name, data, _ in queue:
         drop(incoming, name, data)
-    final = subprocess.run(watch_command(tmp_path, "--once"), env=_env(), capture_output=True, text=True, timeout=120)
+    final = subprocess.run(watch_command(tmp_path, "--once"), env=kill_env(), capture_output=True, text=True,
+                           timeout=120)
     assert final.returncode == 0, final.stderr
 
     assert list(incoming.iterdir()) == []

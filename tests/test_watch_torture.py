@@ -8,7 +8,6 @@ Run on its own for the figures: python -m pytest -q -s tests/test_watch_torture.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import signal
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.watch_helpers import drop, files_under, jpeg, rows, wait_until, watch_command
+from tests.watch_helpers import drop, files_under, jpeg, kill_env, rows, start_watch, watch_command
 
 COLORS = ["red", "green", "blue", "grey"]
 pytestmark = pytest.mark.slow
@@ -27,10 +26,6 @@ pytestmark = pytest.mark.slow
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "SORTER_STABLE_SECONDS": "0.2", "SORTER_BATCH_SIZE": "8", "SORTER_THREADS": "1"}
 
 
 @dataclass
@@ -52,15 +47,6 @@ class Plan:
 
     def written(self) -> Counter[str]:
         return Counter(_sha(d) for datas in self.at.values() for d in datas)
-
-
-def _start(tmp: Path, n: int) -> subprocess.Popen:
-    log = tmp / f"run{n}.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen(watch_command(tmp), stderr=err, env=_env())
-    wait_until(lambda: "ready" in log.read_text() or proc.poll() is not None, timeout=30, what="ready")
-    assert proc.poll() is None, log.read_text()
-    return proc
 
 
 def _drops(rng: random.Random, incoming: Path, plan: Plan, n: int, serial: list[int]) -> None:
@@ -121,7 +107,7 @@ def test_a_thousand_drops_ten_sigkills_name_reuse_and_replacements(tmp_path):
     _drops(rng, incoming, plan, 100, serial)  # a backlog before the first start
     kills = 0
     for run in range(10):
-        proc = _start(tmp_path, run)
+        proc = start_watch(tmp_path, run)
         kill_after = rng.randrange(10, 80)
         _drops(rng, incoming, plan, kill_after, serial)
         time.sleep(rng.uniform(0, 0.3))  # some queued, some decoded, a batch maybe half moved
@@ -130,7 +116,8 @@ def test_a_thousand_drops_ten_sigkills_name_reuse_and_replacements(tmp_path):
         kills += 1
         _drops(rng, incoming, plan, 85 - kill_after, serial)  # more land while it is down
     _drops(rng, incoming, plan, 1000 - plan.drops if plan.drops < 1000 else 0, serial)
-    final = subprocess.run(watch_command(tmp_path, "--once"), env=_env(), capture_output=True, text=True, timeout=300)
+    final = subprocess.run(watch_command(tmp_path, "--once"), env=kill_env(), capture_output=True, text=True,
+                           timeout=300)
     assert final.returncode == 0, final.stderr[-3000:]
 
     figures = _audit(tmp_path, plan)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -111,3 +113,18 @@ def rows(db: Path) -> list[dict]:
 
 def files_under(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()) if root.exists() else []
+
+
+def kill_env() -> dict[str, str]:
+    """Settings for the SIGKILL runs: quick to settle, small batches, one thread."""
+    return {**os.environ, "SORTER_STABLE_SECONDS": "0.2", "SORTER_BATCH_SIZE": "8", "SORTER_THREADS": "1"}
+
+
+def start_watch(tmp: Path, n: int) -> subprocess.Popen:
+    """`sorter watch` as a subprocess (run `n`, its stderr in tmp/run<n>.log), once it says ready."""
+    log = tmp / f"run{n}.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(watch_command(tmp), stderr=err, env=kill_env())
+    wait_until(lambda: "ready" in log.read_text() or proc.poll() is not None, timeout=30, what="ready")
+    assert proc.poll() is None, log.read_text()
+    return proc
