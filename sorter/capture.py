@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from sorter.imaging import quiet_opencv
 from sorter.redact import mask_url
 
 log = logging.getLogger("sorter.camera")
@@ -109,7 +110,13 @@ def _reach(url: str, timeout_s: float) -> str:
 
 
 def open_source(device: str, timeout_s: float) -> cv2.VideoCapture:
-    """`0` → a local (V4L2) index; URLs through FFmpeg with open/read deadlines; else a file."""
+    """`0` → a local (V4L2) index; URLs through FFmpeg with open/read deadlines; else a file. OpenCV's
+    own `[ WARN ]` lines for a failed open are held back: the retry line already says why (`why_closed`)."""
+    with quiet_opencv():
+        return _open(device, timeout_s)
+
+
+def _open(device: str, timeout_s: float) -> cv2.VideoCapture:
     if device.isdigit():
         cap = cv2.VideoCapture(int(device))
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the latest frame, not one seconds old
@@ -125,7 +132,8 @@ def probe(indices: range = range(10)) -> list[dict]:
     """Local camera indices that open and deliver a frame (for `sorter camera --list`)."""
     found = []
     for index in indices:
-        cap = cv2.VideoCapture(index)
+        with quiet_opencv():  # every absent index would print two [ WARN ] lines
+            cap = cv2.VideoCapture(index)
         try:
             ok, frame = cap.read() if cap.isOpened() else (False, None)
             if ok and frame is not None:

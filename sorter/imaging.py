@@ -215,7 +215,7 @@ def decode(data: bytes, size: tuple[int, int], max_pixels: int = MAX_PIXELS) -> 
                                        f"to decode, over the {3 * max_pixels / 1e6:,.0f} MB max_pixels allows")
     image = _decode_jpeg(data, header, factor) if header.kind == "jpeg" else None
     if image is None:
-        with _codec_logs_quiet():
+        with quiet_opencv():
             image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _RGB[factor])
     if image is None:
         raise ImageError("undecodable", f"{header.kind} data could not be decoded (corrupt or truncated)")
@@ -311,7 +311,7 @@ class _QuietCodecs:
                     cv2.utils.logging.setLogLevel(self._saved)
 
 
-_codec_logs_quiet = _QuietCodecs()
+quiet_opencv = _QuietCodecs()
 
 
 def fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

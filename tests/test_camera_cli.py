@@ -196,3 +196,12 @@ def test_a_missing_or_undecodable_video_file_is_an_error_with_its_name(tmp_path,
                             timeout=30)
     assert broken.returncode == 2 and "notes.mp4: could not open as a video" in broken.stderr
     assert "reconnecting" not in broken.stderr and "Traceback" not in broken.stderr
+
+
+def test_probing_for_cameras_prints_no_opencv_warnings():
+    """`sorter camera --list`: our one line, not two OpenCV [ WARN ] lines per absent index."""
+    from pathlib import Path
+
+    proc = subprocess.run([str(Path(sys.executable).parent / "sorter"), "camera", "--list"], capture_output=True,
+                          text=True, timeout=60)
+    assert "[ WARN" not in proc.stderr and "[ERROR" not in proc.stderr, proc.stderr
