@@ -232,7 +232,7 @@ def test_make_test_installs_the_programs_then_lints_type_checks_and_tests():
     typecheck = subprocess.run([make, "-n", "typecheck"], cwd=DEPLOY.parent, capture_output=True, text=True,
                                timeout=60)
     commands = [line for line in typecheck.stdout.splitlines() if not line.startswith("make")]  # make[1]: lines
-    assert commands[-1] == ".venv/bin/mypy" and "||" not in typecheck.stdout  # nothing after it swallows its exit status: an error fails the build
+    assert commands[-1] == ".venv/bin/mypy" and "||" not in typecheck.stdout  # an error fails the build
 
 
 def test_test_deps_script_names_exactly_what_to_install(tmp_path):
