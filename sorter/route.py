@@ -203,9 +203,7 @@ def move(src: Path, dst: Path, expect: Identity | None = None) -> None:
             raise  # the source vanished
         dst.parent.mkdir(parents=True, exist_ok=True)
         move(src, dst, expect)
-    except Changed:
-        raise
-    except OSError as exc:
+    except OSError as exc:  # `Changed` (ESTALE) goes on up with the rest
         if exc.errno != errno.EXDEV:
             raise
         dst.parent.mkdir(parents=True, exist_ok=True)

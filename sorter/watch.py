@@ -155,15 +155,17 @@ class Stability:
         self._writing: set[Path] = set()  # written to since a writer last closed it
         self._lock = threading.Lock()
 
-    def track(self, path: Path) -> None:
+    def track(self, path: Path) -> bool:
+        """Note the file's size and mtime (the wait restarts when they changed); False if it is gone."""
         try:
             st = os.lstat(path)
         except OSError:
-            return
+            return False
         with self._lock:
             old = self._seen.get(path)
             if old is None or (old[0], old[1]) != (st.st_size, st.st_mtime_ns):
                 self._seen[path] = (st.st_size, st.st_mtime_ns, time.monotonic())
+        return True
 
     def opened(self, path: Path) -> None:
         with self._lock:
@@ -192,30 +194,31 @@ class Stability:
     def forget(self, path: Path) -> None:
         """The path was deleted or moved away: what was known of it no longer applies."""
         with self._lock:
-            self._seen.pop(path, None)
-            self._open.pop(path, None)
-            self._writing.discard(path)
+            self._forget(path)
+
+    def _forget(self, path: Path) -> None:
+        self._seen.pop(path, None)
+        self._open.pop(path, None)
+        self._writing.discard(path)
 
     def due(self) -> list[Path]:
         with self._lock:
             paths = list(self._seen)
         ready = []
         for path in paths:
-            self.track(path)
+            there = self.track(path)  # one lstat: the size check and whether it still exists
             with self._lock:
                 entry = self._seen.get(path)
                 if entry is None:
                     continue
                 quiet = time.monotonic() - entry[2]
-                if not os.path.lexists(path):
+                if not there:
                     del self._seen[path]
                 elif quiet >= self.stable and (not self._busy(path) or quiet >= self.open_grace):
                     if self._busy(path):  # a close event lost (inotify overflow): never strand the file
                         log.warning("%s still looks open but has not changed for %.0f s; reading it",
                                     path.name, quiet)
-                        self._open.pop(path, None)
-                        self._writing.discard(path)
-                    del self._seen[path]
+                    self._forget(path)
                     ready.append(path)
         return ready
 
@@ -409,7 +412,7 @@ class Router:
 
     def __init__(self, out: Path, writer: store.Writer, classifier: Classifier, intake: Intake,
                  settings: Settings, dry_run: bool, source: str = "watch",
-                 retrack: Callable[[Path], None] | None = None, incoming: Path | None = None):
+                 retrack: Callable[[Path], object] | None = None, incoming: Path | None = None):
         self.out, self.writer, self.clf, self.intake = out, writer, classifier, intake
         self.settings, self.dry_run, self.source = settings, dry_run, source
         self.retrack = retrack or (lambda path: None)  # a file that changed waits to settle again
