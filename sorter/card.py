@@ -85,6 +85,40 @@ class SamplePrediction(BaseModel):
         return base64.b64decode(self.jpeg, validate=True)
 
 
+class DecisionRule(BaseModel):
+    """P(rotten) → verdict, chosen on validation photos for a stated goal (training/decide.py).
+
+    P(rotten) is the summed probability of the rotten labels: `rotten` when it is at least
+    `rotten_at`, `fresh` when it is at most `fresh_at`, `uncertain` between. The label is the top
+    class on the chosen side."""
+
+    model_config = ConfigDict(extra="forbid")
+    rotten_at: float = Field(ge=0, le=1)
+    fresh_at: float = Field(ge=0, le=1)
+    goal: str | None = None  # e.g. "rotten recall >= 0.98 at the lowest uncertain rate"
+    chosen_on: str | None = None  # which photos the thresholds were chosen on
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DecisionRule:
+        if self.fresh_at > self.rotten_at:
+            raise ValueError(f"fresh_at {self.fresh_at} is above rotten_at {self.rotten_at}")
+        return self
+
+
+class OodRule(BaseModel):
+    """When an image is not produce the model knows: `unknown` when the score is below `threshold`.
+
+    score "energy": logsumexp of the logits (the negative free energy; higher = more familiar),
+    computed by the runtime from the logits the model outputs (card `output: logits`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    score: Literal["energy"] = "energy"
+    threshold: float
+    in_dist_pass: float | None = Field(default=None, ge=0, le=1)  # share of validation photos above it
+    chosen_on: str | None = None
+    figures: dict[str, Any] = Field(default_factory=dict)  # AUROC, share flagged, on which photos
+
+
 class ModelCard(BaseModel):
     model_config = ConfigDict(extra="allow")
     format: str = CARD_FORMAT
@@ -112,6 +146,11 @@ class ModelCard(BaseModel):
     latency_ms: dict[str, Any] | None = None
     exports: list[dict[str, Any]] | None = None
     gate: dict[str, Any] | None = None  # {passed, problem[, accepted]}: `model install` reads it
+    # how the runtime turns logits into a verdict (training/calibrate.py, training/decide.py write them)
+    temperature: float = Field(default=1.0, gt=0)  # probabilities = softmax(logits / temperature)
+    decision: DecisionRule | None = None
+    ood: OodRule | None = None
+    evaluation: dict[str, Any] | None = None  # figures per test set: {"in_distribution": {...}, "other_sources": {...}}
 
     @field_validator("labels")
     @classmethod
@@ -138,6 +177,14 @@ class ModelCard(BaseModel):
         if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in name):
             raise ValueError(f"name {name!r} holds a control character")
         return name
+
+    @model_validator(mode="after")
+    def _logits_for_ood(self) -> ModelCard:
+        if self.ood is not None and self.output != "logits":
+            raise ValueError("ood needs output: logits (energy is computed from the logits)")
+        if self.temperature != 1.0 and self.output != "logits":
+            raise ValueError("temperature needs output: logits")
+        return self
 
     @model_validator(mode="after")
     def _samples_match(self) -> ModelCard:
