@@ -15,6 +15,7 @@ import os
 import queue
 import subprocess
 import threading
+import time
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -204,8 +205,14 @@ class MqttOutput:
                 if self._stop.is_set() or not self.connected.is_set() or not self._publish(path):
                     break
 
-    def close(self) -> None:
-        """Say "offline" ourselves (retained) and disconnect cleanly; the spool stays for next time."""
+    def close(self, drain_seconds: float = 5.0) -> None:
+        """While connected, let the flusher send what is spooled (bounded: a decision made just before
+        a clean stop, or the end of a video file, goes out now, not at the next start); then say
+        "offline" ourselves (retained) and disconnect cleanly. What is left stays for next time."""
+        deadline = time.monotonic() + drain_seconds
+        while self.connected.is_set() and self.spool.pending() and time.monotonic() < deadline:
+            self._wake.set()
+            time.sleep(0.02)
         self._stop.set()
         self._wake.set()
         self._flusher.join(timeout=6.0)

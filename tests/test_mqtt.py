@@ -143,3 +143,22 @@ def test_events_are_buffered_on_disk_while_the_broker_is_down(broker, tmp_path):
 
 def wait_empty(spool: Path, timeout: float = 5) -> bool:
     return wait_for(lambda: not list(spool.glob("*.json")), timeout, 0.05)
+
+
+def test_a_clean_close_sends_what_is_spooled_while_connected(broker, tmp_path):
+    """Decisions made just before a clean stop (or the end of a video file) go out on close, not at
+    the next start: close() lets the flusher empty the spool while the broker is there."""
+    from sorter.outputs import MqttOutput
+
+    watcher = Watcher(broker.port)
+    out = MqttOutput("127.0.0.1", broker.port, "sorter", tmp_path / "spool", keepalive=5)
+    try:
+        assert out.connected.wait(10)
+        for n in (1, 2, 3):
+            out.send({**EVENT, "item_id": n})
+    finally:
+        out.close()  # at once: the flusher has had no time of its own
+    assert not list((tmp_path / "spool").glob("*.json"))
+    assert watcher.wait(lambda m: sum(t.startswith("sorter/verdict/") for t, _, _ in m) == 3, 5)
+    assert [json.loads(p)["item_id"] for t, p, _ in watcher.messages if t.startswith("sorter/verdict/")] == [1, 2, 3]
+    watcher.close()
