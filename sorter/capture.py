@@ -231,17 +231,22 @@ class _Reader(threading.Thread):
             if not cap.isOpened():
                 self.failed.set()
                 return
+            offset = clock = 0.0  # a looped file's stream time runs on across each rewind
             while not self.abandoned.is_set() and not owner.stop.is_set():
                 ok, image = cap.read()
                 if self.abandoned.is_set():
                     return  # this connection was given up on while read() blocked: discard
                 if not ok or image is None or image.size == 0:
                     if owner.file and ok is False and owner.loop and cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
+                        # else the interval trigger, seeing time go back, would sample no frame again
+                        fps = cap.get(cv2.CAP_PROP_FPS)
+                        offset = clock + (1 / fps if fps > 0 else 0.04)
                         continue
                     owner.stats.empty += 1
                     (self.ended if owner.file else self.failed).set()
                     return
-                self._offer(image, cap.get(cv2.CAP_PROP_POS_MSEC) / 1000 if owner.file else time.monotonic())
+                clock = offset + cap.get(cv2.CAP_PROP_POS_MSEC) / 1000 if owner.file else time.monotonic()
+                self._offer(image, clock)
         finally:
             cap.release()
 
