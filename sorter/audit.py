@@ -268,7 +268,7 @@ def draw(candidates: list[dict], n: int, seed: int | None) -> list[dict]:
     rng = np.random.default_rng(seed)
     strata: dict[str, list[dict]] = {}
     for row in candidates:
-        strata.setdefault(row["verdict"] or "unknown", []).append(row)
+        strata.setdefault(row["verdict"] or "none", []).append(row)  # "unknown" is a verdict of its own
     quota = allocate({k: len(v) for k, v in strata.items()}, {"uncertain": UNCERTAIN_WEIGHT}, n)
     picked: list[dict] = []
     for key, rows in strata.items():

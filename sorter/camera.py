@@ -45,15 +45,15 @@ from sorter.triggers import (
     gpio_edge,
     parse_roi,
 )
-from sorter.verdict import VerdictRules
+from sorter.verdict import VERDICTS, VerdictRules
 
 log = logging.getLogger("sorter.camera")
-SNAPSHOT_VERDICTS = ("rotten", "uncertain")
+SNAPSHOT_VERDICTS = ("rotten", "uncertain", "unknown")
 DROPS_REPORT_S = 5.0
 
 
 class SnapshotStore:
-    """JPEGs of rotten/uncertain items for a person (and for retraining), pruned by age and count."""
+    """JPEGs of rotten/uncertain/unknown items for a person (and for retraining), pruned by age and count."""
 
     def __init__(self, folder: Path, retention_days: float = 30.0, max_files: int = 10_000):
         self.folder, self.max_files = Path(folder), max_files
@@ -97,7 +97,7 @@ def make_trigger(settings: CameraSettings) -> Trigger:
 class CameraStatus:
     state: str = "connecting"
     classified: int = 0
-    decisions: dict[str, int] = field(default_factory=lambda: {"fresh": 0, "rotten": 0, "uncertain": 0})
+    decisions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(VERDICTS, 0))
     no_consensus: int = 0
     unchanged: int = 0  # sampled frames not classified: the scene had not changed since the last decision
     snapshots: int = 0
@@ -129,6 +129,7 @@ class CameraRunner:
         self._open = 0  # frames left in the current item's window (motion/line triggers)
         self._last_image: np.ndarray | None = None
         self._last_scores: dict[str, float] = {}
+        self._last_ood: float | None = None
         self._drops_reported = 0
         self._ticks = {"drops": time.monotonic(), "status": time.monotonic()}
 
@@ -150,9 +151,9 @@ class CameraRunner:
         if self.telemetry is not None:
             self.telemetry.latency.observe(time.monotonic() - started)
         self.status.classified += 1
-        self._last_image, self._last_scores = image, pred.scores
-        verdict = self.rules.decide(pred.label, pred.confidence)
-        return self.voter.add(Vote(pred.label, verdict, round(pred.confidence, 6)))
+        self._last_image, self._last_scores, self._last_ood = image, pred.scores, pred.ood_score
+        judged = self.rules.decide(pred)
+        return self.voter.add(Vote(judged.label, judged.verdict, round(judged.confidence, 6)))
 
     def _starts_item(self, frame: Frame, image: np.ndarray) -> bool | None:
         """Does this frame open an item's window? None: the interval trigger skips the frame."""
@@ -193,11 +194,12 @@ class CameraRunner:
         return decision
 
     def act(self, decision: Decision, frame: Frame) -> dict[str, Any]:
-        """Record the decision (with a snapshot for rotten/uncertain), then hand it to the outputs."""
+        """Record the decision (with a snapshot for rotten/uncertain/unknown), then hand it to the outputs."""
         when = datetime.fromtimestamp(frame.wall, UTC)
         error = None if decision.consensus else f"no-consensus: {decision.agreeing}/{decision.frames}"
         row = {"sha256": None, "source_path": f"{self.device}#{frame.seq}", "label": decision.label,
                "confidence": decision.confidence, "verdict": decision.verdict, "scores": self._last_scores,
+               "ood_score": self._last_ood,
                "model_id": self.clf.model_id, "model_sha256": self.clf.sha256, "source": "camera",
                "received_at": when.isoformat(timespec="milliseconds"), "routed_at": store.now_iso(),
                "state": "dry-run" if self.dry_run else "done",

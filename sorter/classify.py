@@ -6,7 +6,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sorter.config import Settings
+from sorter.card import ModelCard
+from sorter.config import ConfigError, Settings
 from sorter.imaging import ImageError, decode, is_image_name
 from sorter.model import Classifier
 from sorter.verdict import VerdictRules
@@ -19,6 +20,7 @@ class FileResult:
     confidence: float | None = None
     verdict: str | None = None
     scores: dict[str, float] | None = None
+    ood_score: float | None = None  # logits models: the energy the `unknown` verdict is decided on
     error: str | None = None
 
     def as_json(self) -> dict:
@@ -37,10 +39,45 @@ def collect(paths: Iterable[Path]) -> list[Path]:
 
 
 def rules_for(classifier: Classifier, settings: Settings | None = None) -> VerdictRules:
-    """The card says which labels are rotten unless config `rotten_labels` maps them otherwise."""
+    """The card's rules with the config's over them: which labels are rotten (`rotten_labels`), the
+    P(rotten) thresholds (`rotten_at`, `fresh_at` over the card's `decision`), the OOD threshold
+    (`unknown_below` over `ood.threshold`, `unknown = false` for none) and the confidence floors.
+    ConfigError (one line) when the two cannot make one rule."""
     settings = settings or Settings()
-    rotten = settings.rotten_labels if settings.rotten_labels is not None else classifier.card.rotten_labels
-    return VerdictRules(frozenset(rotten), settings.default_min_confidence, settings.min_confidence)
+    card = classifier.card
+    rotten = settings.rotten_labels if settings.rotten_labels is not None else card.rotten_labels
+    rotten_at, fresh_at = decision_thresholds(card, settings)
+    return VerdictRules(frozenset(rotten), settings.default_min_confidence, settings.min_confidence,
+                        rotten_at, fresh_at, unknown_threshold(card, settings))
+
+
+def decision_thresholds(card: ModelCard, settings: Settings) -> tuple[float | None, float | None]:
+    """(rotten_at, fresh_at): each from the config when set, else from the card's `decision`."""
+    rule = card.decision
+    rotten_at = settings.rotten_at if settings.rotten_at is not None else (rule.rotten_at if rule else None)
+    fresh_at = settings.fresh_at if settings.fresh_at is not None else (rule.fresh_at if rule else None)
+    if (rotten_at is None) != (fresh_at is None):
+        given, missing = ("rotten_at", "fresh_at") if fresh_at is None else ("fresh_at", "rotten_at")
+        raise ConfigError(f"{given} is set but model card {card.name} has no decision rule to take {missing} "
+                          f"from: set both to use the P(rotten) rule")
+    if rotten_at is not None and fresh_at is not None and fresh_at > rotten_at:
+        where = {"rotten_at": "config" if settings.rotten_at is not None else "card",
+                 "fresh_at": "config" if settings.fresh_at is not None else "card"}
+        raise ConfigError(f"fresh_at {fresh_at} ({where['fresh_at']}) is above rotten_at {rotten_at} "
+                          f"({where['rotten_at']}): fresh_at must be at most rotten_at")
+    return rotten_at, fresh_at
+
+
+def unknown_threshold(card: ModelCard, settings: Settings) -> float | None:
+    """The energy under which an image is `unknown`: config `unknown_below`, else the card's."""
+    if not settings.unknown:
+        return None
+    if settings.unknown_below is not None:
+        if card.output != "logits":
+            raise ConfigError(f"unknown_below needs a model that outputs logits (the energy score); model card "
+                              f"{card.name} says output: {card.output}")
+        return settings.unknown_below
+    return card.ood.threshold if card.ood else None
 
 
 def classify_files(files: list[Path], classifier: Classifier, rules: VerdictRules,
@@ -65,6 +102,8 @@ def classify_files(files: list[Path], classifier: Classifier, rules: VerdictRule
             import numpy as np
 
             for result, pred in zip(ok, classifier.predict(np.stack(images)), strict=True):
-                result.label, result.confidence, result.scores = pred.label, round(pred.confidence, 6), pred.scores
-                result.verdict = rules.decide(pred.label, pred.confidence)
+                judged = rules.decide(pred)
+                result.label, result.verdict = judged.label, judged.verdict
+                result.confidence = round(judged.confidence, 6)
+                result.scores, result.ood_score = pred.scores, pred.ood_score
         yield from results

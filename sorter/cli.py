@@ -106,6 +106,18 @@ def load_classifier(model: Path | None, config: Path | None = None, pooled: bool
     raise AssertionError("unreachable")
 
 
+def decision_rules(clf, settings):
+    """The verdict rules of this card under these settings, or one clear line and exit 2."""
+    from sorter.classify import rules_for
+    from sorter.config import ConfigError
+
+    try:
+        return rules_for(clf, settings)
+    except ConfigError as exc:
+        fail(str(exc))
+    raise AssertionError("unreachable")
+
+
 @app.command()
 def classify(paths: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
              model: Path | None = ModelOpt, config: Path | None = ConfigOpt,
@@ -114,13 +126,13 @@ def classify(paths: list[Path] = typer.Argument(..., help="Image files or folder
     """Classify image files; exit 1 if any file could not be classified."""
     from rich.progress import Progress
 
-    from sorter.classify import classify_files, collect, rules_for
+    from sorter.classify import classify_files, collect
 
     settings, clf = load_classifier(model, config)
+    rules = decision_rules(clf, settings)
     files = collect(paths)
     if not files:  # an empty table and exit 0 read as "all classified"
         fail(f"no image files found in {', '.join(str(p) for p in paths)} (searched recursively)")
-    rules = rules_for(clf, settings)
     table = Table("path", "label", "confidence", "verdict")
     failed = 0
     with Progress(console=err, disable=silent or len(files) < 20, transient=True) as progress:
@@ -220,7 +232,7 @@ def watch(incoming: Path | None = typer.Argument(None, help="Folder to watch; fi
                                                            "first; default: config `incoming`."),
           out: Path | None = typer.Option(None, "--out", "-o",
                                           help="Where sorted files go (fresh/<label>, rotten/<label>, uncertain, "
-                                               "rejected, duplicates); default: config `out`, else "
+                                               "unknown/<label>, rejected, duplicates); default: config `out`, else "
                                                "INCOMING/../sorted."),
           db: Path | None = typer.Option(None, "--db", help="Results database; default: config `db`."),
           once: bool = typer.Option(False, "--once", help="Process the backlog, then exit (cron/batch use)."),
@@ -228,7 +240,6 @@ def watch(incoming: Path | None = typer.Argument(None, help="Folder to watch; fi
           metrics_port: int | None = MetricsPortOpt,
           model: Path | None = ModelOpt, config: Path | None = ConfigOpt) -> None:
     """Sort files dropped into INCOMING; SIGINT/SIGTERM finish the batch in flight and exit 0."""
-    from sorter.classify import rules_for
     from sorter.config import watch_ignores
     from sorter.model import inference_layout
     from sorter.watch import Watcher
@@ -247,8 +258,8 @@ def watch(incoming: Path | None = typer.Argument(None, help="Folder to watch; fi
         fail(f"{incoming} (config `incoming`) is not a folder")
     interpreters, _ = inference_layout(settings.interpreters, settings.threads)
     target = out or settings.out or incoming.resolve().parent / "sorted"
+    rules = decision_rules(clf, settings)
     stop = _stop_on_signals()
-    rules = rules_for(clf, settings)
     telemetry, closers = _operations(settings, "watch", metrics_port)
     try:
         watcher = Watcher(incoming, target, db or settings.db, clf, rules, settings, dry_run=dry_run,
@@ -280,7 +291,8 @@ def camera(device: str | None = typer.Option(None, "--device", "-d",
            stdin: bool | None = typer.Option(None, "--stdin", help="Line trigger: each stdin line is one item."),
            control_port: int | None = typer.Option(None, "--control-port",
                                                    help="127.0.0.1 port: POST /trigger, GET /status (0 = any)."),
-           snapshots: Path | None = typer.Option(None, "--snapshots", help="Folder for rotten/uncertain JPEGs."),
+           snapshots: Path | None = typer.Option(None, "--snapshots",
+                                                 help="Folder for rotten/uncertain/unknown JPEGs."),
            webhook: str | None = typer.Option(None, "--webhook", help="POST each decision as JSON to this URL."),
            mqtt: str | None = typer.Option(None, "--mqtt", help="MQTT broker host[:port]."),
            run_cmd: str | None = typer.Option(None, "--exec", help="Command run per decision (SORTER_* env)."),
@@ -303,7 +315,6 @@ def camera(device: str | None = typer.Option(None, "--device", "-d",
             err.print("no local camera answered (indices 0-9)", highlight=False)
         raise typer.Exit(0 if found else 1)
     from sorter.camera import serve, with_flags
-    from sorter.classify import rules_for
     from sorter.config import ConfigError
 
     _setup_logging()
@@ -326,8 +337,8 @@ def camera(device: str | None = typer.Option(None, "--device", "-d",
         fail(str(exc))
     if settings.camera.device is None:
         fail("no camera: pass --device (or set camera.device in the config)")
+    rules = decision_rules(clf, settings)
     stop = _stop_on_signals()
-    rules = rules_for(clf, settings)
     telemetry, closers = _operations(settings, "camera", metrics_port)
     try:
         status = serve(settings.camera.device, clf, rules, settings, db or settings.db, stop, dry_run, max_items,
@@ -339,7 +350,8 @@ def camera(device: str | None = typer.Option(None, "--device", "-d",
     if as_json:
         typer.echo(json.dumps(status, indent=2))
     d = status["decisions"]
-    err.print(f"decisions: fresh {d['fresh']}, rotten {d['rotten']}, uncertain {d['uncertain']}; "
+    err.print(f"decisions: fresh {d['fresh']}, rotten {d['rotten']}, uncertain {d['uncertain']}, "
+              f"unknown {d['unknown']}; "
               f"frames classified {status['classified']}, same scene {status['unchanged']}, "
               f"dropped {status['dropped']}, "
               f"offline {status['capture']['offline']}x", highlight=False)

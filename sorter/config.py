@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from sorter.redact import mask_url
+from sorter.verdict import VERDICTS
 
 DEFAULT_CONFIG = Path("/etc/sorter/sorter.toml")
 
@@ -27,6 +28,14 @@ def _check_roi(value: str | None) -> str | None:
         parts = value.split(",")
         if len(parts) != 4 or not all(p.strip().isdigit() for p in parts) or min(map(int, parts[2:])) < 1:
             raise ValueError("must be x,y,w,h in pixels with w,h >= 1")
+    return value
+
+
+def _check_verdicts(value: list[str]) -> list[str]:
+    """An output's `verdicts`: names it can fire on (a typo would never fire)."""
+    wrong = [v for v in value if v not in VERDICTS]
+    if wrong:
+        raise ValueError(f"not a verdict: {', '.join(map(repr, wrong))} (verdicts are {', '.join(VERDICTS)})")
     return value
 
 
@@ -72,6 +81,7 @@ class CommandOutput(BaseModel):
     # variables of the daemon's environment the command may see (beyond PATH, HOME, LANG, TZ, …)
     pass_env: list[str] = Field(default_factory=list)
     verdicts: list[str] = Field(default_factory=lambda: ["fresh", "rotten", "uncertain"])
+    _verdicts = field_validator("verdicts")(_check_verdicts)
 
 
 def reveal(secret: SecretStr | None) -> str | None:
@@ -105,6 +115,7 @@ class WebhookOutput(BaseModel):
     token_file: Path | None = None
     timeout_seconds: float = Field(default=2.0, gt=0)
     verdicts: list[str] = Field(default_factory=lambda: ["fresh", "rotten", "uncertain"])
+    _verdicts = field_validator("verdicts")(_check_verdicts)
 
     @model_validator(mode="after")
     def _token(self) -> WebhookOutput:
@@ -131,6 +142,7 @@ class MqttOutput(BaseModel):
     keepalive: int = Field(default=30, ge=5)
     spool: Path = Path("mqtt-spool")
     verdicts: list[str] = Field(default_factory=lambda: ["fresh", "rotten", "uncertain"])
+    _verdicts = field_validator("verdicts")(_check_verdicts)
 
     @model_validator(mode="after")
     def _password(self) -> MqttOutput:
@@ -142,6 +154,7 @@ class GpioOutput(BaseModel):
     pin: int | str
     pulse_ms: int = Field(default=200, ge=1)
     verdicts: list[str] = Field(default_factory=lambda: ["rotten"])
+    _verdicts = field_validator("verdicts")(_check_verdicts)
 
 
 class SerialOutput(BaseModel):
@@ -149,6 +162,7 @@ class SerialOutput(BaseModel):
     port: str
     baud: int = Field(default=9600, ge=50)
     verdicts: list[str] = Field(default_factory=lambda: ["fresh", "rotten", "uncertain"])
+    _verdicts = field_validator("verdicts")(_check_verdicts)
 
 
 class OutputSettings(BaseModel):
@@ -221,8 +235,15 @@ class Settings(BaseModel):
     interpreters: int | None = Field(default=None, ge=1, le=32)
     batch_size: int = Field(default=8, ge=1, le=256)
     batch_ms: int = Field(default=50, ge=0)
-    default_min_confidence: float = Field(default=0.5, ge=0, le=1)
+    # the top-1 rule's floor (0.5 when unset); under a P(rotten) rule only a floor someone set applies
+    default_min_confidence: float | None = Field(default=None, ge=0, le=1)
     min_confidence: dict[str, float] = Field(default_factory=dict)
+    # P(rotten) thresholds over the card's `decision` (sorter.verdict); on a card without one, set both
+    rotten_at: float | None = Field(default=None, ge=0, le=1)
+    fresh_at: float | None = Field(default=None, ge=0, le=1)
+    # energy below this is `unknown` (over the card's `ood.threshold`); `unknown = false`: never unknown
+    unknown_below: float | None = None
+    unknown: bool = True
     max_pixels: int = Field(default=80_000_000, ge=1)
     db: Path = Path("sorter.db")
     out: Path | None = None
@@ -243,6 +264,14 @@ class Settings(BaseModel):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     fleet: FleetSettings = Field(default_factory=FleetSettings)
+
+    @model_validator(mode="after")
+    def _decision(self) -> Settings:
+        if self.rotten_at is not None and self.fresh_at is not None and self.fresh_at > self.rotten_at:
+            raise ValueError(f"fresh_at {self.fresh_at} is above rotten_at {self.rotten_at}")
+        if self.unknown_below is not None and not self.unknown:
+            raise ValueError("unknown_below is set but unknown = false turns the unknown verdict off")
+        return self
 
 
 def _suggest(key: str, known: list[str]) -> str:
@@ -271,6 +300,9 @@ def _explain(exc: ValidationError, origins: dict[str, str]) -> ConfigError:
         hint = _suggest(str(loc[-1]), _fields_at(loc)) if extra and loc else ""
         msg = "unknown key" if extra else err["msg"]
         source = next((origins[k] for k in (key, *_prefixes(key)) if k in origins), origins.get("", "defaults"))
+        if not key:  # a rule across keys (Settings' own validators): its message names them
+            lines.append(f"{source}: {msg.removeprefix('Value error, ')}")
+            continue
         lines.append(f"{source}: {key}: {msg}{hint}")
     return ConfigError("\n".join(lines))
 

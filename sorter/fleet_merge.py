@@ -39,9 +39,9 @@ def _throughput(reports: Reports, lo: datetime, hi: datetime, classified: int) -
     series = {slot["hour"]: slot for slot in rp.hourly([], lo, hi)}
     for r in reports.values():
         for h in r["throughput"]["hourly"]:
-            slot = series.setdefault(h["hour"], {"hour": h["hour"], "items": 0, "rotten": 0, "uncertain": 0})
-            for key in ("items", "rotten", "uncertain"):
-                slot[key] += h[key]
+            slot = series.setdefault(h["hour"], {"hour": h["hour"], "items": 0, **dict.fromkeys(rp.HOURLY, 0)})
+            for key in ("items", *rp.HOURLY):
+                slot[key] += h.get(key, 0)  # reports from before `unknown` have no such count
     hourly = [series[h] for h in sorted(series)]
     return {"per_hour": rp._r(classified / hours) if hours else 0.0,
             "peak_per_hour": max((s["items"] for s in hourly), default=0), "hourly": hourly}
@@ -108,6 +108,7 @@ def _line(r: dict[str, Any]) -> dict[str, Any]:
     """The row of the per-line table."""
     a = r["audit"]
     return {"items": r["items"]["classified"], "rotten_rate": r["rotten_rate"], "uncertain_rate": r["uncertain_rate"],
+            "unknown_rate": r.get("unknown_rate"),
             "audit_n": a["n"], "accuracy": a["accuracy"], "accuracy_ci95": a["accuracy_ci95"],
             "drift_flagged": r["drift"]["flagged"], "window": r["window"],
             "model": (r.get("model") or {}).get("name"), "db": r.get("db"), "generated_at": r.get("generated_at")}
@@ -123,7 +124,7 @@ def merge(reports: Reports, options: rp.ReportOptions | None = None) -> dict[str
     items = _sum(reports, "items")
     verdicts = rp.ranked(_sum(reports, "by_verdict"))
     n = items["classified"]
-    rates = {f"{v}_rate": rp._r(verdicts.get(v, 0) / n) if n else None for v in ("rotten", "uncertain")}
+    rates = rp.rates(verdicts, n)
     lo, hi = _window(reports)
     audit = {**rp.matrix_figures(_matrix(reports, labels), labels, rotten),
              "wrong": [{**w, "line": line} for line, r in reports.items() for w in r["audit"]["wrong"]]}

@@ -74,6 +74,22 @@ class Prediction:
     label: str
     confidence: float
     scores: dict[str, float]
+    ood_score: float | None = None  # energy of the logits (higher = more familiar); None: probability output
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Probabilities from logits, with the card's temperature (calibration) applied first."""
+    scaled = logits / temperature
+    out = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+    return out / out.sum(axis=-1, keepdims=True)
+
+
+def energy(logits: np.ndarray) -> np.ndarray:
+    """logsumexp of the raw logits (temperature 1), per row: the card's OOD score. In float64, and
+    from the logits before any temperature, so the threshold chosen at export means the same here."""
+    z = logits.astype(np.float64)
+    top = z.max(axis=-1)
+    return top + np.log(np.exp(z - top[..., None]).sum(axis=-1))
 
 
 class Classifier:
@@ -178,12 +194,9 @@ class Classifier:
         return batch.astype(dtype)
 
     def _dequantize(self, raw: np.ndarray) -> np.ndarray:
+        """The output tensor as floats: probabilities or logits, as the card says."""
         scale, zero = self._out["quantization"]
-        out = (raw.astype(np.float32) - zero) * scale if scale else raw.astype(np.float32)
-        if self.card.output == "logits":
-            out = np.exp(out - out.max(axis=-1, keepdims=True))
-            out /= out.sum(axis=-1, keepdims=True)
-        return out
+        return (raw.astype(np.float32) - zero) * scale if scale else raw.astype(np.float32)
 
     def _invoke(self, batch: np.ndarray) -> np.ndarray:
         self._resize(len(batch))
@@ -193,14 +206,27 @@ class Classifier:
         self._interp.invoke()
         return self._dequantize(self._interp.get_tensor(self._out["index"]))
 
-    def scores(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities for an (N, H, W, 3) uint8 array; splits into allowed batches."""
+    def outputs(self, images: np.ndarray) -> np.ndarray:
+        """The model's dequantized output for an (N, H, W, 3) uint8 array (logits or probabilities, as
+        the card's `output` says); splits into allowed batches."""
         if images.ndim == 3:
             images = images[None]
         with self._lock:
             parts = [self._invoke(images[start : start + self.max_batch])
                      for start in range(0, len(images), self.max_batch)]
         return np.concatenate(parts, axis=0)
+
+    def probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities: softmax(logits / card.temperature) for a logits model."""
+        return softmax(outputs, self.card.temperature) if self.card.output == "logits" else outputs
+
+    def ood_scores(self, outputs: np.ndarray) -> np.ndarray | None:
+        """The energy score per image (logits models only): the card's `ood.threshold` is on it."""
+        return energy(outputs) if self.card.output == "logits" else None
+
+    def scores(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities for an (N, H, W, 3) uint8 array; splits into allowed batches."""
+        return self.probabilities(self.outputs(images))
 
     def warm_up(self, batch: int = 1) -> None:
         """Allocate the tensors at `batch` and run one blank invoke: the first invoke after an
@@ -209,12 +235,14 @@ class Classifier:
         self.scores(np.zeros((min(batch, self.max_batch), *self.input_size, 3), np.uint8))
 
     def predict(self, images: np.ndarray) -> list[Prediction]:
-        probs = self.scores(images)
+        outputs = self.outputs(images)
+        probs, ood = self.probabilities(outputs), self.ood_scores(outputs)
         preds = []
-        for row in probs:
+        for i, row in enumerate(probs):
             best = int(np.argmax(row))
             scores = {lbl: round(float(p), 6) for lbl, p in zip(self.labels, row, strict=True)}
-            preds.append(Prediction(self.labels[best], float(row[best]), scores))
+            score = round(float(ood[i]), 6) if ood is not None else None
+            preds.append(Prediction(self.labels[best], float(row[best]), scores, score))
         return preds
 
 

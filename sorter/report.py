@@ -143,17 +143,30 @@ def _hours(lo: datetime, hi: datetime) -> list[str]:
     return out
 
 
+HOURLY = ("rotten", "uncertain", "unknown")  # the verdicts counted per hour beside the volume
+
+
 def hourly(items: list[dict], lo: datetime, hi: datetime) -> list[dict]:
-    """Volume, rotten and uncertain counts per UTC hour (every hour, empty ones too)."""
-    series: dict[str, dict[str, Any]] = {h: {"hour": h + ":00Z", "items": 0, "rotten": 0, "uncertain": 0}
+    """Volume, rotten, uncertain and unknown counts per UTC hour (every hour, empty ones too)."""
+    series: dict[str, dict[str, Any]] = {h: {"hour": h + ":00Z", "items": 0, **dict.fromkeys(HOURLY, 0)}
                                          for h in _hours(lo, hi)}
     for item in items:
         slot = series.get(item["received_at"][:13])
         if slot is not None:
             slot["items"] += 1
-            if item["verdict"] in ("rotten", "uncertain"):
+            if item["verdict"] in HOURLY:
                 slot[item["verdict"]] += 1
     return list(series.values())
+
+
+def rates(verdicts: dict[str, int], n: int) -> dict[str, float | None]:
+    """rotten_rate and uncertain_rate among the produce (items the model knew: `unknown` ones are not
+    fresh, rotten or uncertain produce, so they do not dilute these rates), unknown_rate among all
+    `n` classified items. One rule for a line's report and the fleet's merge."""
+    produce = n - verdicts.get("unknown", 0)
+    out = {f"{v}_rate": _r(verdicts.get(v, 0) / produce) if produce else None for v in ("rotten", "uncertain")}
+    out["unknown_rate"] = _r(verdicts.get("unknown", 0) / n) if n else None
+    return out
 
 
 def histograms(items: list[dict]) -> dict[str, list[int]]:
@@ -323,7 +336,7 @@ def build_report(db_path: Path | str, lo: datetime, hi: datetime, card: ModelCar
     n, hours = len(classified), (hi - lo).total_seconds() / 3600
     audit = audit_figures(audited, labels, rotten)
     series = hourly(classified, lo, hi)
-    rates = [_r(verdicts.get(v, 0) / n) if n else None for v in ("rotten", "uncertain")]
+    rated = rates(verdicts, n)
     return {
         "format": FORMAT, "generated_at": store.now_iso(), "db": str(db_path),
         "window": {"from": start, "to": end, "hours": _r(hours)},
@@ -335,15 +348,14 @@ def build_report(db_path: Path | str, lo: datetime, hi: datetime, card: ModelCar
         "by_label": _count([i["label"] for i in classified]),
         "by_verdict": verdicts,
         "by_model": _count([i["model_id"] for i in classified]),
-        "rotten_rate": rates[0], "uncertain_rate": rates[1],
+        **rated,
         "throughput": {"per_hour": _r(n / hours), "peak_per_hour": max((s["items"] for s in series), default=0),
                        "hourly": series},
         "confidence_histogram": {"bins": BINS, "by_verdict": histograms(classified)},
         "errors_by_reason": _count([reason(i["error"]) for i in firsts if i["error"]]),
         "camera": cameras,
         "audit": audit,
-        "drift": drift(audit, {"rotten_rate": rates[0], "uncertain_rate": rates[1]}, card_baseline(card), previous,
-                       opts.margin, opts.min_audited),
+        "drift": drift(audit, rated, card_baseline(card), previous, opts.margin, opts.min_audited),
     }
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import cv2
 
+from sorter.verdict import VERDICTS
+
 CSS = """
 body{font-family:system-ui,-apple-system,sans-serif;margin:0 auto;padding:12px;max-width:980px;color:#222}
 h1{font-size:1.4em;margin:.2em 0}h2{font-size:1.15em;margin-top:1.4em;border-bottom:1px solid #ddd}
@@ -98,8 +100,9 @@ def plot_over_time(hourly: list[dict]) -> str:
     ax.bar(xs, [h["items"] for h in hourly], color="#90a4ae", label="items")
     ax.set_ylabel("items per hour")
     twin = ax.twinx()
-    twin.plot(xs, [h["rotten"] / h["items"] if h["items"] else float("nan") for h in hourly], color="#c62828",
-              marker=".", label="rotten rate")
+    produce = [h["items"] - h.get("unknown", 0) for h in hourly]  # the rotten rate is among the produce
+    twin.plot(xs, [h["rotten"] / n if n else float("nan") for h, n in zip(hourly, produce, strict=True)],
+              color="#c62828", marker=".", label="rotten rate")
     twin.set_ylim(0, 1)
     twin.set_ylabel("rotten rate")
     step = max(1, len(hourly) // 8)
@@ -148,6 +151,8 @@ def _headline(r: dict) -> str:
         _card("items classified", str(r["items"]["classified"]), f"{r['throughput']['per_hour']:.1f}/h"),
         _card("rotten rate", _pct(r["rotten_rate"])),
         _card("uncertain rate", _pct(r["uncertain_rate"])),
+        _card("unknown rate", _pct(r.get("unknown_rate")), "not produce the model knows", "headline-unknown",
+              r.get("unknown_rate")),
         _card("errors", str(r["items"]["errors"]), f"duplicates {r['items']['duplicates']}"),
     ]) + "</div>"
 
@@ -229,9 +234,10 @@ def render(report: dict, max_thumbnails: int = 24) -> str:
 
 def _lines(lines: dict) -> str:
     """One row per line of a fleet report: its volume, rates, audited accuracy and whether it drifted."""
-    return _table(["line", "items", "rotten rate", "uncertain rate", "audited", "accuracy", "95% CI", "drift",
-                   "model", "window"],
-                  [[name, x["items"], _pct(x["rotten_rate"]), _pct(x["uncertain_rate"]), x["audit_n"],
+    return _table(["line", "items", "rotten rate", "uncertain rate", "unknown rate", "audited", "accuracy", "95% CI",
+                   "drift", "model", "window"],
+                  [[name, x["items"], _pct(x["rotten_rate"]), _pct(x["uncertain_rate"]), _pct(x.get("unknown_rate")),
+                    x["audit_n"],
                     _pct(x["accuracy"]),
                     f"{_pct(x['accuracy_ci95'][0])}–{_pct(x['accuracy_ci95'][1])}" if x["accuracy_ci95"] else "—",
                     "FLAG" if x["drift_flagged"] else "ok", x["model"] or "—",
@@ -239,7 +245,11 @@ def _lines(lines: dict) -> str:
 
 
 def _rate(counts: dict, verdict: str) -> float | None:
-    return counts["by_verdict"].get(verdict, 0) / counts["items"] if counts["items"] else None
+    """A verdict's share of the counted items; rotten and uncertain among the produce (report.rates)."""
+    n = counts["items"]
+    if verdict != "unknown":
+        n -= counts["by_verdict"].get("unknown", 0)
+    return counts["by_verdict"].get(verdict, 0) / n if n else None
 
 
 def _live(live: dict) -> list[str]:
@@ -249,12 +259,12 @@ def _live(live: dict) -> list[str]:
         _card("items counted", str(total["items"]), f"{len(lines)} lines", "fleet-items", total["items"]),
         _card("rotten rate", _pct(_rate(total, "rotten"))),
         _card("uncertain rate", _pct(_rate(total, "uncertain"))),
+        _card("unknown rate", _pct(_rate(total, "unknown"))),
     ]) + "</div>"
-    rows = [[name, c["items"], c["by_verdict"].get("fresh", 0), c["by_verdict"].get("rotten", 0),
-             c["by_verdict"].get("uncertain", 0), _pct(_rate(c, "rotten")), len(c.get("runs", []))]
-            for name, c in lines.items()]
+    rows = [[name, c["items"], *(c["by_verdict"].get(v, 0) for v in VERDICTS), _pct(_rate(c, "rotten")),
+             len(c.get("runs", []))] for name, c in lines.items()]
     return ["<h2>Live hourly counters</h2>", cards,
-            _table(["line", "items", "fresh", "rotten", "uncertain", "rotten rate", "runs"], rows),
+            _table(["line", "items", *VERDICTS, "rotten rate", "runs"], rows),
             _table(["label", "items"], list(total["by_label"].items())),
             _table(["verdict", "items"], list(total["by_verdict"].items()))]
 

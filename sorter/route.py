@@ -87,7 +87,8 @@ def _fit(stem: str, rest: str) -> str:
 
 def target_dir(out: Path, verdict: str | None, label: str | None, error: str | None,
                duplicate: bool) -> Path:
-    """OUT/duplicates, OUT/rejected, OUT/uncertain or OUT/<verdict>/<label>."""
+    """OUT/duplicates, OUT/rejected, OUT/uncertain or OUT/<verdict>/<label> (fresh, rotten, and unknown,
+    filed under its top class so a person sees what the model took it for)."""
     if duplicate:
         return out / DUPLICATES
     if error or not verdict or not label:

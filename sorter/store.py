@@ -29,12 +29,13 @@ BUSY_TIMEOUT_MS = 10_000
 T = TypeVar("T")
 migrations = Migrations("sorter")
 
-ITEM_COLUMNS = {
+_M001_COLUMNS = {  # the items table as m001 made it: a migration's schema never changes after release
     "id": int, "sha256": str, "source_path": str, "destination": str, "label": str,
     "confidence": float, "verdict": str, "scores": str, "model_id": str, "model_sha256": str,
     "source": str, "received_at": str, "routed_at": str, "duplicate_of": int, "error": str,
     "state": str,
 }
+ITEM_COLUMNS = {**_M001_COLUMNS, "ood_score": float}  # after every migration
 # A row is `intent` until its file reached `destination`, then `done`; `held` = recorded but the
 # file could not be moved (left in INCOMING, retried later); `dry-run` rows never moved anything.
 STATES = ("intent", "done", "held", "dry-run")
@@ -43,7 +44,7 @@ STATES = ("intent", "done", "held", "dry-run")
 @migrations()
 def m001_items(db: Database) -> None:
     """The items table: one row per dropped file, keyed for exactly-once by content hash."""
-    db.table("items").create(ITEM_COLUMNS, pk="id", not_null={"state", "received_at", "source"})
+    db.table("items").create(_M001_COLUMNS, pk="id", not_null={"state", "received_at", "source"})
     db.table("items").create_index(["received_at"])
     db.table("items").create_index(["sha256"])
     db.execute("CREATE UNIQUE INDEX items_first_sha256 ON items(sha256) "
@@ -73,6 +74,13 @@ def m003_audits(db: Database) -> None:
                         defaults={"auditor": ""}, foreign_keys=[("item_id", "items", "id")])
     db.execute("CREATE UNIQUE INDEX audits_item_auditor ON audits(item_id, auditor)")
     db.table("audits").create_index(["sha256"])
+
+
+@migrations()
+def m004_items_ood_score(db: Database) -> None:
+    """The energy score an item's `unknown` verdict was decided on (logits models; NULL otherwise and
+    on rows from before it), so a threshold can be re-chosen from what the line actually saw."""
+    db.table("items").add_column("ood_score", float)
 
 
 def has_table(conn: sqlite3.Connection, name: str) -> bool:

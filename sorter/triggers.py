@@ -210,6 +210,9 @@ def gpio_edge(trigger: LineTrigger, pin: int | str):
     return button
 
 
+ABSTAIN = ("uncertain", "unknown")  # verdicts whose frames agree whatever label they carry
+
+
 @dataclass(frozen=True)
 class Vote:
     label: str
@@ -218,8 +221,9 @@ class Vote:
 
     @property
     def key(self) -> str:
-        """What must agree: the label, except that all `uncertain` frames agree with each other."""
-        return "uncertain" if self.verdict == "uncertain" else self.label
+        """What must agree: the label, except that all `uncertain` frames agree with each other, and so
+        do all `unknown` ones (not produce the model knows, whatever its top class)."""
+        return self.verdict if self.verdict in ABSTAIN else self.label
 
 
 @dataclass(frozen=True)
@@ -234,7 +238,7 @@ class Decision:
 
 class Voter:
     """Act when `k` of the last `n` votes agree; an item's window that ends without agreement
-    (`close`) is `uncertain`, never fresh or rotten."""
+    (`close`) is `uncertain` (or `unknown` when most of its frames were), never fresh or rotten."""
 
     def __init__(self, k: int, n: int):
         if not 1 <= k <= n:
@@ -255,12 +259,15 @@ class Voter:
         return decision
 
     def close(self) -> Decision | None:
-        """End the item: no consensus among its frames → uncertain (None if it had no frames)."""
+        """End the item: no consensus among its frames → uncertain, or unknown when more than half of
+        them were unknown (a hand in view is no uncertain apple); None if it had no frames."""
         if not self._votes:
             return None
         counts = collections.Counter(v.label for v in self._votes)
         label, agreeing = counts.most_common(1)[0]
-        decision = Decision(label, "uncertain", round(sum(v.confidence for v in self._votes) / len(self._votes), 6),
+        unknown = sum(v.verdict == "unknown" for v in self._votes)
+        verdict = "unknown" if 2 * unknown > len(self._votes) else "uncertain"
+        decision = Decision(label, verdict, round(sum(v.confidence for v in self._votes) / len(self._votes), 6),
                             agreeing, len(self._votes), False)
         self._votes.clear()
         return decision

@@ -66,6 +66,7 @@ class Item:
     confidence: float | None = None
     verdict: str | None = None
     scores: dict[str, float] | None = None
+    ood_score: float | None = None  # energy (logits models): what an `unknown` verdict was decided on
     identity: Identity | None = None  # the file that was read: only that file is moved
 
 
@@ -377,14 +378,15 @@ def load(path: Path, size: tuple[int, int], settings: Settings) -> Item | None:
 
 
 def classify(items: list[Item], classifier: Classifier, rules: VerdictRules) -> None:
-    """Score the decodable items of a batch in one call; fill label, confidence, verdict."""
+    """Score the decodable items of a batch in one call; fill label, confidence, verdict, scores."""
     ok = [i for i in items if i.image is not None]
     if not ok:
         return
     preds = classifier.predict(np.stack([i.image for i in ok if i.image is not None]))
     for item, pred in zip(ok, preds, strict=True):
-        item.label, item.confidence, item.scores = pred.label, round(pred.confidence, 6), pred.scores
-        item.verdict = rules.decide(pred.label, pred.confidence)
+        judged = rules.decide(pred)
+        item.label, item.confidence, item.verdict = judged.label, round(judged.confidence, 6), judged.verdict
+        item.scores, item.ood_score = pred.scores, pred.ood_score
 
 
 @dataclass
@@ -423,8 +425,8 @@ class Router:
     def _row(self, item: Item, dst: Path, reuse: dict | None) -> dict:
         row = {"sha256": item.sha256, "source_path": path_text(item.path), "destination": path_text(dst),
                "label": item.label, "confidence": item.confidence, "verdict": item.verdict,
-               "scores": item.scores, "model_id": self.clf.model_id, "model_sha256": self.clf.sha256,
-               "error": item.error, "state": "dry-run" if self.dry_run else "intent"}
+               "scores": item.scores, "ood_score": item.ood_score, "model_id": self.clf.model_id,
+               "model_sha256": self.clf.sha256, "error": item.error, "state": "dry-run" if self.dry_run else "intent"}
         if reuse:
             row["id"] = reuse["id"]
         else:

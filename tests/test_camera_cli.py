@@ -117,9 +117,8 @@ def test_fruit_photos_on_a_moving_belt_match_direct_classification(tmp_path, col
         for _j in range(6):
             frame = cap.read()[1]
             if decision is None and len(voter) < 5:
-                pred = clf.predict(resize_rgb(frame[60:180, 100:220], clf.input_size)[None])[0]
-                decision = voter.add(Vote(pred.label, rules.decide(pred.label, pred.confidence),
-                                          round(pred.confidence, 6)))
+                judged = rules.decide(clf.predict(resize_rgb(frame[60:180, 100:220], clf.input_size)[None])[0])
+                decision = voter.add(Vote(judged.label, judged.verdict, round(judged.confidence, 6)))
         decision = decision or voter.close()
         expected.append((decision.verdict, decision.label))
     assert expected and [(r["verdict"], r["label"]) for r in rows(tmp_path / "s.db")] == expected
@@ -163,8 +162,8 @@ def test_a_video_of_still_photos_gives_one_decision_per_photo(tmp_path):
     cap, expected = cv2.VideoCapture(str(video)), []
     for i in range(len(names)):
         cap.set(cv2.CAP_PROP_POS_FRAMES, i * 30)
-        pred = clf.predict(resize_rgb(cap.read()[1], clf.input_size)[None])[0]
-        expected.append((rules.decide(pred.label, pred.confidence), pred.label))
+        judged = rules.decide(clf.predict(resize_rgb(cap.read()[1], clf.input_size)[None])[0])
+        expected.append((judged.verdict, judged.label))
     assert [(r["verdict"], r["label"]) for r in rows(tmp_path / "s.db")] == expected
     assert [label for _, label in expected] == [n.split("_")[0] for n in names]  # the model knows these
 

@@ -33,7 +33,7 @@ def test_counts_rates_throughput_and_histograms(db_path):
     hourly = r["throughput"]["hourly"]
     assert len(hourly) == 24 and hourly[0]["hour"] == "2026-01-10T00:00Z"
     assert [h["items"] for h in hourly[:5]] == [2, 2, 3, 3, 0]
-    assert hourly[2] == {"hour": "2026-01-10T02:00Z", "items": 3, "rotten": 2, "uncertain": 1}
+    assert hourly[2] == {"hour": "2026-01-10T02:00Z", "items": 3, "rotten": 2, "uncertain": 1, "unknown": 0}
     assert r["throughput"]["peak_per_hour"] == 3
     hist = r["confidence_histogram"]["by_verdict"]
     assert hist["fresh"] == [0, 0, 0, 0, 0, 0, 1, 1, 1, 2]  # .65 .7 .8 .9 .95

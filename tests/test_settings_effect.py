@@ -144,6 +144,8 @@ KEY_READ_IN = {
     "threads": "sorter/cli.py", "interpreters": "sorter/cli.py", "batch_size": "sorter/cli.py",
     "batch_ms": "sorter/watch.py", "default_min_confidence": "sorter/classify.py",
     "min_confidence": "sorter/classify.py", "max_pixels": "sorter/cli.py", "db": "sorter/cli.py",
+    "rotten_at": "sorter/classify.py", "fresh_at": "sorter/classify.py", "unknown_below": "sorter/classify.py",
+    "unknown": "sorter/classify.py",  # their effect tests: KEYS_SHOWN in tests/test_decision.py
     "out": "sorter/cli.py", "stable_seconds": "sorter/watch.py", "recursive": "sorter/watch.py",
     "temp_suffixes": "sorter/watch.py", "decode_workers": "sorter/watch.py", "background_nice": "sorter/watch.py",
     "retry_seconds": "sorter/watch.py", "max_file_bytes": "sorter/watch.py",
