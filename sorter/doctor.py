@@ -214,7 +214,7 @@ def check_parity(clf: Classifier, tolerance: float = SAMPLE_TOLERANCE) -> Check:
 
 
 def check_model(path: Path | str | None, threads: int | None = None,
-                rotten: list[str] | None = None) -> list[Check]:
+                rotten: list[str] | None = None, settings: Settings | None = None) -> list[Check]:
     """Load, re-hash against the card, tensor/card agreement, what the card claims, its export gate,
     one inference that must give finite probabilities summing to 1, and the card's recorded sample
     predictions reproduced: a bundle that passes this is safe to swap in."""
@@ -235,7 +235,29 @@ def check_model(path: Path | str | None, threads: int | None = None,
                         ("matches the card" if rehash == want else f"file {rehash[:12]} vs card {want[:12]}"),
                         {"sha256": rehash}))
     checks += [check_card(clf.card, clf.path, rotten), check_gate(clf.card), _inference(clf), check_parity(clf)]
+    if settings is not None:
+        checks.append(check_decision(clf, settings))
     return checks
+
+
+def check_decision(clf: Any, settings: Settings) -> Check:
+    """The verdict rule this card and config make (sorter.classify.rules_for), or why they make none:
+    `watch` and `camera` would refuse to start on it."""
+    from sorter.classify import rules_for
+    from sorter.config import ConfigError
+    from sorter.verdict import LEGACY_MIN_CONFIDENCE
+
+    try:
+        rules = rules_for(clf, settings)
+    except ConfigError as exc:
+        return Check("decision", False, str(exc))
+    floor = LEGACY_MIN_CONFIDENCE if rules.default_min_confidence is None else rules.default_min_confidence
+    rule = (f"P(rotten): rotten at >= {rules.rotten_at}, fresh at <= {rules.fresh_at}" if rules.by_p_rotten
+            else f"top-1 confidence under {floor} is uncertain")
+    unknown = f"unknown below energy {rules.unknown_below}" if rules.unknown_below is not None else "no unknown"
+    return Check("decision", True, f"{rule}; {unknown}",
+                 {"rotten_at": rules.rotten_at, "fresh_at": rules.fresh_at, "unknown_below": rules.unknown_below,
+                  "temperature": clf.card.temperature})
 
 
 def check_cameras(device: str | None, indices: range = range(4)) -> Check:
@@ -284,7 +306,7 @@ def check_database(path: Path) -> Check:
 def run_checks(settings: Settings, model: Path | None = None, incoming: Path | None = None,
                cameras: bool = True) -> list[Check]:
     """Everything, in the order an operator reads it."""
-    checks = [versions(), *check_model(model or settings.model, settings.threads, settings.rotten_labels)]
+    checks = [versions(), *check_model(model or settings.model, settings.threads, settings.rotten_labels, settings)]
     if cameras:
         checks.append(check_cameras(settings.camera.device))
     folders = {"db": settings.db}

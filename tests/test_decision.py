@@ -300,6 +300,21 @@ def test_rules_for_takes_each_threshold_from_the_config_or_the_card():
         rules_for(clf, Settings(rotten_at=0.1))
 
 
+def test_doctor_shows_the_rule_in_force_and_fails_on_one_the_card_cannot_complete(tmp_path):
+    def doctor(model: Path, lines: str = "") -> tuple[int, dict]:
+        cfg = tmp_path / "doctor.toml"
+        cfg.write_text(f'model = "{model}"\ndb = "{tmp_path / "d.db"}"\n{lines}\n')
+        result = runner.invoke(app, ["doctor", "--json", "--no-cameras", "--config", str(cfg)])
+        return result.exit_code, {c["name"]: c for c in json.loads(result.stdout)["checks"]}["decision"]
+
+    code, check = doctor(LOGITS_INT8, "fresh_at = 0.2")
+    assert check["ok"] and check["detail"] == "P(rotten): rotten at >= 0.6, fresh at <= 0.2; unknown below energy 18.0"
+    assert check["data"]["temperature"] == 5.0
+    assert doctor(COLOR_FLOAT)[1]["detail"] == "top-1 confidence under 0.5 is uncertain; no unknown"
+    code, check = doctor(COLOR_FLOAT, "rotten_at = 0.2")
+    assert (code, check["ok"]) == (1, False) and check["detail"].startswith("rotten_at is set but model card")
+
+
 # ---- `sorter watch --once`: OUT/unknown/<label>, the row, the report, the metrics ----
 
 def test_unknown_items_go_to_out_unknown_with_their_row_and_count_in_the_report(tmp_path):
