@@ -708,14 +708,15 @@ def fleet_report(broker: str | None = typer.Option(None, "--broker",
     _exit_on_drift(report, fail_on_drift)
 
 
-def _forward(verb: str) -> None:
-    """Register `sorter VERB` as a pass-through to training/, imported only when called."""
+def _forward(verb: str, summary: str | None = None) -> None:
+    """Register `sorter VERB` as a pass-through to training/, imported only when called.
+    Verbs with their own `summary` need no TensorFlow."""
 
     @app.command(verb, context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
                  add_help_option=False,
-                 help=f"{verb.capitalize()} a model (needs TensorFlow, the train extra; see --help).")
+                 help=summary or f"{verb.capitalize()} a model (needs TensorFlow, the train extra; see --help).")
     def command(ctx: typer.Context) -> None:
-        if importlib.util.find_spec("tensorflow") is None:
+        if summary is None and importlib.util.find_spec("tensorflow") is None:
             fail(f"'sorter {verb}' needs TensorFlow: pip install 'sorter[train]'")
         from training.cli import app as training_app
 
@@ -724,3 +725,4 @@ def _forward(verb: str) -> None:
 
 for _verb in ("train", "evaluate", "export", "tune"):
     _forward(_verb)
+_forward("split", "Split a photo collection into train/val/test by near-duplicate groups (see --help).")

@@ -17,7 +17,8 @@ def _given(ctx: typer.Context, name: str | None) -> bool:
 # --- train (owner: train helper) ---
 @app.command()
 def train(ctx: typer.Context,
-          data: str = typer.Argument(..., help="DATA/<class>/ or DATA/{train,val,test}/<class>/ image folders."),
+          data: list[str] = typer.Argument(..., help="DATA/<class>/ or DATA/{train,val,test}/<class>/ image "
+                                                     "folders; several are merged by class name."),
           backbone: str = typer.Option("resnet50", help="resnet50 | efficientnet-lite0 | -lite1 | -lite2."),
           weights: str = typer.Option("imagenet", help="imagenet | none | PATH to a no-top weights file."),
           img_size: int = typer.Option(None, help="Input side in pixels (default: the backbone's)."),
@@ -54,6 +55,9 @@ def train(ctx: typer.Context,
           label_smoothing: float = typer.Option(0.0, help="Label smoothing of the softmax targets (0: off)."),
           ema: float = typer.Option(0.0, help="Phase 2: finish on an exponential moving average of the weights "
                                                "with this momentum, e.g. 0.99 (0: off)."),
+          split_files: list[str] = typer.Option([], "--split-file",
+                                               help="A `sorter split` file: the train/val/test of the data "
+                                                    "folder it names (grouped by near-duplicates). Repeatable."),
           baselines: bool = typer.Option(False, "--baselines",
                                          help="Also fit logistic-regression and linear-SVM heads on frozen "
                                               "features and record their test scores (baselines.json)."),
@@ -78,10 +82,32 @@ def train(ctx: typer.Context,
         for key, value in ctx.params.items():
             if key not in ("data", "config") and _given(ctx, key):  # typer vendors click
                 values["augment" if key == "no_augment" else key] = (not value) if key == "no_augment" else value
-        result = run_train(Path(data), TrainConfig.from_dict(values))
+        result = run_train([Path(d) for d in data], TrainConfig.from_dict(values))
     except (OSError, ValueError, TypeError, WeightsUnavailable) as exc:  # json errors are ValueErrors
         fail(str(exc))
     typer.echo(str(result.run_dir))
+
+
+@app.command("split")
+def split(root: str = typer.Argument(..., help="A photo collection: ROOT/<class>/ (with MANIFEST.tsv naming "
+                                               "each photo's source, when it has one)."),
+          out: str = typer.Option(..., "--out", help="The split file to write (TSV)."),
+          test: float = typer.Option(0.3, help="Least share of every source × class in test."),
+          val: float = typer.Option(0.15, help="Share of every source × class in validation (whole groups)."),
+          seed: int = typer.Option(42, help="Seed of the group draw.")) -> None:
+    """Group near-duplicate photos (same source and class: look-alikes in any orientation, phone
+    bursts) and split by whole groups into train/val/test, for `sorter train --split-file`."""
+    from pathlib import Path
+
+    from sorter.cli import fail
+    from training.groups import make_split
+
+    try:
+        summary = make_split(Path(root), Path(out), test=test, val=val, seed=seed)
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(f"{out}: {summary['photos']} photos in {summary['groups']} groups; "
+               f"train {summary['train']}, val {summary['val']}, test {summary['test']}")
 
 
 # --- tune (owner: train helper) ---

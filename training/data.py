@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -15,19 +16,46 @@ import numpy as np
 
 from sorter.imaging import ImageError, decode
 
+log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 SPLITS = ("train", "val", "test")
 
 
 @dataclass
 class DataSplits:
-    """Files per split as (path, class index); `classes` is sorted, so indices are stable."""
+    """Files per split as (path, class index); `classes` is sorted, so indices are stable.
+
+    `roots` are the data folders merged into these splits (class folders merged by name); `root`
+    is the first of them, the one a single-folder run is relative to."""
 
     root: Path
     classes: list[str]
     train: list[tuple[Path, int]] = field(default_factory=list)
     val: list[tuple[Path, int]] = field(default_factory=list)
     test: list[tuple[Path, int]] = field(default_factory=list)
+    roots: list[Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.roots = self.roots or [self.root]
+
+    def root_of(self, path: Path) -> Path:
+        return next((r for r in self.roots if path.is_relative_to(r)), self.root)
+
+    def sets(self, split: str) -> dict[str, list[tuple[Path, int]]]:
+        """The split's files per data root, by the root's folder name (e.g. fruit_dev, fruit_extra):
+        each root is a test set of its own, scored and reported apart."""
+        out: dict[str, list[tuple[Path, int]]] = {r.name: [] for r in self.roots}
+        for item in getattr(self, split):
+            out[self.root_of(item[0]).name].append(item)
+        return {name: files for name, files in out.items() if files}
+
+    def counts_by_root(self, split: str) -> dict[str, dict[str, int]]:
+        out = {}
+        for name, files in self.sets(split).items():
+            out[name] = dict.fromkeys(self.classes, 0)
+            for _, idx in files:
+                out[name][self.classes[idx]] += 1
+        return out
 
     def counts(self, split: str) -> dict[str, int]:
         out = dict.fromkeys(self.classes, 0)
@@ -38,9 +66,11 @@ class DataSplits:
     def fingerprint(self) -> str:
         """A hash of every file's split, class, name and size: identifies the data a model saw."""
         digest = hashlib.sha256()
+        many = len(self.roots) > 1
         for split in SPLITS:
             for path, idx in sorted(getattr(self, split)):
-                digest.update(f"{split}/{self.classes[idx]}/{path.name}/{path.stat().st_size}\n".encode())
+                where = f"{self.root_of(path).name}:" if many else ""
+                digest.update(f"{split}/{where}{self.classes[idx]}/{path.name}/{path.stat().st_size}\n".encode())
         return digest.hexdigest()
 
 
@@ -61,17 +91,25 @@ def _stratified(files: list[tuple[Path, int]], fraction: float, seed: int):
     return sorted(keep), sorted(taken)
 
 
-def discover(root: Path, seed: int = 42, val_fraction: float = 0.2, test_fraction: float = 0.1) -> DataSplits:
-    """Accept DATA/{train,val,test}/<class>/ or flat DATA/<class>/; missing splits are carved
-    from train by a seeded stratified split (val_fraction of train, test_fraction of all)."""
+def class_folders(root: Path) -> list[str]:
+    """The class folder names of DATA/{train,…}/<class>/ or DATA/<class>/."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} not found")
+    base = root / "train" if (root / "train").is_dir() else root
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return classes if base != root else [c for c in classes if c not in SPLITS]
+
+
+def discover(root: Path, seed: int = 42, val_fraction: float = 0.2, test_fraction: float = 0.1,
+             classes: list[str] | None = None) -> DataSplits:
+    """Accept DATA/{train,val,test}/<class>/ or flat DATA/<class>/; missing splits are carved
+    from train by a seeded stratified split (val_fraction of train, test_fraction of all).
+    `classes` fixes the class list (and indices) when several roots are merged."""
+    root = Path(root)
     split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
     base = split_dirs.get("train", root)
-    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if "train" not in split_dirs:
-        classes = [c for c in classes if c not in SPLITS]
+    classes = classes or class_folders(root)
     if len(classes) < 2:
         raise ValueError(f"{base} needs at least two class folders, found {classes}")
     index = {c: i for i, c in enumerate(classes)}
@@ -89,6 +127,60 @@ def discover(root: Path, seed: int = 42, val_fraction: float = 0.2, test_fractio
     elif val_fraction > 0:
         splits.train, splits.val = _stratified(splits.train, val_fraction, seed + 1)
     return splits
+
+
+def _from_split_file(root: Path, rows: list[dict[str, str]], classes: list[str]) -> DataSplits:
+    """A root whose train/val/test come from a split file's rows (grouped, reproducible)."""
+    index = {c: i for i, c in enumerate(classes)}
+    splits = DataSplits(root, classes)
+    missing = []
+    for row in rows:
+        path = root / row["file"]
+        if not path.is_file():
+            missing.append(row["file"])
+            continue
+        getattr(splits, row["split"]).append((path, index[row["class"]]))
+    if missing:
+        raise ValueError(f"{len(missing)} files named in the split file for {root.name} are missing under "
+                         f"{root} (first: {missing[0]})")
+    listed = {row["file"] for row in rows}
+    unlisted = [p for c in classes if (root / c).is_dir() for p in _images(root / c)
+                if p.relative_to(root).as_posix() not in listed]
+    if unlisted:
+        log.warning("%d images under %s are not in its split file and are not used (first: %s)",
+                    len(unlisted), root, unlisted[0])
+    return splits
+
+
+def discover_many(roots: list[Path], seed: int = 42, val_fraction: float = 0.2, test_fraction: float = 0.1,
+                  split_files: list[Path] | None = None) -> DataSplits:
+    """Several data folders merged by class name (fruit_dev and fruit_extra: the same six classes).
+
+    A root named in a split file (`sorter split`, column `root`) takes its train/val/test from the
+    file, by whole near-duplicate groups; any other root is discovered as `discover` does."""
+    from training.groups import read_split
+
+    roots = [Path(r) for r in roots]
+    if len({r.name for r in roots}) != len(roots):
+        raise ValueError("data folders need distinct names: each is reported as a test set of its own")
+    by_root: dict[str, list[dict[str, str]]] = {}
+    for file in split_files or []:
+        for row in read_split(file):
+            by_root.setdefault(row["root"], []).append(row)
+    unknown = sorted(set(by_root) - {r.name for r in roots})
+    if unknown:
+        raise ValueError(f"the split files name data folders that were not given: {', '.join(unknown)}")
+    classes = sorted({c for r in roots for c in class_folders(r)}
+                     | {row["class"] for rows in by_root.values() for row in rows})
+    if len(roots) == 1 and not by_root:
+        return discover(roots[0], seed, val_fraction, test_fraction)
+    merged = DataSplits(roots[0], classes, roots=roots)
+    for root in roots:
+        part = (_from_split_file(root, by_root[root.name], classes) if root.name in by_root
+                else discover(root, seed, val_fraction, test_fraction, classes=classes))
+        for split in SPLITS:
+            getattr(merged, split).extend(getattr(part, split))
+    return merged
 
 
 # --- decoding, reporting and tf.data pipelines -------------------------------------------------
@@ -151,19 +243,29 @@ def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
 
 
 def save_splits(splits: DataSplits, path: Path) -> None:
-    """Write the file lists (relative to DATA) so evaluate/export score the very same test split."""
+    """Write the file lists (relative to DATA) so evaluate/export score the very same test split.
+    Several roots: `roots` lists them and each entry names its root's index third."""
     doc: dict[str, Any] = {"root": str(splits.root.resolve()), "classes": splits.classes}
+    many = len(splits.roots) > 1
+    if many:
+        doc["roots"] = [str(r.resolve()) for r in splits.roots]
     for split in SPLITS:
-        doc[split] = [[p.relative_to(splits.root).as_posix(), i] for p, i in getattr(splits, split)]
+        entries = []
+        for p, i in getattr(splits, split):
+            root = splits.root_of(p)
+            entries.append([p.relative_to(root).as_posix(), i, *([splits.roots.index(root)] if many else [])])
+        doc[split] = entries
     Path(path).write_text(json.dumps(doc, indent=1) + "\n")
 
 
 def load_splits(path: Path, root: Path | None = None) -> DataSplits:
-    """Read `splits.json`; `root` relocates the data folder (default: where it was at training)."""
+    """Read `splits.json`; `root` relocates the data folder of a one-root run (default: where it
+    was at training). A run on several roots finds them where they were."""
     doc = json.loads(Path(path).read_text())
-    base = Path(root or doc["root"])
-    lists = {s: [(base / rel, int(i)) for rel, i in doc.get(s, [])] for s in SPLITS}
-    return DataSplits(base, list(doc["classes"]), **lists)
+    roots = [Path(r) for r in doc.get("roots", [])] or [Path(root or doc["root"])]
+    lists = {s: [(roots[int(e[2]) if len(e) > 2 else 0] / e[0], int(e[1])) for e in doc.get(s, [])]
+             for s in SPLITS}
+    return DataSplits(roots[0], list(doc["classes"]), roots=roots, **lists)
 
 
 # --- augmentation and datasets ----------------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sorter.card import guess_rotten
-from training.data import SPLITS, DataSplits, discover, load_split
+from training.data import SPLITS, DataSplits, discover, load_split, load_splits
 from training.metrics import compute_metrics, pr_curves, worst_errors
 
 log = logging.getLogger(__name__)
@@ -156,8 +156,15 @@ def _entry(item, data: Path, classes: list[str] | None) -> tuple[Path, str]:
 
 
 def splits_from_json(path: Path, data: Path) -> DataSplits | None:
-    """The exact split the run trained on; None (use discover) when files moved or vanished."""
+    """The exact split the run trained on; None (use discover) when files moved or vanished.
+    A run on several data roots (`roots` in the file) is read where its roots were."""
     raw = json.loads(path.read_text())
+    if raw.get("roots"):
+        found = load_splits(path)
+        if all(p.is_file() for s in SPLITS for p, _ in getattr(found, s)):
+            return found
+        log.warning("splits.json in %s names files missing under %s", path.parent, ", ".join(raw["roots"]))
+        return None
     lists = raw.get("splits", raw)
     classes = raw.get("classes") or raw.get("labels")
     entries = {s: [_entry(i, data, classes) for i in lists.get(s, [])] for s in SPLITS}
@@ -166,7 +173,8 @@ def splits_from_json(path: Path, data: Path) -> DataSplits | None:
         log.warning("splits.json in %s names files missing under %s; re-discovering", path.parent, data)
         return None
     index = {c: i for i, c in enumerate(names)}
-    return DataSplits(data, list(names), **{s: [(p, index[lbl]) for p, lbl in entries[s]] for s in SPLITS})
+    train, val, test = ([(p, index[lbl]) for p, lbl in entries[s]] for s in SPLITS)
+    return DataSplits(data, list(names), train, val, test)
 
 
 def resolve_splits(data: Path, splits_file: Path | None = None) -> DataSplits:

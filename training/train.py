@@ -22,7 +22,7 @@ from training.data import (
     DataSplits,
     Loaded,
     class_weights,
-    discover,
+    discover_many,
     imbalance_warning,
     load_split,
     make_dataset,
@@ -70,6 +70,7 @@ class TrainConfig:
     baselines: bool = False
     label_smoothing: float = 0.0
     ema: float = 0.0
+    split_files: list[str] = dataclasses.field(default_factory=list)  # `sorter split` files for some roots
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -322,15 +323,19 @@ def _counts(classes: list[str], loaded: dict[str, Loaded]) -> dict[str, dict[str
     return {s: {c: int(np.sum(ld.labels == i)) for i, c in enumerate(classes)} for s, ld in loaded.items()}
 
 
-def write_run_files(run_dir: Path, data: Path, config: TrainConfig, splits: DataSplits, size: int,
+def write_run_files(run_dir: Path, config: TrainConfig, splits: DataSplits, size: int,
                     counts: dict, skipped: list[tuple[Path, str]]) -> None:
-    """Everything that says what a run was, written before training so even a crashed run explains itself."""
-    _write_json(run_dir / "config.json", {"data": str(Path(data).resolve()), **config.to_dict(), "img_size": size})
+    """Everything that says what a run was, written before training so even a crashed run explains itself.
+    `data` is one folder, or the list of folders a merged run read (their counts apart in data.json)."""
+    roots = [str(r.resolve()) for r in splits.roots]
+    _write_json(run_dir / "config.json", {"data": roots[0] if len(roots) == 1 else roots,
+                                          **config.to_dict(), "img_size": size})
     _write_json(run_dir / "labels.json", {"labels": splits.classes, "rotten_labels": guess_rotten(splits.classes)})
     save_splits(splits, run_dir / "splits.json")
     _write_json(run_dir / "data.json", {
         "fingerprint": splits.fingerprint(), "counts": counts,
-        "skipped": [[str(p.relative_to(splits.root)), reason] for p, reason in skipped]})
+        "counts_by_root": {s: splits.counts_by_root(s) for s in SPLITS},
+        "skipped": [[str(p.relative_to(splits.root_of(p))), reason] for p, reason in skipped]})
 
 
 # --- the whole run --------------------------------------------------------------------------
@@ -350,15 +355,31 @@ def _baselines(loaded: dict[str, Loaded], config: TrainConfig, size: int, consol
     return result
 
 
-def train(data: Path, config: TrainConfig, console: Console | None = None, verbose: int = 1) -> TrainResult:
-    """Discover, decode, fine-tune and save one run under `runs_dir/name[N]`."""
+def by_root_table(splits: DataSplits) -> Table:
+    """Images per data root and class, each split's counts side by side: what a merged run read."""
+    table = Table("root", "class", *SPLITS, title="images per data root")
+    counts = {s: splits.counts_by_root(s) for s in SPLITS}
+    for root in splits.roots:
+        for cls in splits.classes:
+            row = [counts[s].get(root.name, {}).get(cls, 0) for s in SPLITS]
+            if any(row):
+                table.add_row(root.name, cls, *map(str, row))
+    return table
+
+
+def train(data: Path | list[Path], config: TrainConfig, console: Console | None = None,
+          verbose: int = 1) -> TrainResult:
+    """Discover, decode, fine-tune and save one run under `runs_dir/name[N]`. Several data folders
+    are merged by class name; a folder with a split file takes its splits from it."""
     import keras
 
     from training.backbones import default_input_size
 
     console = console or Console(stderr=True)
     config.check()
-    splits = discover(data, config.seed, config.val_split, config.test_split)
+    roots = [Path(d) for d in data] if isinstance(data, list) else [Path(data)]
+    splits = discover_many(roots, config.seed, config.val_split, config.test_split,
+                           [Path(f) for f in config.split_files])
     size = config.img_size or default_input_size(config.backbone)
     keras.utils.set_random_seed(config.seed)
     strategy = pick_strategy()
@@ -369,12 +390,14 @@ def train(data: Path, config: TrainConfig, console: Console | None = None, verbo
         console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False, soft_wrap=True)
     counts = _counts(splits.classes, loaded)
     console.print(counts_table(counts))
+    if len(splits.roots) > 1:
+        console.print(by_root_table(splits))
     if warning := imbalance_warning(counts["train"]):
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
     if len(set(loaded["train"].labels.tolist())) < 2:
         raise ValueError("the training split needs readable images of at least two classes")
     run_dir = next_run_dir(Path(config.runs_dir), config.name)
-    write_run_files(run_dir, data, config, splits, size, counts, skipped)
+    write_run_files(run_dir, config, splits, size, counts, skipped)
     binary, tr, va = is_binary(config, len(splits.classes)), loaded["train"], loaded["val"]
     train_ds = make_dataset(tr.images, tr.labels, config.batch_size, training=True,
                             augment=config.augmentation(), seed=config.seed, binary=binary)
