@@ -198,6 +198,44 @@ def test_every_key_is_read_where_the_table_says():
     assert unread == []
 
 
+# ---- a test per key shows its effect ----
+
+# The keys this file shows; the other effect files keep tables of their own (`KEYS_SHOWN`).
+KEYS_SHOWN = {
+    "model": "test_each_classification_key_changes_the_verdicts",
+    "rotten_labels": "test_each_classification_key_changes_the_verdicts",
+    "default_min_confidence": "test_each_classification_key_changes_the_verdicts",
+    "min_confidence": "test_each_classification_key_changes_the_verdicts",
+    "max_pixels": "test_each_classification_key_changes_the_verdicts",
+    "incoming": "test_watch_takes_incoming_out_db_and_log_format_from_the_config_file",
+    "out": "test_watch_takes_incoming_out_db_and_log_format_from_the_config_file",
+    "db": "test_watch_takes_incoming_out_db_and_log_format_from_the_config_file",
+    "log_format": "test_watch_takes_incoming_out_db_and_log_format_from_the_config_file",
+    "report.drift_margin": "test_report_and_retention_keys_reach_report_json_and_prune",
+    "report.min_audited": "test_report_and_retention_keys_reach_report_json_and_prune",
+    "retention.items_days": "test_report_and_retention_keys_reach_report_json_and_prune",
+    "retention.camera_events_days": "test_report_and_retention_keys_reach_report_json_and_prune",
+    "retention.snapshots_days": "test_report_and_retention_keys_reach_report_json_and_prune",
+}
+EFFECT_FILES = ("test_settings_effect", "test_settings_effect_camera", "test_settings_effect_outputs",
+                "test_settings_effect_runtime", "test_decision")
+
+
+def test_every_accepted_key_has_a_test_that_shows_its_effect():
+    """Item 22: each key of Settings is named in one effect file's KEYS_SHOWN, by a test that exists there."""
+    import importlib
+
+    shown: dict[str, str] = {}
+    for name in EFFECT_FILES:
+        module = importlib.import_module(f"tests.{name}")
+        for key, test in module.KEYS_SHOWN.items():
+            assert callable(getattr(module, test, None)), f"{name}.{test} (for {key}) is not a test there"
+            assert key not in shown, f"{key} is shown twice: {shown[key]} and {name}.{test}"
+            shown[key] = f"{name}.{test}"
+    assert sorted(set(_keys(Settings)) - set(shown)) == []
+    assert sorted(set(shown) - set(_keys(Settings))) == []  # no table names a key that is gone
+
+
 # ---- each classification key changes what `sorter classify` decides ----
 
 CLASSIFY_KEYS = {  # config lines → verdict (or error) of a red and a blue photo
