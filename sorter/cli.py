@@ -548,6 +548,8 @@ def report(out: Path = typer.Option(..., "--out", "-o", help="Folder for report.
         fail(str(exc))
     r = written.report
     typer.echo(f"{written.folder}: {_window_figures(r)}, pruned {len(written.pruned)}")
+    if compared := _card_compared(r):
+        typer.echo(compared)
     if publish and settings.fleet.broker:
         _publish(settings, r, [p.name for p in written.pruned])
     _exit_on_drift(r, fail_on_drift)
@@ -559,6 +561,18 @@ def _window_figures(report: dict) -> str:
     if not n:
         return "no items in this window"
     return f"{n} items, rotten {report['rotten_rate']:.1%}, {_accuracy(report)}"
+
+
+def _card_compared(report: dict) -> str | None:
+    """`compared with card, other sources (…, 268 photos): 92.0 %, audited -2.0 points`: which card
+    figure the drift check held audited accuracy against, or None without one."""
+    from sorter.report import card_figure
+
+    vs = report["drift"]["vs_card"]
+    if not vs:
+        return None
+    delta = vs.get("accuracy_delta")
+    return f"compared with {card_figure(vs)}" + (f", audited {delta * 100:+.1f} points" if delta is not None else "")
 
 
 def _accuracy(report: dict) -> str:

@@ -233,8 +233,10 @@ def _delta(value: float | None, base: float | None) -> float | None:
 
 
 def compare(current: dict, baseline: dict | None, name: str, margin: float, min_audited: int,
-            baseline_n: int | None) -> tuple[dict | None, list[dict]]:
-    """Deltas of the audited figures against a baseline; a flag when accuracy fell > margin."""
+            baseline_n: int | None, kind: str | None = None,
+            against: str | None = None) -> tuple[dict | None, list[dict]]:
+    """Deltas of the audited figures against a baseline; a flag when accuracy fell > margin.
+    `kind` and `against` (the figure as the flag message names it) default to ones made from `name`."""
     if not baseline or baseline.get("accuracy") is None:
         return None, []
     acc, base = current["accuracy"], baseline.get("accuracy")
@@ -247,23 +249,76 @@ def compare(current: dict, baseline: dict | None, name: str, margin: float, min_
     enough = current["n"] >= min_audited and (baseline_n is None or baseline_n >= min_audited)
     flags = []
     if enough and acc is not None and base is not None and base - acc > margin:
-        flags.append({"kind": "accuracy-vs-" + name.replace(" ", "-"), "value": acc, "baseline": base,
-                      "message": f"accuracy {acc:.1%} is {_points(base - acc)} below the {name}'s {base:.1%} "
+        against = against or f"the {name}'s {base:.1%}"
+        flags.append({"kind": kind or "accuracy-vs-" + name.replace(" ", "-"), "value": acc, "baseline": base,
+                      "message": f"accuracy {acc:.1%} is {_points(base - acc)} below {against} "
                                  f"(margin {_points(margin)}, {current['n']} audited items)"})
     out["compared"] = enough
     return out, flags
 
 
+# the card figure drift holds audited accuracy against: baseline → (name in the flag, flag kind, short name)
+CARD_BASES = {
+    "other_sources": ("model card's other-sources figure", "accuracy-vs-model-card-other-sources", "other sources"),
+    "test": ("model card", "accuracy-vs-model-card", "test split"),
+}
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def other_sources(card: ModelCard | None) -> dict | None:
+    """The card's `evaluation.other_sources` entry when it holds an accuracy, else None."""
+    entry = (card.evaluation or {}).get("other_sources") if card else None
+    return entry if isinstance(entry, dict) and _number(entry.get("accuracy")) is not None else None
+
+
 def card_baseline(card: ModelCard | None) -> dict | None:
-    """The card's test-set figures as a baseline for `compare`; None without a card accuracy."""
-    return ({"accuracy": card.score.accuracy, "per_class": card.score.per_class}
-            if card and card.score.accuracy is not None else None)
+    """The card figure for `compare`; None without a card accuracy.
+
+    The other-sources evaluation when the card has one: a line's photos come from its own camera, not
+    from the training photos' sources, so they behave like other sources, and the test split's figure
+    would flag a drift that is only the change of source. Else the test split's score (older cards)."""
+    other = other_sources(card)
+    if other is not None:
+        classes = other.get("per_class") or {}
+        return {"baseline": "other_sources", "name": other.get("name"), "n": other.get("n"),
+                "accuracy": _number(other["accuracy"]),
+                "fresh_vs_rotten_accuracy": _number(other.get("fresh_vs_rotten_accuracy")),
+                "per_class": {k: v for k, v in classes.items() if isinstance(v, dict)}}
+    if card is None or card.score.accuracy is None:
+        return None
+    return {"baseline": "test", "name": None, "n": card.score.n_test, "accuracy": card.score.accuracy,
+            "per_class": card.score.per_class}
+
+
+def _source(name: Any, n: Any) -> str:
+    """`fruit_extra test share, 268 photos`: where a card figure was measured, as far as the card says."""
+    return ", ".join(part for part in (str(name) if name else "", f"{n} photos" if n else "") if part)
+
+
+def card_figure(vs_card: dict) -> str:
+    """`card, other sources (fruit_extra test share, 268 photos): 92.0 %`: which card figure drift
+    compared with, for the text output and the page (an operator reads a delta against *what*)."""
+    short = CARD_BASES.get(vs_card.get("baseline") or "test", CARD_BASES["test"])[2]
+    source = _source(vs_card.get("baseline_name"), vs_card.get("baseline_n"))
+    return f"card, {short}{f' ({source})' if source else ''}: {vs_card['accuracy'] * 100:.1f} %"
 
 
 def drift(audit: dict, rates: dict[str, float | None], card_base: dict | None, previous: dict | None,
           margin: float, min_audited: int) -> dict[str, Any]:
-    """Against the card's test-set figures and the previous report; flags only accuracy falls."""
-    vs_card, f1 = compare(audit, card_base, "model card", margin, min_audited, None)
+    """Against the card's figure (`card_baseline`) and the previous report; flags only accuracy falls.
+    `vs_card.baseline` says which card figure it was (`other_sources` or `test`)."""
+    base = card_base or {}
+    which = base.get("baseline") or "test"
+    name, kind, _ = CARD_BASES.get(which, CARD_BASES["test"])
+    source = _source(base.get("name"), base.get("n"))
+    against = (f"the {name} of {base['accuracy']:.1%}{f' ({source})' if source else ''}"
+               if which == "other_sources" and base.get("accuracy") is not None else None)
+    vs_card, f1 = compare(audit, card_base, name, margin, min_audited, None, kind, against)
+    if vs_card is not None:
+        vs_card.update(baseline=which, baseline_name=base.get("name"), baseline_n=base.get("n"))
     vs_prev: dict | None = None
     f2: list[dict] = []
     if previous:

@@ -14,6 +14,7 @@ from typing import Any
 
 import cv2
 
+from sorter.report import card_figure
 from sorter.verdict import VERDICTS
 
 CSS = """
@@ -161,6 +162,8 @@ def _drift(d: dict) -> str:
     parts = [f'<div class="flag">{escape(f["message"])}</div>' for f in d["flags"]]
     if not parts:
         parts.append(f'<div class="ok">no drift flag (margin {d["margin"] * 100:.1f} points)</div>')
+    if d.get("vs_card"):
+        parts.append(f'<p id="drift-card">compared with {escape(card_figure(d["vs_card"]))}</p>')
     if d.get("note"):
         parts.append(f"<p>{escape(d['note'])}</p>")
     return '<div id="drift">' + "".join(parts) + "</div>"
