@@ -93,15 +93,21 @@ class _Scored:
 
 def judge(probs: np.ndarray, labels: Sequence[str], rules: VerdictRules,
           ood: np.ndarray | None = None) -> list[Judgement]:
-    """Each photo's verdict and label through `VerdictRules.decide`, scores rounded as the runtime
-    stores them (sorter.model.Prediction), so a threshold means here what it means on the line."""
+    """Each photo's verdict and label through `VerdictRules.decide`, on the numbers the runtime's
+    Prediction carries (sorter.model.Classifier.predict: scores and energy rounded to 6 digits, the
+    top-1 confidence not), so a threshold means here what it means on the line."""
     out = []
     for i, row in enumerate(np.asarray(probs, dtype=np.float64)):
         scores = {lbl: round(float(p), 6) for lbl, p in zip(labels, row, strict=True)}
         top = int(np.argmax(row))
-        out.append(rules.decide(_Scored(labels[top], scores[labels[top]], scores,
-                                        None if ood is None else float(ood[i]))))
+        out.append(rules.decide(_Scored(labels[top], float(row[top]), scores,
+                                        None if ood is None else _stored(ood[i]))))
     return out
+
+
+def _stored(score: float) -> float:
+    """An energy as the runtime stores and compares it (sorter.model.Prediction.ood_score)."""
+    return round(float(score), 6)
 
 
 def _share(mask: np.ndarray, of: np.ndarray | None = None) -> float | None:
@@ -163,13 +169,15 @@ def p_rotten(probs: np.ndarray, labels: Sequence[str], rotten_labels: Sequence[s
 
 
 def choose_ood_threshold(in_scores: np.ndarray, pass_rate: float = 0.95) -> float:
-    """The energy that `pass_rate` of in-distribution photos score at or above; below it is `unknown`."""
-    scores = np.asarray(in_scores, dtype=np.float64)
+    """The highest energy that at least `pass_rate` of in-distribution photos score at or above (20
+    photos at 0.95: the second lowest, 19 pass); below it is `unknown`."""
+    scores = np.sort(np.asarray(in_scores, dtype=np.float64))
     if not len(scores):
         raise ValueError("no in-distribution photos to choose an unknown threshold on")
     if not 0 < pass_rate <= 1:
         raise ValueError(f"pass rate must be in (0, 1], not {pass_rate}")
-    return round(float(np.quantile(scores, 1 - pass_rate, method="lower")), 6)
+    below = min(int(np.floor(len(scores) * (1 - pass_rate) + 1e-9)), len(scores) - 1)  # 1 - 0.9 is 0.0999...
+    return round(float(scores[below]), 6)
 
 
 def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float | None:
@@ -183,6 +191,7 @@ def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float | None:
 
 
 def flagged(scores: np.ndarray, threshold: float) -> float | None:
-    """The share of photos the rule calls unknown (energy below the threshold)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    return round(float(np.mean(scores < threshold)), 6) if len(scores) else None
+    """The share of photos the rule calls unknown (energy, rounded as the runtime stores it, below
+    the threshold)."""
+    stored = np.array([_stored(s) for s in np.asarray(scores, dtype=np.float64)])
+    return round(float(np.mean(stored < threshold)), 6) if len(stored) else None
