@@ -148,33 +148,47 @@ def tune(data: str = typer.Argument(..., help="DATA/<class>/ or DATA/{train,val,
 # --- evaluate (owner: export helper) ---
 @app.command()
 def evaluate(model: str = typer.Argument(..., help="Run folder, model.keras, or a .tflite bundle."),
-             data: str = typer.Argument(..., help="Data folder (class folders or train/val/test)."),
+             data: list[str] = typer.Argument(..., help="Data folders (class folders or train/val/test); several "
+                                                        "are merged by class name and each reported apart."),
              out: str = typer.Option("", "--out", help="Output folder (default: evaluations/MODEL-SPLIT)."),
              split: str = typer.Option("test", "--split", help="train, val or test."),
-             worst: int = typer.Option(16, "--worst", help="Thumbnails in the worst-errors gallery.")) -> None:
-    """Score a Keras model or a .tflite export on a data set."""
+             worst: int = typer.Option(16, "--worst", help="Thumbnails in the worst-errors gallery."),
+             split_files: list[str] = typer.Option([], "--split-file",
+                                                  help="A `sorter split` file: the train/val/test of the data "
+                                                       "folder it names. Repeatable."),
+             config: str = typer.Option(None, "--config",
+                                        help="The sorter.toml the runtime reads: its rotten_at, fresh_at, "
+                                             "unknown_below… make the verdict rule scored.")) -> None:
+    """Score a Keras model or a .tflite export on one or several data sets, per set, under the
+    runtime's verdict rule: calibration, the threshold settings and the unknown verdict."""
     import logging
     from pathlib import Path
 
     from rich.console import Console
     from rich.markup import escape
 
+    from sorter.config import ConfigError, Settings, load_settings
     from training.evaluate import evaluate as run_evaluate
     from training.evaluate import split_name
+    from training.evaluate_field import summary_lines
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     err = Console(stderr=True)
     try:
         split = split_name(split)
+        settings = load_settings(Path(config)) if config else Settings()
         folder = Path(out or f"evaluations/{Path(model).name.removesuffix('.tflite')}-{split}")
-        metrics = run_evaluate(Path(model), Path(data), folder, split, worst)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        metrics = run_evaluate(Path(model), [Path(d) for d in data], folder, split, worst,
+                               [Path(f) for f in split_files], settings)
+    except (FileNotFoundError, ValueError, RuntimeError, ConfigError) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     for warning in metrics["warnings"]:
         err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     typer.echo(f"accuracy {metrics['accuracy']:.4f} on {metrics['n']} {split} images; "
                f"macro F1 {metrics['macro']['f1']:.4f}")
+    for line in summary_lines(metrics):
+        typer.echo(line)
     typer.echo(f"report: {folder / 'report.html'}  metrics: {folder / 'metrics.json'}")
 
 
@@ -207,8 +221,16 @@ def export(ctx: typer.Context,
            max_drop: float = typer.Option(1.0, "--max-drop",
                                          help="Max accuracy drop in points vs float, refused only when beyond "
                                               "chance on this test set (exact McNemar, p < 0.05)."),
-           latency_runs: int = typer.Option(30, "--latency-runs", help="Timed batch-1 runs per export.")) -> None:
-    """Export TFLite variants with model cards and an accuracy gate."""
+           latency_runs: int = typer.Option(30, "--latency-runs", help="Timed batch-1 runs per export."),
+           rotten_recall: float = typer.Option(0.98, "--rotten-recall",
+                                               help="Goal: share of rotten validation photos not passed as fresh."),
+           fresh_kept: float = typer.Option(0.95, "--fresh-kept",
+                                            help="Goal: share of fresh validation photos not binned as rotten."),
+           unknown_pass: float = typer.Option(0.95, "--unknown-pass",
+                                              help="Validation share above the unknown threshold.")) -> None:
+    """Export TFLite variants with model cards and an accuracy gate. The card carries a temperature, P(rotten)
+    thresholds for the goal at the lowest uncertain rate and an unknown threshold, all chosen on validation
+    photos, and the figures they make on each data root's test split."""
     import logging
     from pathlib import Path
 
@@ -218,6 +240,7 @@ def export(ctx: typer.Context,
     from training.tf_quiet import import_tensorflow
 
     import_tensorflow()
+    from training.decide import Goal
     from training.export import FORMATS, ExportError, GateRefused, export_table, parse_formats
     from training.export import export as run_export
 
@@ -228,7 +251,7 @@ def export(ctx: typer.Context,
         console.print(export_table([FORMATS[n] for n in names]))
         results = run_export(Path(source), Path(data) if data else None, names, Path(out), name or None,
                              calibration, allow_drop, max_drop, command_line(ctx),
-                             latency_runs)
+                             latency_runs, Goal(rotten_recall, fresh_kept), unknown_pass)
     except (ExportError, FileNotFoundError, ValueError) as exc:
         if isinstance(exc, GateRefused):  # what every format scored, refused ones included
             console.print(export_table(exc.results))

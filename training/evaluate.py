@@ -12,14 +12,20 @@ import contextlib
 import html
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from sorter.card import guess_rotten
-from training.data import SPLITS, DataSplits, discover, load_split, load_splits
+from sorter.config import Settings
+from sorter.verdict import VerdictRules
+from training import evaluate_field as field_figs
+from training import evaluate_sections as sections
+from training.calibrate import plot_reliability
+from training.data import SPLITS, DataSplits, class_folders, discover, discover_many, load_split, load_splits
 from training.metrics import compute_metrics, pr_curves, worst_errors
 
 log = logging.getLogger(__name__)
@@ -45,7 +51,8 @@ class RunInfo:
 
 @dataclass
 class Scorer:
-    """A model behind one function: (N, H, W, 3) uint8 → (N, C) probabilities."""
+    """A model behind one function: (N, H, W, 3) uint8 → (N, C) probabilities. A .tflite also
+    keeps its runtime `classifier` (card, raw outputs, temperature, energy)."""
 
     name: str
     kind: str
@@ -54,6 +61,22 @@ class Scorer:
     input_size: tuple[int, int]
     score: Callable[[np.ndarray], np.ndarray]
     run: RunInfo | None = None
+    classifier: Any = None  # sorter.model.Classifier for a .tflite
+
+    @property
+    def card(self):
+        return self.classifier.card if self.classifier is not None else None
+
+    def raw(self, images: np.ndarray) -> np.ndarray:
+        """What the model outputs: logits for a logits card, else probabilities."""
+        return self.classifier.outputs(images) if self.classifier is not None else self.score(images)
+
+    def probabilities(self, raw: np.ndarray) -> np.ndarray:
+        """The probabilities the runtime thresholds (softmax(logits / card T) for a logits card)."""
+        return self.classifier.probabilities(raw) if self.classifier is not None else raw
+
+    def energy(self, raw: np.ndarray) -> np.ndarray | None:
+        return self.classifier.ood_scores(raw) if self.classifier is not None else None
 
 
 def _json(path: Path) -> dict | None:
@@ -130,7 +153,8 @@ def open_scorer(model_path: Path, data_classes: list[str] | None = None) -> Scor
         from sorter.model import Classifier
 
         clf = Classifier(model_path)
-        return Scorer(clf.card.name, "tflite", clf.labels, clf.card.rotten_labels, clf.input_size, clf.scores)
+        return Scorer(clf.card.name, "tflite", clf.labels, clf.card.rotten_labels, clf.input_size, clf.scores,
+                      classifier=clf)
     run = read_run(model_path)
     model = load_keras(run.model_path)
     labels = run.labels or data_classes
@@ -181,6 +205,49 @@ def resolve_splits(data: Path, splits_file: Path | None = None) -> DataSplits:
     data = Path(data)
     found = splits_from_json(splits_file, data) if splits_file else None
     return found or discover(data)
+
+
+def _merge(first: DataSplits, second: DataSplits) -> DataSplits:
+    """Two sets of roots as one, class indices remapped onto the union of their classes."""
+    classes = sorted(set(first.classes) | set(second.classes))
+    merged = DataSplits(first.root, classes, roots=[*first.roots, *second.roots])
+    for part in (first, second):
+        for split in SPLITS:
+            getattr(merged, split).extend((p, classes.index(part.classes[i])) for p, i in getattr(part, split))
+    return merged
+
+
+def _files_for(split_files: Sequence[Path], names: set[str]) -> list[Path]:
+    """The split files that name only these roots."""
+    from training.groups import read_split
+
+    return [f for f in split_files if {row["root"] for row in read_split(f)} <= names]
+
+
+def resolve_data(roots: Sequence[Path], run_splits: Path | None = None,
+                 split_files: Sequence[Path] = ()) -> DataSplits:
+    """Several data roots merged by class name as `sorter train` takes them. A Keras run's own
+    splits.json keeps deciding the files of the roots it covers; other roots are discovered (or
+    taken from their `sorter split` file). One root and no split file: exactly as before."""
+    roots, split_files = [Path(r) for r in roots], [Path(f) for f in split_files]
+    if len(roots) == 1 and not split_files:
+        return resolve_splits(roots[0], run_splits)
+    found = splits_from_json(run_splits, roots[0]) if run_splits else None
+    if found is None:
+        return discover_many(roots, split_files=split_files)
+    covered = {r.name for r in found.roots}
+    rest = [r for r in roots if r.name not in covered]
+    if not rest:
+        return found
+    log.info("%s: the run's splits.json for %s; discovered for %s", run_splits.parent if run_splits else "",
+             ", ".join(sorted(covered)), ", ".join(r.name for r in rest))
+    return _merge(found, discover_many(rest, split_files=_files_for(split_files, {r.name for r in rest})))
+
+
+def data_classes(roots: Sequence[Path]) -> list[str] | None:
+    """The class folders of every root (a Keras model without labels.json takes its labels from them)."""
+    names = sorted({c for r in roots if Path(r).is_dir() for c in class_folders(Path(r))})
+    return names or None
 
 
 def load_images(files: list[Path], size: tuple[int, int]) -> tuple[np.ndarray, list[int]]:
@@ -321,24 +388,28 @@ def _warnings(metrics: dict) -> str:
     return "".join(f"<p class='warning'><b>warning:</b> {html.escape(w)}</p>" for w in metrics.get("warnings", []))
 
 
-def render_report(metrics: dict, images: dict[str, Path]) -> str:
-    """One self-contained page: headline, per-class table, threshold table, embedded PNGs."""
+def render_report(metrics: dict, images: dict[str, Path], card_evaluation: dict | None = None,
+                  reliability: Path | None = None) -> str:
+    """One self-contained page: headline, the test sets under the runtime's rule, what the card
+    recorded, per-class table, the threshold settings, calibration, unknown, embedded PNGs."""
     per_class = [{"class": k, **v} for k, v in metrics["per_class"].items()]
     per_class += [{"class": avg, **metrics[avg]} for avg in ("macro", "weighted")]
     figs = "".join(
         f"<h2>{html.escape(title)}</h2>{_caption(title)}<img alt='{html.escape(title)}' src='data:image/png;base64,"
         f"{base64.b64encode(p.read_bytes()).decode()}'>" for title, p in images.items())
-    thresholds = _table(metrics["threshold_table"], ["threshold", "binned", "precision", "recall",
-                                                     "fresh_binned", "fresh_binned_rate"])
+    sets = sections.sets_section(metrics) + sections.recorded(metrics, card_evaluation)
+    later = sections.decision(metrics) + sections.calibration(metrics, reliability) + sections.unknown(metrics)
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>{html.escape(metrics["model"])} — evaluation</title><style>
 body{{font-family:sans-serif;max-width:1000px;margin:auto}}table{{border-collapse:collapse;margin:8px 0}}
-td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}img{{max-width:100%}}</style></head><body>
+td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}img{{max-width:100%}}
+tr.applied{{font-weight:bold;background:#eef6ee}}</style></head><body>
 <h1>{html.escape(metrics["model"])}</h1>
 <p>{html.escape(metrics["kind"])} model on split <b>{html.escape(metrics["split"])}</b> of
 {html.escape(metrics["data"])}: <b>accuracy {metrics["accuracy"]:.4f}</b> on {metrics["n"]} images.</p>
-{_warnings(metrics)}<h2>Per class</h2>{_table(per_class, ["class", "precision", "recall", "f1", "support"])}
-<h2>Fresh vs rotten thresholds</h2>{thresholds}{figs}</body></html>"""
+{_warnings(metrics)}{sets}
+<h2>Per class</h2>{_table(per_class, ["class", "precision", "recall", "f1", "support"])}
+{later}{figs}</body></html>"""
 
 
 def _error_items(sample: SplitImages, probs: np.ndarray, labels: list[str], k: int) -> list[dict]:
@@ -349,6 +420,7 @@ def _error_items(sample: SplitImages, probs: np.ndarray, labels: list[str], k: i
 
 
 ERRORS_TITLE = "Most confident errors"
+SWEEP_TITLE = "Binned at P(rotten) >= t (the t= rows, every photo decided)"
 
 
 def one_class_warning(metrics: dict, y: np.ndarray) -> str | None:
@@ -360,29 +432,79 @@ def one_class_warning(metrics: dict, y: np.ndarray) -> str | None:
             f"{len(set(y.tolist()))} classes: it has not learnt to tell them apart")
 
 
-def evaluate(model: Path, data: Path, out: Path, split: str = "test", worst: int = 16) -> dict:
-    """Score MODEL on a split of DATA and write PNGs, metrics.json and report.html into OUT."""
-    data, out, split = Path(data), Path(out), split_name(split)
+def runtime_rules(scorer: Scorer, settings: Settings) -> VerdictRules:
+    """The verdict rule the runtime applies: `rules_for` on a bundle's card and the config; a Keras
+    model (no card) gets the top-1 rule of a default `VerdictRules`."""
+    if scorer.classifier is None:
+        return VerdictRules(frozenset(scorer.rotten_labels))
+    from sorter.classify import rules_for
+
+    return rules_for(scorer.classifier, settings)  # ConfigError is a ValueError: one line, exit 2
+
+
+def field_metrics(scorer: Scorer, splits: DataSplits, sample: SplitImages, raw: np.ndarray, probs: np.ndarray,
+                  split: str, settings: Settings) -> tuple[dict, list[str]]:
+    """by_root, the rule and its overall figures, the decision table, calibration and unknown."""
+    card, rules = scorer.card, runtime_rules(scorer, settings)
+    logits_out = card is not None and card.output == "logits"
+    scored = field_figs.Scored(sample.y, np.asarray(probs, dtype=np.float64),
+                               np.asarray(raw, dtype=np.float64) if logits_out else field_figs.stand_in_logits(probs),
+                               "logits" if logits_out else "log(probabilities)",
+                               scorer.energy(raw) if logits_out else None, scorer.labels, scorer.rotten_labels,
+                               field_figs.root_indices(splits, sample.paths), split)
+    by_root, overall = field_figs.figures_by_root(scored, rules, {r.name: str(r) for r in splits.roots})
+    out = {"by_root": by_root, "rule": field_figs.describe_rule(rules, card, settings), "rule_figures": overall,
+           "decision_table": field_figs.decision_rows(scored, card, settings, rules),
+           "calibration": field_figs.calibration_figures(scored, card.temperature if card is not None else 1.0)}
+    warnings = []
+    if card is not None and card.ood is not None and scored.energy is not None:
+        def outputs(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            got = scorer.raw(images)
+            energy = scorer.energy(got)
+            assert energy is not None  # a logits card: the classifier computes the energy
+            return energy, scorer.probabilities(got)
+
+        out["ood"], warning = field_figs.unknown_figures(scored, card.ood.threshold, rules.unknown_below, outputs,
+                                                         scorer.input_size, rules)
+        warnings += [warning] if warning else []
+    return out, warnings
+
+
+def evaluate(model: Path, data: Path | Sequence[Path], out: Path, split: str = "test", worst: int = 16,
+             split_files: Sequence[Path] = (), settings: Settings | None = None) -> dict:
+    """Score MODEL on a split of DATA (one root, or several merged by class name) and write PNGs,
+    metrics.json and report.html into OUT; `settings` is the config the runtime would read."""
+    roots = [Path(data)] if isinstance(data, str | Path) else [Path(d) for d in data]
+    out, split, settings = Path(out), split_name(split), settings or Settings()
     out.mkdir(parents=True, exist_ok=True)
-    scorer = open_scorer(Path(model), discover(data).classes if data.is_dir() else None)
-    splits = resolve_splits(data, scorer.run.splits_file if scorer.run else None)
+    scorer = open_scorer(Path(model), data_classes(roots))
+    splits = resolve_data(roots, scorer.run.splits_file if scorer.run else None, split_files)
     sample = split_images(splits, split, scorer.labels, scorer.input_size)
-    probs = scorer.score(sample.images)
+    raw = scorer.raw(sample.images)
+    probs = scorer.probabilities(raw)
     metrics = compute_metrics(sample.y, probs, scorer.labels, scorer.rotten_labels)
     errors = _error_items(sample, probs, scorer.labels, worst)
     warning = one_class_warning(metrics, sample.y)  # the command prints it; library callers read metrics
-    metrics.update(model=scorer.name, kind=scorer.kind, model_path=str(model), data=str(data), split=split,
-                   warnings=[warning] if warning else [], gallery=GALLERY_DIRECTION,
-                   worst_errors=[{k: v for k, v in e.items() if k != "index"} for e in errors])
+    extra, field_warnings = field_metrics(scorer, splits, sample, raw, probs, split, settings)
+    metrics.update(model=scorer.name, kind=scorer.kind, model_path=str(model),
+                   data=", ".join(map(str, roots)), data_roots=[str(r) for r in splits.roots], split=split,
+                   warnings=([warning] if warning else []) + field_warnings, gallery=GALLERY_DIRECTION,
+                   worst_errors=[{k: v for k, v in e.items() if k != "index"} for e in errors], **extra)
     pngs = {"Confusion matrix": plot_confusion(metrics["confusion_matrix"], scorer.labels, out / "confusion.png"),
             "Precision-recall (one vs rest)": plot_pr(pr_curves(sample.y, probs, scorer.labels),
                                                       out / "pr_curves.png")}
     if metrics["threshold_table"]:
-        pngs["Fresh vs rotten thresholds"] = plot_thresholds(metrics["threshold_table"], out / "thresholds.png")
+        pngs[SWEEP_TITLE] = plot_thresholds(metrics["threshold_table"], out / "thresholds.png")
     if scorer.run and scorer.run.history:
         pngs["Training curves"] = plot_history(scorer.run.history, out / "training_curves.png")
     pngs[ERRORS_TITLE] = plot_gallery(errors, sample.images, out / "worst_errors.png")
     metrics["plots"] = {title: p.name for title, p in pngs.items()}
+    reliability = None
+    if extra["calibration"]["from"] == "logits":  # T = 1 against the card's T: the point of the diagram
+        reliability = plot_reliability(extra["calibration"]["reliability"], out / "reliability.png",
+                                       f"reliability on {split} ({metrics['n']} photos)")
+        metrics["plots"]["Reliability"] = reliability.name
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out / "report.html").write_text(render_report(metrics, pngs))
+    card = scorer.card
+    (out / "report.html").write_text(render_report(metrics, pngs, card.evaluation if card else None, reliability))
     return metrics
