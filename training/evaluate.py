@@ -403,7 +403,7 @@ def render_report(metrics: dict, images: dict[str, Path], card_evaluation: dict 
 <title>{html.escape(metrics["model"])} — evaluation</title><style>
 body{{font-family:sans-serif;max-width:1000px;margin:auto}}table{{border-collapse:collapse;margin:8px 0}}
 td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}img{{max-width:100%}}
-tr.applied{{font-weight:bold;background:#eef6ee}}</style></head><body>
+tr.mark{{font-weight:bold;background:#eef6ee}}</style></head><body>
 <h1>{html.escape(metrics["model"])}</h1>
 <p>{html.escape(metrics["kind"])} model on split <b>{html.escape(metrics["split"])}</b> of
 {html.escape(metrics["data"])}: <b>accuracy {metrics["accuracy"]:.4f}</b> on {metrics["n"]} images.</p>

@@ -24,7 +24,7 @@ def _num(value, digits: int = 4) -> str:
 
 def _table(head: list[str], rows: list[list[str]], marked: set[int] | None = None) -> str:
     top = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join(f"<tr{' class=applied' if marked and i in marked else ''}>"
+    body = "".join(f"<tr{' class=mark' if marked and i in marked else ''}>"
                    + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for i, row in enumerate(rows))
     return f"<table><tr>{top}</tr>{body}</table>"
 
