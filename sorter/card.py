@@ -150,6 +150,7 @@ class ModelCard(BaseModel):
     temperature: float = Field(default=1.0, gt=0)  # probabilities = softmax(logits / temperature)
     decision: DecisionRule | None = None
     ood: OodRule | None = None
+    temperature_fit: dict[str, Any] | None = None  # on which photos T was fitted; NLL and ECE before/after
     evaluation: dict[str, Any] | None = None  # figures per test set: {"in_distribution": {...}, "other_sources": {...}}
 
     @field_validator("labels")

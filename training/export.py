@@ -24,7 +24,9 @@ import numpy as np
 from rich.markup import escape
 
 from sorter.card import ExportScore, InputSpec, ModelCard, card_path, sha256_file, write_card
+from training import card_rules
 from training.data import DataSplits
+from training.decide import Goal
 from training.evaluate import (
     RunInfo,
     keras_input_size,
@@ -264,6 +266,10 @@ class ExportJob:
     name: str
     command: str
     latency_runs: int = 30
+    logits: bool = False  # the exports output logits; the card then carries temperature, decision, ood
+    photos: card_rules.FieldSets | None = None  # val / per-root test / non-produce photos for the card's rule
+    goal: Goal = field(default_factory=Goal)
+    ood_pass: float = 0.95
 
     @property
     def size(self) -> tuple[int, int]:
@@ -290,7 +296,7 @@ def base_card(job: ExportJob, fmt: ExportFormat, path: Path) -> ModelCard:
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         converter={"path": "TFLiteConverter.from_keras_model", "options": fmt.options},
         float_accuracy=job.float_accuracy, baselines=job.run.baselines or {},
-        source_run=str(job.run.run_dir or job.run.model_path))
+        source_run=str(job.run.run_dir or job.run.model_path), output="logits" if job.logits else "probabilities")
 
 
 def export_one(job: ExportJob, fmt: ExportFormat, calibration: np.ndarray | None) -> ExportResult:
@@ -312,6 +318,11 @@ def export_one(job: ExportJob, fmt: ExportFormat, calibration: np.ndarray | None
         path.unlink(missing_ok=True)
         card_path(path).unlink(missing_ok=True)
         raise ExportError(f"{fmt.name} export is refused by the runtime: {exc}") from None
+    if job.logits and job.photos is not None:
+        apply_rules(card, card_rules.choose(clf.outputs, job.labels, job.rotten_labels, job.photos, job.goal,
+                                            job.ood_pass))
+        write_card(path, card)
+        clf = Classifier(path, num_threads=default_threads())  # the runtime reads the temperature from the card
     probs = clf.scores(job.test_images)
     m = compute_metrics(job.test_y, probs, job.labels, job.rotten_labels)
     med, p90 = latency(clf.scores, job.test_images[0], job.latency_runs)
@@ -326,6 +337,12 @@ def export_one(job: ExportJob, fmt: ExportFormat, calibration: np.ndarray | None
     return ExportResult(fmt.name, path, path.stat().st_size, fmt.input_dtype, m["accuracy"],
                         card.score.agreement_with_float or 0.0, med, p90, m["predicted_classes"], m["n"],
                         int(np.sum(float_right & ~right)), int(np.sum(~float_right & right)), card=card)
+
+
+def apply_rules(card: ModelCard, rules: card_rules.CardRules) -> None:
+    card.temperature, card.decision, card.ood = rules.temperature, rules.decision, rules.ood
+    card.evaluation = rules.evaluation
+    card.temperature_fit = rules.temperature_fit
 
 
 def sample_indices(test_y: np.ndarray, limit: int = 8) -> list[int]:
@@ -377,10 +394,59 @@ def reject(result: ExportResult) -> None:
     card_path(result.path).unlink(missing_ok=True)
 
 
+def logits_model(model):
+    """The classifier with its softmax taken off (the same weights, a linear last layer), or None when its
+    head is not a softmax Dense (a `--binary-sigmoid` model). The export then outputs logits: the runtime
+    applies the card's temperature and computes the energy score for `unknown` from them."""
+    import keras
+
+    last = model.layers[-1]
+    if not isinstance(last, keras.layers.Dense) or last.get_config().get("activation") != "softmax":
+        return None
+    dense = keras.layers.Dense(last.units, activation=None, dtype="float32", name="logits")
+    out = dense(last.input)
+    dense.set_weights(last.get_weights())
+    return keras.Model(model.input, out, name=model.name)
+
+
+def _run_data(run: RunInfo) -> Path | None:
+    """The data folder a run names (the first of several: its splits.json holds every root)."""
+    data = run.config.get("data")
+    return Path(data[0] if isinstance(data, list) else data) if data else None
+
+
+def field_sets(splits: DataSplits, labels: list[str], size: tuple[int, int]) -> card_rules.FieldSets | None:
+    """Validation photos (all roots) to choose the card's rule on, each root's test split apart, and the
+    non-produce photos; None without validation photos (the card then keeps the top-1 rule)."""
+    from training.ood_photos import PhotosUnavailable, photo_sets
+
+    if not splits.val:
+        log.warning("no validation photos: the card gets no temperature, P(rotten) or unknown rule "
+                    "(train with --val-split > 0)")
+        return None
+    roots = " + ".join(splits.sets("val"))
+    val = split_images(splits, "val", labels, size)
+    tests = [_photos(f"{root} test split", root, files, splits, labels, size)
+             for root, files in splits.sets("test").items()]
+    try:
+        ood = photo_sets(size)
+    except PhotosUnavailable as exc:
+        log.warning("no non-produce photos to measure unknown on: %s", exc)
+        ood = []
+    return card_rules.FieldSets(card_rules.Photos(f"validation ({roots})", roots, val.images, val.y), tests, ood)
+
+
+def _photos(name: str, root: str, files: list[tuple[Path, int]], splits: DataSplits, labels: list[str],
+            size: tuple[int, int]) -> card_rules.Photos:
+    one = DataSplits(splits.root, splits.classes, test=files, roots=splits.roots)
+    sample = split_images(one, "test", labels, size)
+    return card_rules.Photos(name, root, sample.images, sample.y)
+
+
 def prepare(source: Path, data: Path | None, out: Path, name: str | None, command: str,
-            latency_runs: int = 30) -> ExportJob:
+            latency_runs: int = 30, goal: Goal = Goal(), ood_pass: float = 0.95) -> ExportJob:
     run = read_run(source)
-    data = data or (Path(run.config["data"]) if run.config.get("data") else None)
+    data = data or _run_data(run)
     if data is None:
         raise ExportError("no data to score the exports on: pass --data DATA")
     model = load_keras(run.model_path)
@@ -394,15 +460,20 @@ def prepare(source: Path, data: Path | None, out: Path, name: str | None, comman
     sample = split_images(splits, split, labels, size)
     log.info("scoring exports on %d %s images", len(sample.y), split)
     out.mkdir(parents=True, exist_ok=True)
-    return ExportJob(model, run, list(labels), list(rotten), splits, sample.images, sample.y,
-                     keras_scores(model, sample.images), out, name or run.name, command, latency_runs)
+    logits = logits_model(model)
+    photos = field_sets(splits, list(labels), size) if logits is not None else None
+    return ExportJob(logits if photos is not None else model, run, list(labels), list(rotten), splits,
+                     sample.images, sample.y, keras_scores(model, sample.images), out, name or run.name, command,
+                     latency_runs, logits=photos is not None, photos=photos, goal=goal, ood_pass=ood_pass)
 
 
 def export(source: Path, data: Path | None = None, formats: list[str] | None = None, out: Path = Path("models"),
            name: str | None = None, calibration: int = 500, allow_drop: bool = False, max_drop: float = 1.0,
-           command: str = "", latency_runs: int = 30) -> list[ExportResult]:
+           command: str = "", latency_runs: int = 30, goal: Goal = Goal(),
+           ood_pass: float = 0.95) -> list[ExportResult]:
     """Export every requested format; raise ExportError (after writing the rest) if one is refused."""
-    job = prepare(Path(source), Path(data) if data else None, Path(out), name, command, latency_runs)
+    job = prepare(Path(source), Path(data) if data else None, Path(out), name, command, latency_runs, goal,
+                  ood_pass)
     chosen = [FORMATS[f] for f in formats or list(FORMATS)]
     calib = calibration_images(job.splits, job.size, calibration) if any(f.calibrated for f in chosen) else None
     results = [export_one(job, f, calib if f.calibrated else None) for f in chosen]
