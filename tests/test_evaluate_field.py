@@ -291,3 +291,69 @@ def test_no_recorded_evaluation_no_card_section(both):
     _, page, _ = both
     assert "Recorded on the model card" not in page
     assert "<td>dev/test</td><td>14</td>" in page and "<td>other/test</td><td>9</td>" in page
+
+
+# ---- which photos: --split-file, and a Keras run's own splits.json ----
+
+
+def split_file(path: Path, root: Path, test: set[str]) -> Path:
+    """A `sorter split` file for a flat ROOT/<class>/: the named files in test, the rest in train."""
+    lines = ["root\tfile\tclass\tsource\tgroup\tsplit"]
+    for i, photo in enumerate(sorted(root.rglob("*.jpg"))):
+        rel = photo.relative_to(root).as_posix()
+        lines.append(f"{root.name}\t{rel}\t{photo.parent.name}\tcam\t{i}\t{'test' if rel in test else 'train'}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def flat_root(root: Path) -> Path:
+    for label, rgb in zip(LABELS, (RED, GREEN, BLUE), strict=True):
+        for i in range(3):
+            solid(root / label / f"{i}.jpg", rgb, shade=2 * i)
+    return root
+
+
+def test_a_split_file_decides_which_photos_of_its_root_are_tested(tmp_path, roots):
+    extra = flat_root(tmp_path / "extra")
+    tested = {"freshred/0.jpg", "freshgreen/1.jpg", "rottenblue/2.jpg", "rottenblue/0.jpg"}
+    tsv = split_file(tmp_path / "extra.tsv", extra, tested)
+    result = runner.invoke(app, ["evaluate", str(LOGITS), str(roots[0]), str(extra), "--split-file", str(tsv),
+                                 "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert {r: f["n"] for r, f in metrics["by_root"].items()} == {"dev": 14, "extra": 4}
+    assert metrics["by_root"]["extra"]["per_class"]["rottenblue"]["support"] == 2
+    line = "extra test: accuracy 1.0000, fresh/rotten 1.0000, uncertain 0.0 %, unknown 0.0 % (4 photos)"
+    assert line in result.output.splitlines()
+
+
+def test_a_runs_splits_json_keeps_its_roots_and_others_are_discovered(tmp_path, roots):
+    from training.evaluate import resolve_data
+
+    dev = roots[0]
+    run_split = tmp_path / "splits.json"  # an old one-root run's file: paths relative to the data folder
+    run_split.write_text(json.dumps({"train": ["train/freshred/a.jpg"],
+                                     "test": ["test/freshred/0.jpg", "test/rottenblue/1.jpg"]}))
+    extra = flat_root(tmp_path / "extra")
+    tsv = split_file(tmp_path / "extra.tsv", extra, {"freshgreen/2.jpg"})
+    splits = resolve_data([dev, extra], run_split, [tsv])
+    sets = splits.sets("test")
+    assert sorted(p.relative_to(dev).as_posix() for p, _ in sets["dev"]) == ["test/freshred/0.jpg",
+                                                                             "test/rottenblue/1.jpg"]
+    assert [(p.relative_to(extra).as_posix(), splits.classes[i]) for p, i in sets["extra"]] == [
+        ("freshgreen/2.jpg", "freshgreen")]
+    # the run knew two classes, the merge three: its indices are remapped onto the union
+    assert [splits.classes[i] for p, i in sets["dev"]] == [p.parent.name for p, _ in sets["dev"]]
+    assert [r.name for r in splits.roots] == ["dev", "extra"]
+
+
+def test_a_root_without_photos_in_the_split_is_a_warning(tmp_path, roots):
+    empty = tmp_path / "empty"
+    for label in LABELS:
+        solid(empty / "train" / label / "a.jpg", RED)
+        (empty / "test" / label).mkdir(parents=True)
+    result = runner.invoke(app, ["evaluate", str(LOGITS), str(roots[0]), str(empty), "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert list(metrics["by_root"]) == ["dev"]
+    assert f"warning: no test photos from data folder {empty} (none listed, or none decoded)" in result.output

@@ -456,7 +456,8 @@ def field_metrics(scorer: Scorer, splits: DataSplits, sample: SplitImages, raw: 
     out = {"by_root": by_root, "rule": field_figs.describe_rule(rules, card, settings), "rule_figures": overall,
            "decision_table": field_figs.decision_rows(scored, card, settings, rules),
            "calibration": field_figs.calibration_figures(scored, card.temperature if card is not None else 1.0)}
-    warnings = []
+    warnings = [f"no {split} photos from data folder {r} (none listed, or none decoded): it has no figures here"
+                for r in splits.roots if r.name not in by_root]
     if card is not None and card.ood is not None and scored.energy is not None:
         def outputs(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             got = scorer.raw(images)
