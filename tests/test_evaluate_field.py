@@ -357,3 +357,11 @@ def test_a_root_without_photos_in_the_split_is_a_warning(tmp_path, roots):
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert list(metrics["by_root"]) == ["dev"]
     assert f"warning: no test photos from data folder {empty} (none listed, or none decoded)" in result.output
+
+
+def test_temperature_one_is_said_once(tmp_path, roots):
+    metrics, page, output = evaluate(tmp_path / "p", COLOR_INT8, roots[0])
+    overall = metrics["calibration"]["overall"]
+    assert (f"calibration (log(probabilities)): ECE {overall['ece_before']:.4f}, NLL {overall['nll_before']:.4f} "
+            f"at T = 1 (the card has no other temperature)") in output.splitlines()
+    assert "<th>ECE T = 1</th></tr>" in page and "NLL T = 1</th><th>NLL T = 1" not in page

@@ -121,7 +121,7 @@ def calibration_figures(scored: Scored, temperature: float) -> dict:
         curves[f"T = {temperature:g}"] = calibrate.reliability_bins(
             calibrate.softmax(scored.logits, temperature), scored.y)
     note = ("" if scored.logits_from == "logits" else
-            "the model outputs probabilities: log(probabilities) stands in for the logits "
+            "The model outputs probabilities: log(probabilities) stands in for the logits "
             "(softmax of them is the same probabilities, so temperature scaling means the same)")
     return {"from": scored.logits_from, "note": note, "temperature": temperature,
             "overall": effect(everything), "by_root": {n: effect(i) for n, i in scored.roots.items()},
@@ -198,9 +198,13 @@ def summary_lines(metrics: dict) -> list[str]:
     cal = metrics.get("calibration")
     if cal:
         t, overall = cal["temperature"], cal["overall"]
-        lines.append(f"calibration ({cal['from']}): ECE {overall['ece_before']:.4f} at T = 1, "
-                     f"{overall['ece_after']:.4f} at T = {t:g}; NLL {overall['nll_before']:.4f} → "
-                     f"{overall['nll_after']:.4f}")
+        if t == 1.0:
+            lines.append(f"calibration ({cal['from']}): ECE {overall['ece_before']:.4f}, NLL "
+                         f"{overall['nll_before']:.4f} at T = 1 (the card has no other temperature)")
+        else:
+            lines.append(f"calibration ({cal['from']}): ECE {overall['ece_before']:.4f} at T = 1, "
+                         f"{overall['ece_after']:.4f} at T = {t:g}; NLL {overall['nll_before']:.4f} → "
+                         f"{overall['nll_after']:.4f}")
     ood = metrics.get("ood")
     if ood:
         sets = ", ".join(f"{name} {_pct(f['flagged'])} of {f['n']} (AUROC {f['auroc']:.3f})"

@@ -95,16 +95,19 @@ def decision(metrics: dict) -> str:
 def calibration(metrics: dict, reliability: Path | None) -> str:
     cal = metrics["calibration"]
     t = cal["temperature"]
-    head = ["photos on", "photos", "NLL T = 1", f"NLL T = {t:g}", "ECE T = 1", f"ECE T = {t:g}"]
+    scaled = t != 1.0  # T = 1 twice says nothing: one pair of columns
+    head = ["photos on", "photos", "NLL T = 1", *([f"NLL T = {t:g}"] if scaled else []), "ECE T = 1",
+            *([f"ECE T = {t:g}"] if scaled else [])]
     sets = [(f"{name}/{metrics['split']}", fig) for name, fig in cal["by_root"].items()]
     if len(sets) > 1:
         sets.append((f"all ({metrics['split']})", cal["overall"]))
-    rows = [[name, str(f["n"]), _num(f["nll_before"]), _num(f["nll_after"]), _num(f["ece_before"]),
-             _num(f["ece_after"])] for name, f in sets]
+    rows = [[name, str(f["n"]), _num(f["nll_before"]), *([_num(f["nll_after"])] if scaled else []),
+             _num(f["ece_before"]), *([_num(f["ece_after"])] if scaled else [])] for name, f in sets]
     note = f" {html.escape(cal['note'])}." if cal["note"] else ""
     figure = _png(reliability, "reliability diagram") if reliability else ""
-    return (f"<h2>Calibration</h2><p>Negative log-likelihood and expected calibration error at T = 1 and at the "
-            f"card's temperature T = {t:g} (what the runtime divides the logits by).{note}</p>"
+    said = (f"at T = 1 and at the card's temperature T = {t:g} (what the runtime divides the logits by)"
+            if scaled else "at T = 1 (the card records no other temperature)")
+    return (f"<h2>Calibration</h2><p>Negative log-likelihood and expected calibration error {said}.{note}</p>"
             + _table(head, rows) + figure)
 
 
