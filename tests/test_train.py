@@ -156,3 +156,23 @@ def test_ema_finishes_on_the_weight_average_not_a_restored_epoch():
     matches_an_epoch = any(all(np.allclose(a, b) for a, b in zip(final, w, strict=True)) for w in raw)
     average = [np.asarray(v) for v in model.optimizer._model_variables_moving_average]
     assert all(np.allclose(a, b) for a, b in zip(final, average, strict=True)) and not matches_an_epoch
+
+
+def test_oversample_repeats_one_roots_training_photos_and_names_bad_entries(tmp_path):
+    """`--oversample fruit_extra=3`: that root's photos three times per epoch, the other root's once."""
+    from training.data import DataSplits, Loaded
+    from training.train import TrainConfig, check_oversample, oversampled
+
+    dev, extra = tmp_path / "fruit_dev", tmp_path / "fruit_extra"
+    paths = [dev / "a" / "1.png", extra / "a" / "2.png", dev / "b" / "3.png"]
+    splits = DataSplits(dev, ["a", "b"], train=[(p, 0) for p in paths], roots=[dev, extra])
+    loaded = Loaded(np.arange(3, dtype=np.uint8).reshape(3, 1, 1, 1), np.array([0, 0, 1]), paths, [])
+    out = oversampled(loaded, splits, TrainConfig(oversample=["fruit_extra=3"]))
+    assert out.images.ravel().tolist() == [0, 1, 1, 1, 2] and out.labels.tolist() == [0, 0, 0, 0, 1]
+    assert out.paths == [paths[0], paths[1], paths[1], paths[1], paths[2]]
+    assert oversampled(loaded, splits, TrainConfig()) is loaded
+    with pytest.raises(ValueError, match=r"--oversample names \['fruit_other'\], not among the data roots"):
+        check_oversample(splits, TrainConfig(oversample=["fruit_other=2"]))
+    for bad in ("fruit_extra", "fruit_extra=0", "=2", "fruit_extra=x"):
+        with pytest.raises(ValueError, match="--oversample takes ROOT=N"):
+            TrainConfig(backbone="efficientnet-lite0", oversample=[bad]).check()

@@ -58,6 +58,10 @@ def train(ctx: typer.Context,
           split_files: list[str] = typer.Option([], "--split-file",
                                                help="A `sorter split` file: the train/val/test of the data "
                                                     "folder it names (grouped by near-duplicates). Repeatable."),
+          oversample: list[str] = typer.Option([], "--oversample", metavar="ROOT=N",
+                                               help="Repeat a data root's training photos N times per epoch "
+                                                    "(e.g. fruit_extra=3: the photos most like the field weigh "
+                                                    "more). Repeatable."),
           baselines: bool = typer.Option(False, "--baselines",
                                          help="Also fit logistic-regression and linear-SVM heads on frozen "
                                               "features and record their test scores (baselines.json)."),

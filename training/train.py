@@ -71,6 +71,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     ema: float = 0.0
     split_files: list[str] = dataclasses.field(default_factory=list)  # `sorter split` files for some roots
+    oversample: list[str] = dataclasses.field(default_factory=list)  # "ROOT=N": that root's train photos N times
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -113,8 +114,22 @@ class TrainConfig:
             problems.append(f"--dropout must be in [0, 1), not {self.dropout}")
         if not (0 <= self.val_split < 1 and 0 <= self.test_split < 1 and self.val_split + self.test_split < 1):
             problems.append("--val-split and --test-split must be in [0, 1) and sum below 1")
+        try:
+            self.repeats()
+        except ValueError as exc:
+            problems.append(str(exc))
         if problems:
             raise ValueError("; ".join(problems))
+
+    def repeats(self) -> dict[str, int]:
+        """`oversample` as {root folder name: times}; one clear error for a malformed entry."""
+        out = {}
+        for item in self.oversample:
+            root, _, times = item.partition("=")
+            if not root or not times.isdigit() or int(times) < 1:
+                raise ValueError(f"--oversample takes ROOT=N with N a whole number >= 1, not '{item}'")
+            out[root] = int(times)
+        return out
 
     def augmentation(self) -> Augment | None:
         if not self.augment:
@@ -367,6 +382,24 @@ def by_root_table(splits: DataSplits) -> Table:
     return table
 
 
+def check_oversample(splits: DataSplits, config: TrainConfig) -> None:
+    names = {r.name for r in splits.roots}
+    if unknown := sorted(set(config.repeats()) - names):
+        raise ValueError(f"--oversample names {unknown}, not among the data roots {sorted(names)}")
+
+
+def oversampled(loaded: Loaded, splits: DataSplits, config: TrainConfig) -> Loaded:
+    """The training photos with each `--oversample` root's photos repeated: the photos most like the
+    field weigh more in every epoch without copying a file. Unknown root names are an error."""
+    repeats = config.repeats()
+    check_oversample(splits, config)
+    if not repeats:
+        return loaded
+    times = np.array([repeats.get(splits.root_of(p).name, 1) for p in loaded.paths], dtype=int)
+    index = np.repeat(np.arange(len(loaded.paths)), times)
+    return Loaded(loaded.images[index], loaded.labels[index], [loaded.paths[i] for i in index], loaded.skipped)
+
+
 def train(data: Path | list[Path], config: TrainConfig, console: Console | None = None,
           verbose: int = 1) -> TrainResult:
     """Discover, decode, fine-tune and save one run under `runs_dir/name[N]`. Several data folders
@@ -380,6 +413,7 @@ def train(data: Path | list[Path], config: TrainConfig, console: Console | None 
     roots = [Path(d) for d in data] if isinstance(data, list) else [Path(data)]
     splits = discover_many(roots, config.seed, config.val_split, config.test_split,
                            [Path(f) for f in config.split_files])
+    check_oversample(splits, config)
     size = config.img_size or default_input_size(config.backbone)
     keras.utils.set_random_seed(config.seed)
     strategy = pick_strategy()
@@ -398,7 +432,7 @@ def train(data: Path | list[Path], config: TrainConfig, console: Console | None 
         raise ValueError("the training split needs readable images of at least two classes")
     run_dir = next_run_dir(Path(config.runs_dir), config.name)
     write_run_files(run_dir, config, splits, size, counts, skipped)
-    binary, tr, va = is_binary(config, len(splits.classes)), loaded["train"], loaded["val"]
+    binary, tr, va = is_binary(config, len(splits.classes)), oversampled(loaded["train"], splits, config), loaded["val"]
     train_ds = make_dataset(tr.images, tr.labels, config.batch_size, training=True,
                             augment=config.augmentation(), seed=config.seed, binary=binary)
     val_ds = (make_dataset(va.images, va.labels, config.batch_size, training=False, binary=binary)
