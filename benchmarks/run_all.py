@@ -1,6 +1,7 @@
 """Run every benchmark in turn with its defaults; each prints its own table.
 
-Run: python benchmarks/run_all.py   (or `make bench`)
+Run: python benchmarks/run_all.py   (or `make bench`). bench_model_latency.py with no MODEL times the
+shipped model against itself: its ratios must come out ≈ 1.0 (a check of the run, not a comparison).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("bench_watch.py", "bench_camera.py", "bench_resnet50.py")
+BENCHMARKS = ("bench_watch.py", "bench_camera.py", "bench_resnet50.py", "bench_model_latency.py")
 
 
 def main() -> int:
