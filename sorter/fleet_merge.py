@@ -80,28 +80,68 @@ def _matrix(reports: Reports, labels: list[str]) -> np.ndarray:
     return cm
 
 
+BASE_DETAILS = ("name", "n", "fresh_vs_rotten_accuracy", "per_class")  # card_baseline beyond its figure
+
+
+def line_baseline(model: dict[str, Any]) -> dict[str, Any] | None:
+    """The card figure a line's drift compared with: its published `card_baseline`, or, from a line still
+    on code that publishes only `card_accuracy`, that (the card's test-split score, as it compared with)."""
+    if isinstance(model.get("card_baseline"), dict) and model["card_baseline"].get("accuracy") is not None:
+        return dict(model["card_baseline"])
+    acc = model.get("card_accuracy")
+    return {"baseline": "test", "name": None, "n": None, "accuracy": acc} if acc is not None else None
+
+
+def fleet_baseline(models: list[dict[str, Any]], lines: int) -> dict[str, Any] | None:
+    """The card figure for the fleet's drift: the one every line compared with, when all `lines` have a card
+    and agree on which figure (`other_sources` or `test`) and its accuracy (as before for mixed models:
+    equal figures compare, whatever the model names); else None. A detail (name, n, fresh-vs-rotten,
+    per class) the lines disagree on is left out rather than taken from one line."""
+    bases = [line_baseline(m) for m in models]
+    known = [b for b in bases if b is not None]
+    if len(known) != lines or len({(b.get("baseline") or "test", b["accuracy"]) for b in known}) != 1:
+        return None
+    if all(b == known[0] for b in known):
+        return known[0]
+    out = {"baseline": known[0].get("baseline") or "test", "accuracy": known[0]["accuracy"]}
+    for key in BASE_DETAILS:
+        values = [b[key] for b in known if b.get(key) is not None]
+        out[key] = values[0] if values and all(v == values[0] for v in values) else None
+    return out
+
+
 def _model(reports: Reports, known: list[str] | None, rotten: list[str]) -> dict[str, Any] | None:
     models = [r["model"] for r in reports.values() if r.get("model")]
     if not models:
         return None
     accuracies = {m.get("card_accuracy") for m in models}
     return {"name": ", ".join(sorted({m["name"] for m in models})), "labels": known, "rotten_labels": rotten,
-            "card_accuracy": accuracies.pop() if len(accuracies) == 1 and len(models) == len(reports) else None}
+            "card_accuracy": accuracies.pop() if len(accuracies) == 1 and len(models) == len(reports) else None,
+            "card_baseline": fleet_baseline(models, len(reports))}
 
 
 def _drift(audit: dict, rates: dict[str, float | None], reports: Reports, model: dict | None,
            options: rp.ReportOptions) -> dict[str, Any]:
-    """The fleet against the card (when every line reports the same card accuracy), then each line's flags."""
-    base = {"accuracy": model["card_accuracy"]} if model and model["card_accuracy"] is not None else None
+    """The fleet against the card figure every line compared with (`fleet_baseline`), then each line's flags."""
+    base = model["card_baseline"] if model else None
     out = rp.drift(audit, rates, base, None, options.margin, options.min_audited)
     if base is None:
-        out["note"] = "; ".join(filter(None, [out["note"], "lines differ in model card accuracy (or have no "
-                                                          "card): no fleet comparison with a card"]))
+        out["note"] = "; ".join(filter(None, [out["note"], "lines differ in the card figure their drift compares "
+                                                          "with (or have no card): no fleet comparison with a card"]))
     for line, r in reports.items():
         out["flags"] += [{**flag, "line": line, "message": f"{line}: {flag['message']}"}
                          for flag in r["drift"]["flags"]]
     out["flagged"] = bool(out["flags"])
     return out
+
+
+def _line_figure(vs_card: dict | None) -> str | None:
+    """`other sources 92.0 %`: the card figure a line's own drift compared with, so the per-line table shows
+    why lines on different figures get no fleet comparison (a line on older code: its test split)."""
+    if not vs_card or vs_card.get("accuracy") is None:
+        return None
+    short = rp.CARD_BASES.get(vs_card.get("baseline") or "test", rp.CARD_BASES["test"])[2]
+    return f"{short} {vs_card['accuracy'] * 100:.1f} %"
 
 
 def _line(r: dict[str, Any]) -> dict[str, Any]:
@@ -110,7 +150,8 @@ def _line(r: dict[str, Any]) -> dict[str, Any]:
     return {"items": r["items"]["classified"], "rotten_rate": r["rotten_rate"], "uncertain_rate": r["uncertain_rate"],
             "unknown_rate": r.get("unknown_rate"),
             "audit_n": a["n"], "accuracy": a["accuracy"], "accuracy_ci95": a["accuracy_ci95"],
-            "drift_flagged": r["drift"]["flagged"], "window": r["window"],
+            "drift_flagged": r["drift"]["flagged"], "card_figure": _line_figure(r["drift"].get("vs_card")),
+            "window": r["window"],
             "model": (r.get("model") or {}).get("name"), "db": r.get("db"), "generated_at": r.get("generated_at")}
 
 

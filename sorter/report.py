@@ -392,11 +392,12 @@ def build_report(db_path: Path | str, lo: datetime, hi: datetime, card: ModelCar
     audit = audit_figures(audited, labels, rotten)
     series = hourly(classified, lo, hi)
     rated = rates(verdicts, n)
+    card_base = card_baseline(card)  # also in `model`: a fleet merge compares with the figure each line did
     return {
         "format": FORMAT, "generated_at": store.now_iso(), "db": str(db_path),
         "window": {"from": start, "to": end, "hours": _r(hours)},
         "model": {"name": card.name, "labels": card.labels, "rotten_labels": card.rotten_labels,
-                  "card_accuracy": card.score.accuracy} if card else None,
+                  "card_accuracy": card.score.accuracy, "card_baseline": card_base} if card else None,
         "items": {"received": len(items), "classified": n, "duplicates": len(items) - len(firsts),
                   "errors": sum(1 for i in firsts if i["error"]),
                   "dry_run": sum(1 for i in firsts if i["state"] == "dry-run")},
@@ -410,7 +411,7 @@ def build_report(db_path: Path | str, lo: datetime, hi: datetime, card: ModelCar
         "errors_by_reason": _count([reason(i["error"]) for i in firsts if i["error"]]),
         "camera": cameras,
         "audit": audit,
-        "drift": drift(audit, rated, card_baseline(card), previous, opts.margin, opts.min_audited),
+        "drift": drift(audit, rated, card_base, previous, opts.margin, opts.min_audited),
     }
 
 

@@ -238,12 +238,12 @@ def render(report: dict, max_thumbnails: int = 24) -> str:
 def _lines(lines: dict) -> str:
     """One row per line of a fleet report: its volume, rates, audited accuracy and whether it drifted."""
     return _table(["line", "items", "rotten rate", "uncertain rate", "unknown rate", "audited", "accuracy", "95% CI",
-                   "drift", "model", "window"],
+                   "drift", "card figure", "model", "window"],
                   [[name, x["items"], _pct(x["rotten_rate"]), _pct(x["uncertain_rate"]), _pct(x.get("unknown_rate")),
                     x["audit_n"],
                     _pct(x["accuracy"]),
                     f"{_pct(x['accuracy_ci95'][0])}–{_pct(x['accuracy_ci95'][1])}" if x["accuracy_ci95"] else "—",
-                    "FLAG" if x["drift_flagged"] else "ok", x["model"] or "—",
+                    "FLAG" if x["drift_flagged"] else "ok", x.get("card_figure") or "—", x["model"] or "—",
                     f"{x['window']['from'][:16]} → {x['window']['to'][:16]}"] for name, x in lines.items()])
 
 
