@@ -109,10 +109,13 @@ class OodRule(BaseModel):
     """When an image is not produce the model knows: `unknown` when the score is below `threshold`.
 
     score "energy": logsumexp of the logits (the negative free energy; higher = more familiar),
-    computed by the runtime from the logits the model outputs (card `output: logits`)."""
+    computed by the runtime from the logits the model outputs (card `output: logits`).
+    score "distance": minus the Mahalanobis distance from the image's features (the layer before the
+    classifier) to the nearest training class mean, a second one-column output of the graph (higher
+    = more familiar); it tells a face or a cup from produce far better than energy does."""
 
     model_config = ConfigDict(extra="forbid")
-    score: Literal["energy"] = "energy"
+    score: Literal["energy", "distance"] = "energy"
     threshold: float
     in_dist_pass: float | None = Field(default=None, ge=0, le=1)  # share of validation photos above it
     chosen_on: str | None = None

@@ -74,7 +74,7 @@ class Prediction:
     label: str
     confidence: float
     scores: dict[str, float]
-    ood_score: float | None = None  # energy of the logits (higher = more familiar); None: probability output
+    ood_score: float | None = None  # the card's OOD score (higher = more familiar); None: probability output
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -128,9 +128,24 @@ class Classifier:
             raise ModelError(f"{self.path} is not a loadable TFLite model: {exc}") from exc
         self._lock = threading.Lock()
         self._inp = self._interp.get_input_details()[0]
-        self._out = self._interp.get_output_details()[0]
+        self._out, self._ood_out = self._output_tensors()
         self.batch_capable = True
         self._batch = 0
+
+    def _output_tensors(self) -> tuple[dict, dict | None]:
+        """The class output, and the OOD score output (one column) of a card whose `ood.score` is
+        `distance`. TFLite does not keep Keras' output order, so they are told apart by width."""
+        details = self._interp.get_output_details()
+        if not self.feature_distance or len(details) < 2:
+            return details[0], None
+        scores = [d for d in details if int(d["shape"][-1]) == 1]
+        classes = [d for d in details if int(d["shape"][-1]) != 1]
+        return (classes[0], scores[0]) if scores and classes else (details[0], None)
+
+    @property
+    def feature_distance(self) -> bool:
+        """The card's OOD score is the graph's second output (distance in feature space), not energy."""
+        return self.card.ood is not None and self.card.ood.score == "distance"
 
     def replica(self) -> Classifier:
         """Another interpreter on the same checked bundle, for a second inference worker."""
@@ -163,6 +178,8 @@ class Classifier:
         n_out = int(self._out["shape"][-1])
         if n_out != len(self.card.labels):
             problems.append(f"{n_out} outputs vs {len(self.card.labels)} labels")
+        if self.feature_distance and self._ood_out is None:
+            problems.append("the card's ood score is 'distance' but the model has no one-column score output")
         if self.card.model_sha256 and self.card.model_sha256 != self.sha256:
             problems.append("file hash differs from the card's model_sha256")
         if problems:
@@ -181,7 +198,7 @@ class Classifier:
             self._resize(1)
             return
         self._inp = self._interp.get_input_details()[0]
-        self._out = self._interp.get_output_details()[0]
+        self._out, self._ood_out = self._output_tensors()
         self._batch = n
 
     def _quantize(self, batch: np.ndarray) -> np.ndarray:
@@ -193,9 +210,9 @@ class Classifier:
             return np.clip(np.round(batch / scale + zero), -128, 127).astype(np.int8)
         return batch.astype(dtype)
 
-    def _dequantize(self, raw: np.ndarray) -> np.ndarray:
-        """The output tensor as floats: probabilities or logits, as the card says."""
-        scale, zero = self._out["quantization"]
+    def _dequantize(self, raw: np.ndarray, tensor: dict) -> np.ndarray:
+        """An output tensor as floats (each output has its own int8 scale and zero point)."""
+        scale, zero = tensor["quantization"]
         return (raw.astype(np.float32) - zero) * scale if scale else raw.astype(np.float32)
 
     def _invoke(self, batch: np.ndarray) -> np.ndarray:
@@ -204,11 +221,16 @@ class Classifier:
             return np.concatenate([self._invoke(image[None]) for image in batch], axis=0)
         self._interp.set_tensor(self._inp["index"], self._quantize(batch))
         self._interp.invoke()
-        return self._dequantize(self._interp.get_tensor(self._out["index"]))
+        out = self._dequantize(self._interp.get_tensor(self._out["index"]), self._out)
+        if self._ood_out is None:
+            return out
+        score = self._dequantize(self._interp.get_tensor(self._ood_out["index"]), self._ood_out)
+        return np.concatenate([out, score.reshape(len(out), 1)], axis=1)
 
     def outputs(self, images: np.ndarray) -> np.ndarray:
         """The model's dequantized output for an (N, H, W, 3) uint8 array (logits or probabilities, as
-        the card's `output` says); splits into allowed batches."""
+        the card's `output` says; a `distance` card's OOD score is one more, last column); splits into
+        allowed batches. `logits`, `probabilities` and `ood_scores` read it."""
         if images.ndim == 3:
             images = images[None]
         with self._lock:
@@ -216,13 +238,22 @@ class Classifier:
                      for start in range(0, len(images), self.max_batch)]
         return np.concatenate(parts, axis=0)
 
+    def logits(self, outputs: np.ndarray) -> np.ndarray:
+        """The class columns of `outputs`: logits, or probabilities for a probabilities card."""
+        return outputs[:, : len(self.labels)]
+
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities: softmax(logits / card.temperature) for a logits model."""
-        return softmax(outputs, self.card.temperature) if self.card.output == "logits" else outputs
+        classes = self.logits(outputs)
+        return softmax(classes, self.card.temperature) if self.card.output == "logits" else classes
 
     def ood_scores(self, outputs: np.ndarray) -> np.ndarray | None:
-        """The energy score per image (logits models only): the card's `ood.threshold` is on it."""
-        return energy(outputs) if self.card.output == "logits" else None
+        """The OOD score per image (higher = more familiar), which the card's `ood.threshold` is on:
+        the graph's distance output for a `distance` card, else the energy of the logits; None for a
+        probabilities model."""
+        if self._ood_out is not None:
+            return outputs[:, len(self.labels)].astype(np.float64)
+        return energy(self.logits(outputs)) if self.card.output == "logits" else None
 
     def scores(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities for an (N, H, W, 3) uint8 array; splits into allowed batches."""

@@ -8,7 +8,7 @@ import pytest
 
 from sorter.card import load_card
 from sorter.classify import rules_for
-from sorter.model import Classifier, energy
+from sorter.model import Classifier
 from tests.conftest import write_class_folders
 from training import calibrate, decide
 
@@ -37,7 +37,7 @@ def exported(tmp_path_factory):
     train = load_split(splits.train, SIZE)
     inp = keras.Input((SIZE, SIZE, 3))
     x = keras.layers.Rescaling(1 / 255)(inp)
-    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3, activation="relu")(x))
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(keras.layers.Conv2D(8, 3, activation="relu")(x))
     model = keras.Model(inp, keras.layers.Dense(len(CLASSES), activation="softmax", name="probabilities")(x))
     keras.utils.set_random_seed(0)
     model.compile(keras.optimizers.Adam(0.03), "sparse_categorical_crossentropy")
@@ -48,9 +48,9 @@ def exported(tmp_path_factory):
     (run / "labels.json").write_text(json.dumps({"labels": CLASSES, "rotten_labels": ROTTEN}))
     (run / "config.json").write_text(json.dumps({"backbone": "tiny-cnn", "data": [str(r) for r in roots]}))
     save_splits(splits, run / "splits.json")
-    results = export(run, None, ["int8"], base / "models", "two", calibration=60, allow_drop=True, latency_runs=1,
-                     goal=decide.Goal(0.9, 0.9), ood_pass=0.9)
-    return results[0].path, splits
+    results = export(run, None, ["float32", "int8"], base / "models", "two", calibration=60, allow_drop=True,
+                     latency_runs=1, goal=decide.Goal(0.9, 0.9), ood_pass=0.9)
+    return {r.format: r.path for r in results}["int8"], splits, model, train, base / "models" / "two-float32.tflite"
 
 
 def _photos(splits, split: str, root: str):
@@ -61,18 +61,20 @@ def _photos(splits, split: str, root: str):
 
 
 def test_the_card_says_logits_and_the_rule_is_chosen_on_validation_logits(exported):
-    path, splits = exported
+    path, splits, *_ = exported
     card, clf = load_card(path), Classifier(path)
     assert card.output == "logits" and card.decision is not None and card.ood is not None
+    assert card.ood.score == "distance"
     val = [_photos(splits, "val", r) for r in ("dev", "extra")]
-    logits = np.concatenate([clf.outputs(images) for images, _ in val])
+    raw = np.concatenate([clf.outputs(images) for images, _ in val])
+    logits = clf.logits(raw)
     y = np.concatenate([labels for _, labels in val])
     assert card.temperature == calibrate.fit_temperature(logits, y) and card.temperature != 1.0
     probs = calibrate.softmax(logits, card.temperature)
     chosen = decide.choose_thresholds(decide.p_rotten(probs, CLASSES, ROTTEN), y == CLASSES.index("rottenapple"),
                                       decide.Goal(0.9, 0.9))
     assert (card.decision.rotten_at, card.decision.fresh_at) == (chosen.rotten_at, chosen.fresh_at)
-    assert card.ood.threshold == decide.choose_ood_threshold(energy(logits), 0.9)
+    assert card.ood.threshold == decide.choose_ood_threshold(clf.ood_scores(raw), 0.9)
     assert card.decision.chosen_on == "validation (dev + extra) (72 photos)"
     fit = card.temperature_fit or {}
     assert fit["fitted_on"] == "validation (dev + extra)"
@@ -80,7 +82,7 @@ def test_the_card_says_logits_and_the_rule_is_chosen_on_validation_logits(export
 
 
 def test_each_test_set_is_scored_apart_as_the_runtime_decides(exported):
-    path, splits = exported
+    path, splits, *_ = exported
     card, clf = load_card(path), Classifier(path)
     evaluation = card.evaluation or {}
     assert evaluation["in_distribution"]["name"] == "dev test split"
@@ -97,7 +99,7 @@ def test_each_test_set_is_scored_apart_as_the_runtime_decides(exported):
 
 
 def test_the_unknown_figures_cover_the_non_produce_photos(exported):
-    path, _ = exported
+    path, *_ = exported
     card = load_card(path)
     assert card.ood is not None
     figures = card.ood.figures
@@ -106,3 +108,24 @@ def test_the_unknown_figures_cover_the_non_produce_photos(exported):
         assert 0 <= entry["flagged"] <= 1 and 0 <= entry["auroc"] <= 1
     assert set(figures["in_distribution_flagged"]) == {"dev test split", "extra test split"}
     assert figures["threshold_pass_on_validation"] <= 0.1 + 1e-9
+
+
+def test_the_distance_output_is_the_mahalanobis_distance_to_the_nearest_class_mean(exported):
+    """The float32 export's second output against the numpy reference: fitted on the training photos'
+    pooled features, minus the distance to the nearest class mean under the shared shrunk covariance."""
+    import keras
+
+    from training import distance_head
+
+    _, splits, model, train, float_path = exported
+    features = keras.Model(model.input, model.get_layer("pool").output)
+    params = distance_head.fit(np.asarray(features(train.images.astype(np.float32))), train.labels, len(CLASSES))
+    images, _ = _photos(splits, "test", "extra")
+    want = params.score(np.asarray(features(images.astype(np.float32))))
+    clf = Classifier(float_path)
+    got = clf.ood_scores(clf.outputs(images))
+    assert got is not None and np.allclose(got, want, rtol=1e-3, atol=1e-3)
+    assert clf.outputs(images).shape == (len(images), len(CLASSES) + 1)
+    assert np.allclose(clf.probabilities(clf.outputs(images)).sum(axis=1), 1.0, atol=1e-5)
+    far = np.full((4, SIZE, SIZE, 3), 127, np.uint8)  # grey: none of the training shapes
+    assert clf.ood_scores(clf.outputs(far)).max() < np.median(got)

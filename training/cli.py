@@ -231,7 +231,11 @@ def export(ctx: typer.Context,
            fresh_kept: float = typer.Option(0.95, "--fresh-kept",
                                             help="Goal: share of fresh validation photos not binned as rotten."),
            unknown_pass: float = typer.Option(0.95, "--unknown-pass",
-                                              help="Validation share above the unknown threshold.")) -> None:
+                                              help="Validation share above the unknown threshold."),
+           ood_score: str = typer.Option("distance", "--ood-score",
+                                         help="What unknown is measured on: distance (to the training classes "
+                                              "in feature space, a second output) or energy (of the logits).")
+           ) -> None:
     """Export TFLite variants with model cards and an accuracy gate. The card carries a temperature, P(rotten)
     thresholds for the goal at the lowest uncertain rate and an unknown threshold, all chosen on validation
     photos, and the figures they make on each data root's test split."""
@@ -255,7 +259,7 @@ def export(ctx: typer.Context,
         console.print(export_table([FORMATS[n] for n in names]))
         results = run_export(Path(source), Path(data) if data else None, names, Path(out), name or None,
                              calibration, allow_drop, max_drop, command_line(ctx),
-                             latency_runs, Goal(rotten_recall, fresh_kept), unknown_pass)
+                             latency_runs, Goal(rotten_recall, fresh_kept), unknown_pass, ood_score)
     except (ExportError, FileNotFoundError, ValueError) as exc:
         if isinstance(exc, GateRefused):  # what every format scored, refused ones included
             console.print(export_table(exc.results))

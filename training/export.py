@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from rich.markup import escape
 
-from sorter.card import ExportScore, InputSpec, ModelCard, card_path, sha256_file, write_card
+from sorter.card import ExportScore, InputSpec, ModelCard, OodRule, card_path, sha256_file, write_card
 from training import card_rules
 from training.data import DataSplits
 from training.decide import Goal
@@ -205,7 +205,8 @@ def inspect_tflite(content: bytes) -> dict:
     from sorter.model import interpreter_backend
 
     interp = interpreter_backend()[1](model_content=content)
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    inp = interp.get_input_details()[0]
+    out = max(interp.get_output_details(), key=lambda d: int(d["shape"][-1]))  # the classes, not a score column
     ops = [op["op_name"] for op in interp._get_ops_details()]
     return {"ops": ops, "input_shape": [int(d) for d in inp["shape"]], "input_dtype": np.dtype(inp["dtype"]).name,
             "input_quantization": tuple(float(q) for q in inp["quantization"]),
@@ -217,7 +218,8 @@ def check_tflite(content: bytes, model, fmt: ExportFormat) -> dict:
     info = inspect_tflite(content)
     n_params = model.count_params()
     min_bytes = int(n_params * fmt.bytes_per_weight * 0.8)
-    want_in, want_out = list(model.input_shape[1:]), int(model.output_shape[-1])
+    classes = model.output_shape[0] if isinstance(model.output_shape, list) else model.output_shape
+    want_in, want_out = list(model.input_shape[1:]), int(classes[-1])
     problems = []
     if len(info["ops"]) < 2:
         problems.append(f"only {len(info['ops'])} ops")
@@ -268,6 +270,7 @@ class ExportJob:
     latency_runs: int = 30
     logits: bool = False  # the exports output logits; the card then carries temperature, decision, ood
     photos: card_rules.FieldSets | None = None  # val / per-root test / non-produce photos for the card's rule
+    distance: bool = False  # the graph's second output is the feature-distance OOD score
     goal: Goal = field(default_factory=Goal)
     ood_pass: float = 0.95
 
@@ -296,7 +299,9 @@ def base_card(job: ExportJob, fmt: ExportFormat, path: Path) -> ModelCard:
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         converter={"path": "TFLiteConverter.from_keras_model", "options": fmt.options},
         float_accuracy=job.float_accuracy, baselines=job.run.baselines or {},
-        source_run=str(job.run.run_dir or job.run.model_path), output="logits" if job.logits else "probabilities")
+        source_run=str(job.run.run_dir or job.run.model_path), output="logits" if job.logits else "probabilities",
+        # which output the runtime reads the OOD score from; the threshold is chosen once the export can run
+        ood=OodRule(score="distance", threshold=0.0) if job.distance else None)
 
 
 def export_one(job: ExportJob, fmt: ExportFormat, calibration: np.ndarray | None) -> ExportResult:
@@ -319,8 +324,7 @@ def export_one(job: ExportJob, fmt: ExportFormat, calibration: np.ndarray | None
         card_path(path).unlink(missing_ok=True)
         raise ExportError(f"{fmt.name} export is refused by the runtime: {exc}") from None
     if job.logits and job.photos is not None:
-        apply_rules(card, card_rules.choose(clf.outputs, job.labels, job.rotten_labels, job.photos, job.goal,
-                                            job.ood_pass))
+        apply_rules(card, card_rules.choose(clf, job.labels, job.rotten_labels, job.photos, job.goal, job.ood_pass))
         write_card(path, card)
         clf = Classifier(path, num_threads=default_threads())  # the runtime reads the temperature from the card
     probs = clf.scores(job.test_images)
@@ -443,8 +447,24 @@ def _photos(name: str, root: str, files: list[tuple[Path, int]], splits: DataSpl
     return card_rules.Photos(name, root, sample.images, sample.y)
 
 
+def add_distance(model, graph, splits: DataSplits, labels: list[str], size: tuple[int, int]):
+    """`graph` (image → logits) with the feature-distance score as a second output, fitted on the
+    training photos' features from the float model; `graph` unchanged when the model has no pooled
+    features layer to measure in."""
+    from training import distance_head
+
+    if distance_head.FEATURES_LAYER not in {layer.name for layer in model.layers}:
+        log.warning("no '%s' layer: the unknown rule uses the energy of the logits", distance_head.FEATURES_LAYER)
+        return graph, False
+    train = split_images(splits, "train", labels, size)
+    features = keras_scores(distance_head.feature_model(model), train.images)
+    log.info("feature-distance OOD head fitted on %d training photos", len(train.y))
+    return distance_head.with_distance(graph, distance_head.fit(features, train.y, len(labels))), True
+
+
 def prepare(source: Path, data: Path | None, out: Path, name: str | None, command: str,
-            latency_runs: int = 30, goal: Goal = Goal(), ood_pass: float = 0.95) -> ExportJob:
+            latency_runs: int = 30, goal: Goal = Goal(), ood_pass: float = 0.95,
+            ood_score: str = "distance") -> ExportJob:
     run = read_run(source)
     data = data or _run_data(run)
     if data is None:
@@ -462,18 +482,23 @@ def prepare(source: Path, data: Path | None, out: Path, name: str | None, comman
     out.mkdir(parents=True, exist_ok=True)
     logits = logits_model(model)
     photos = field_sets(splits, list(labels), size) if logits is not None else None
-    return ExportJob(logits if photos is not None else model, run, list(labels), list(rotten), splits,
-                     sample.images, sample.y, keras_scores(model, sample.images), out, name or run.name, command,
-                     latency_runs, logits=photos is not None, photos=photos, goal=goal, ood_pass=ood_pass)
+    graph, distance = (logits, False) if photos is not None else (model, False)
+    if photos is not None and ood_score == "distance":
+        graph, distance = add_distance(model, logits, splits, list(labels), size)
+    return ExportJob(graph, run, list(labels), list(rotten), splits, sample.images, sample.y,
+                     keras_scores(model, sample.images), out, name or run.name, command, latency_runs,
+                     logits=photos is not None, photos=photos, goal=goal, ood_pass=ood_pass, distance=distance)
 
 
 def export(source: Path, data: Path | None = None, formats: list[str] | None = None, out: Path = Path("models"),
            name: str | None = None, calibration: int = 500, allow_drop: bool = False, max_drop: float = 1.0,
            command: str = "", latency_runs: int = 30, goal: Goal = Goal(),
-           ood_pass: float = 0.95) -> list[ExportResult]:
+           ood_pass: float = 0.95, ood_score: str = "distance") -> list[ExportResult]:
     """Export every requested format; raise ExportError (after writing the rest) if one is refused."""
+    if ood_score not in ("distance", "energy"):
+        raise ValueError(f"--ood-score must be distance or energy, not '{ood_score}'")
     job = prepare(Path(source), Path(data) if data else None, Path(out), name, command, latency_runs, goal,
-                  ood_pass)
+                  ood_pass, ood_score)
     chosen = [FORMATS[f] for f in formats or list(FORMATS)]
     calib = calibration_images(job.splits, job.size, calibration) if any(f.calibrated for f in chosen) else None
     results = [export_one(job, f, calib if f.calibrated else None) for f in chosen]
