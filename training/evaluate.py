@@ -76,7 +76,12 @@ class Scorer:
         return self.classifier.probabilities(raw) if self.classifier is not None else raw
 
     def energy(self, raw: np.ndarray) -> np.ndarray | None:
+        """The card's OOD score (energy, or the graph's feature distance): what `ood.threshold` is on."""
         return self.classifier.ood_scores(raw) if self.classifier is not None else None
+
+    def logits(self, raw: np.ndarray) -> np.ndarray:
+        """The class columns of `raw` (a `distance` card's bundle outputs its OOD score as one more)."""
+        return self.classifier.logits(raw) if self.classifier is not None else raw
 
 
 def _json(path: Path) -> dict | None:
@@ -448,7 +453,8 @@ def field_metrics(scorer: Scorer, splits: DataSplits, sample: SplitImages, raw: 
     card, rules = scorer.card, runtime_rules(scorer, settings)
     logits_out = card is not None and card.output == "logits"
     scored = field_figs.Scored(sample.y, np.asarray(probs, dtype=np.float64),
-                               np.asarray(raw, dtype=np.float64) if logits_out else field_figs.stand_in_logits(probs),
+                               np.asarray(scorer.logits(raw), dtype=np.float64) if logits_out
+                               else field_figs.stand_in_logits(probs),
                                "logits" if logits_out else "log(probabilities)",
                                scorer.energy(raw) if logits_out else None, scorer.labels, scorer.rotten_labels,
                                field_figs.root_indices(splits, sample.paths), split)
