@@ -242,7 +242,7 @@ def test_unknown_flagged_per_root_and_on_non_produce_photos(both, roots):
         got = ood["non_produce"][photos.name]
         assert (got["n"], got["flagged"], got["auroc"]) == (
             len(photos.images), decide.flagged(energy, 18.0), decide.auroc(in_dist, energy))
-    assert [ood["non_produce"][n]["n"] for n in ("photos", "faces")] == [22, 200]
+    assert [ood["non_produce"][n]["n"] for n in ("photos", "faces", "backgrounds")] == [22, 100, 100]
     assert "<h2>Unknown (not produce)</h2>" in page and "unknown below 18:" in output
 
 

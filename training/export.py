@@ -128,13 +128,19 @@ def stratified_sample(files: list[tuple[Path, int]], n: int, seed: int = 0) -> l
     return picked
 
 
-def calibration_images(splits: DataSplits, size: tuple[int, int], n: int) -> np.ndarray:
+def calibration_images(splits: DataSplits, size: tuple[int, int], n: int, with_val: bool = False) -> np.ndarray:
     """Real training images decoded like the runtime does; one pixel pair pins the input range
-    to exactly 0..255 so the uint8 input comes out with scale 1 and zero point 0."""
-    images, _ = load_images(stratified_sample(splits.train, n), size)
+    to exactly 0..255 so the uint8 input comes out with scale 1 and zero point 0.
+
+    `with_val` adds every validation photo: the feature-distance output is fitted on the training
+    photos, which therefore lie closer to their class means than any other photo will; ranges
+    taken from them alone clip the distances of new photos, and int8 then scores most of them alike."""
+    files = stratified_sample(splits.train, n) + ([p for p, _ in splits.val] if with_val else [])
+    images, _ = load_images(files, size)
     if not len(images):
         raise ExportError(f"no decodable training images under {splits.root} to calibrate int8")
-    log.info("int8 calibration on %d training images", len(images))
+    log.info("int8 calibration on %d images (%s)", len(images),
+             "training and validation" if with_val else "training")
     if len(images) < MIN_CALIBRATION:
         log.warning("only %d calibration images (< %d): int8 ranges may be poor", len(images), MIN_CALIBRATION)
     images[0, 0, 0], images[0, 0, 1] = 0, 255
@@ -315,7 +321,8 @@ def export_one(job: ExportJob, fmt: ExportFormat, calibration: np.ndarray | None
     path.write_bytes(content)
     card = base_card(job, fmt, path)
     if calibration is not None:
-        card.calibration = {"images": len(calibration), "split": "train", "sampling": "stratified"}
+        card.calibration = {"images": len(calibration), "split": "train + val" if job.distance else "train",
+                            "sampling": "stratified train" + (", every val photo" if job.distance else "")}
     write_card(path, card)
     try:
         clf = Classifier(path, num_threads=default_threads())
@@ -500,7 +507,8 @@ def export(source: Path, data: Path | None = None, formats: list[str] | None = N
     job = prepare(Path(source), Path(data) if data else None, Path(out), name, command, latency_runs, goal,
                   ood_pass, ood_score)
     chosen = [FORMATS[f] for f in formats or list(FORMATS)]
-    calib = calibration_images(job.splits, job.size, calibration) if any(f.calibrated for f in chosen) else None
+    calib = (calibration_images(job.splits, job.size, calibration, job.distance)
+             if any(f.calibrated for f in chosen) else None)
     results = [export_one(job, f, calib if f.calibrated else None) for f in chosen]
     n_classes = len(set(job.test_y.tolist()))
     for r in results:

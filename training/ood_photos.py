@@ -3,8 +3,11 @@
 An empty belt, a hand or a tool must not come out as "fresh apple 0.93". No photo of a belt installs
 from a registry, but scikit-image and scikit-learn ship real photographs (a cat, a cup of coffee,
 an astronaut, coins, brick and gravel textures, a rocket, a page of text, microscope slides…) and
-scikit-image a set of 200 small face crops. Each is decoded by the runtime's own decoder at the
-model's input size, so the figures are the ones a camera file of that picture would get.
+scikit-image 200 small grey crops from Labeled Faces in the Wild: 100 faces and 100 crops of the
+photos' backgrounds. The background crops are the hardest set and the least like a camera frame
+(25×25 grey patches of wall or sky, blown up ten-fold), so each set is reported apart.
+Each is decoded by the runtime's own decoder at the model's input size, so the figures are the ones
+a camera file of that picture would get.
 Synthetic drawings (chessboards, logos, phantoms) are left out: they say little about a camera.
 """
 
@@ -22,7 +25,7 @@ SKIMAGE_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "cell.png", "chels
                   "microaneurysms.png", "moon.png", "motorcycle_left.png", "motorcycle_right.png", "page.png",
                   "retina.jpg", "rocket.jpg", "text.png")
 SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
-FACES = "lfw_subset.npy"  # 200 grey 25×25 face crops (Labeled Faces in the Wild), skimage/data
+FACES = "lfw_subset.npy"  # 200 grey 25×25 crops (Labeled Faces in the Wild): 100 faces, then 100 backgrounds
 
 
 @dataclass
@@ -53,8 +56,8 @@ def _decode_files(paths: list[Path], size: tuple[int, int]) -> np.ndarray:
     return np.stack([decode(p.read_bytes(), size) for p in paths])
 
 
-def _faces(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """The crops are float grey arrays: written as PNG and read back through the runtime's decoder."""
+def _crops(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """The crops are grey arrays: written as PNG and read back through the runtime's decoder."""
     import cv2
 
     from sorter.imaging import decode
@@ -62,7 +65,8 @@ def _faces(path: Path, size: tuple[int, int]) -> np.ndarray:
     crops = np.load(path)
     out = []
     for crop in crops:
-        ok, png = cv2.imencode(".png", np.clip(crop * 255, 0, 255).astype(np.uint8))
+        grey = crop if crop.dtype == np.uint8 else np.clip(crop * 255, 0, 255).astype(np.uint8)
+        ok, png = cv2.imencode(".png", grey)
         if not ok:
             raise RuntimeError("OpenCV could not encode a face crop")
         out.append(decode(png.tobytes(), size))
@@ -74,9 +78,12 @@ def photo_sets(size: tuple[int, int]) -> list[PhotoSet]:
     skimage_dir, sklearn_dir = _package_dir("skimage", "data"), _package_dir("sklearn", "datasets/images")
     photos = [skimage_dir / n for n in SKIMAGE_PHOTOS]
     samples = [sklearn_dir / n for n in SKLEARN_PHOTOS]
+    crops = _crops(skimage_dir / FACES, size)
     return [
         PhotoSet("photos", "scikit-image data + scikit-learn sample images",
                  _decode_files(photos + samples, size), [p.name for p in photos + samples]),
-        PhotoSet("faces", "scikit-image lfw_subset (200 face crops)", _faces(skimage_dir / FACES, size),
-                 [f"face-{i:03d}" for i in range(200)]),
+        PhotoSet("faces", "scikit-image lfw_subset, faces (100 grey 25×25 crops)", crops[:100],
+                 [f"face-{i:03d}" for i in range(100)]),
+        PhotoSet("backgrounds", "scikit-image lfw_subset, non-faces (100 grey 25×25 background crops)",
+                 crops[100:], [f"background-{i:03d}" for i in range(100)]),
     ]
