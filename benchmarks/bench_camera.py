@@ -1,6 +1,6 @@
 """Frames per second classified by `sorter camera` from a 640×480 video file, beside inference alone.
 
-    python benchmarks/bench_camera.py [--model models/fruit-lite0-int8.tflite] [--frames 300] [--threads N]
+    python benchmarks/bench_camera.py [--model models/fruit-lite1-int8.tflite] [--frames 300] [--threads N]
 
 The camera path is the real one (capture thread, stale guard, interval trigger on every frame,
 K-of-N voting, SQLite rows for decisions; outputs in dry-run); inference alone is `predict` on

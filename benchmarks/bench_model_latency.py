@@ -1,6 +1,6 @@
 """Latency of TFLite bundles side by side in one run, at batch 1 and batch 8, as ratios to a baseline.
 
-    python benchmarks/bench_model_latency.py [--baseline models/fruit-lite0-int8.tflite] [MODEL ...]
+    python benchmarks/bench_model_latency.py [--baseline models/fruit-lite1-int8.tflite] [MODEL ...]
         [--threads N] [--rounds R] [--runs K] [--batches 1 8] [--samples samples/] [--json PATH]
 
 Issue 15 bounds a new model's latency at 1.5× today's shipped model. The CPU of these machines

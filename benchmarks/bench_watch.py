@@ -183,7 +183,7 @@ def time_to_ready(model: Path, work: Path, tries: int = 3) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "fruit-lite0-int8.tflite")
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "fruit-lite1-int8.tflite")
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--src", type=Path, default=ROOT.parent / "shared" / "data" / "fruit_dev")
     parser.add_argument("--cores", type=int, default=default_threads(), help="Threads in all (default: every core).")

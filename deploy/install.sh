@@ -77,7 +77,7 @@ run install -D -m 0644 "$SRC/docs/reports.md" "$PREFIX/docs/reports.md"
 
 # 5. the bundled default model, when none is installed yet (a new bundle later: sorter model install)
 if [ ! -e "$STATE/models/current" ]; then
-  run "$PREFIX/venv/bin/sorter" model install "$SRC/models/fruit-lite0-int8.tflite" --dir "$STATE/models"
+  run "$PREFIX/venv/bin/sorter" model install "$SRC/models/fruit-lite1-int8.tflite" --dir "$STATE/models"
 fi
 # root's, readable by the sorter group, writable by nobody else (also on a box installed before this rule)
 run chown -R root:sorter "$STATE/models"

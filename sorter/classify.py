@@ -20,7 +20,7 @@ class FileResult:
     confidence: float | None = None
     verdict: str | None = None
     scores: dict[str, float] | None = None
-    ood_score: float | None = None  # logits models: the energy the `unknown` verdict is decided on
+    ood_score: float | None = None  # logits models: the OOD score (energy or feature distance) `unknown` is decided on
     error: str | None = None
 
     def as_json(self) -> dict:

@@ -241,7 +241,8 @@ class Settings(BaseModel):
     # P(rotten) thresholds over the card's `decision` (sorter.verdict); on a card without one, set both
     rotten_at: float | None = Field(default=None, ge=0, le=1)
     fresh_at: float | None = Field(default=None, ge=0, le=1)
-    # energy below this is `unknown` (over the card's `ood.threshold`); `unknown = false`: never unknown
+    # the card's OOD score (energy or feature distance) below this is `unknown` (over the card's
+    # `ood.threshold`); `unknown = false`: never unknown
     unknown_below: float | None = None
     unknown: bool = True
     max_pixels: int = Field(default=80_000_000, ge=1)

@@ -254,7 +254,8 @@ def check_decision(clf: Any, settings: Settings) -> Check:
     floor = LEGACY_MIN_CONFIDENCE if rules.default_min_confidence is None else rules.default_min_confidence
     rule = (f"P(rotten): rotten at >= {rules.rotten_at}, fresh at <= {rules.fresh_at}" if rules.by_p_rotten
             else f"top-1 confidence under {floor} is uncertain")
-    unknown = f"unknown below energy {rules.unknown_below}" if rules.unknown_below is not None else "no unknown"
+    score = "feature distance" if clf.card.ood is not None and clf.card.ood.score == "distance" else "energy"
+    unknown = f"unknown below {score} {rules.unknown_below}" if rules.unknown_below is not None else "no unknown"
     return Check("decision", True, f"{rule}; {unknown}",
                  {"rotten_at": rules.rotten_at, "fresh_at": rules.fresh_at, "unknown_below": rules.unknown_below,
                   "temperature": clf.card.temperature})

@@ -18,7 +18,7 @@ from sorter import quiet, threads
 from sorter.card import ModelCard, card_path, load_card
 
 log = logging.getLogger("sorter.model")
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "fruit-lite0-int8.tflite"
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "fruit-lite1-int8.tflite"
 _BACKENDS = (
     ("ai-edge-litert", "ai_edge_litert.interpreter"),
     ("tflite-runtime", "tflite_runtime.interpreter"),
@@ -195,6 +195,7 @@ class Classifier:
             if n == 1:
                 raise
             self.batch_capable = False
+            self._batch = 0  # the input may already hold the refused size (resize passed, allocation failed)
             self._resize(1)
             return
         self._inp = self._interp.get_input_details()[0]

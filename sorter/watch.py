@@ -66,7 +66,7 @@ class Item:
     confidence: float | None = None
     verdict: str | None = None
     scores: dict[str, float] | None = None
-    ood_score: float | None = None  # energy (logits models): what an `unknown` verdict was decided on
+    ood_score: float | None = None  # the OOD score (logits models: energy or feature distance) `unknown` was decided on
     identity: Identity | None = None  # the file that was read: only that file is moved
 
 

@@ -125,7 +125,7 @@ def test_fruit_photos_on_a_moving_belt_match_direct_classification(tmp_path, col
 
 
 SAMPLES = REPO / "samples"
-FRUIT_MODEL = REPO / "models" / "fruit-lite0-int8.tflite"
+FRUIT_MODEL = REPO / "models" / "fruit-lite1-int8.tflite"
 
 
 def sample_frame(name: str, size: tuple[int, int] = (320, 240)) -> np.ndarray:

@@ -129,7 +129,7 @@ def test_runtime_image_classifies_the_samples_as_the_host_does(runtime):
     inside = runtime.run("sorter", "classify", "/tmp/samples", "--json")
     assert inside.returncode == 0, inside.stderr
     host = subprocess.run([str(HOST_SORTER), "classify", str(SAMPLES), "--json",
-                           "--model", str(REPO / "models" / "fruit-lite0-int8.tflite")],
+                           "--model", str(REPO / "models" / "fruit-lite1-int8.tflite")],
                           capture_output=True, text=True, timeout=300,
                           env={k: v for k, v in os.environ.items() if k != "SORTER_CONFIG"})
     assert host.returncode == 0, host.stderr
@@ -150,7 +150,7 @@ def test_runtime_image_runs_without_a_mounted_config(runtime):
     """Without /etc/sorter/sorter.toml the image runs on its defaults (SORTER_CONFIG pointed at a missing file)."""
     config = _config("localhost/sorter:runtime-test")
     env = dict(item.split("=", 1) for item in config["Env"])
-    assert "SORTER_CONFIG" not in env and env["SORTER_MODEL"] == "/opt/sorter/models/fruit-lite0-int8.tflite"
+    assert "SORTER_CONFIG" not in env and env["SORTER_MODEL"] == "/opt/sorter/models/fruit-lite1-int8.tflite"
     shown = runtime.run("sorter", "config", "show")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["metrics"]["host"] == "0.0.0.0"
@@ -161,7 +161,7 @@ def test_runtime_image_runs_without_a_mounted_config(runtime):
     assert mounted.returncode == 0, mounted.stderr
     settings = json.loads(mounted.stdout)
     assert settings["line"] == "line-1" and settings["metrics"] == {"host": "0.0.0.0", "port": 9108}
-    assert settings["model"] == "/opt/sorter/models/fruit-lite0-int8.tflite"
+    assert settings["model"] == "/opt/sorter/models/fruit-lite1-int8.tflite"
 
 
 def _non_loopback_address() -> str | None:

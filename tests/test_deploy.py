@@ -78,7 +78,7 @@ def test_install_script_dry_run_changes_nothing_and_honours_prefix(tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"{tmp_path / 'opt'}/venv/bin/pip install" in result.stdout and "sorter-watch.service" in result.stdout
     if not Path("/var/lib/sorter/models/current").exists():  # a fresh box gets the bundled model
-        assert "sorter model install" in result.stdout and "models/fruit-lite0-int8.tflite" in result.stdout
+        assert "sorter model install" in result.stdout and "models/fruit-lite1-int8.tflite" in result.stdout
     else:  # a box with a model keeps it
         assert "sorter model install" not in result.stdout
     assert not (tmp_path / "opt").exists()
@@ -312,7 +312,7 @@ def test_daemons_work_under_their_units_system_call_filter(tmp_path):
     assert not {"mount", "reboot", "chroot", "init_module"} & unit_syscalls("sorter-watch.service")
     incoming = tmp_path / "incoming"
     shutil.copytree(DEPLOY.parent / "samples", incoming, ignore=shutil.ignore_patterns("*.tsv"))
-    model = str(DEPLOY.parent / "models" / "fruit-lite0-int8.tflite")
+    model = str(DEPLOY.parent / "models" / "fruit-lite1-int8.tflite")
     db = str(tmp_path / "sorter.db")
     watch = under_filter("sorter-watch.service", "watch", str(incoming), "--out", str(tmp_path / "out"),
                          "--db", db, "--model", model, "--once", cwd=tmp_path)
