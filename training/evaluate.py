@@ -472,7 +472,7 @@ def field_metrics(scorer: Scorer, splits: DataSplits, sample: SplitImages, raw: 
             return energy, scorer.probabilities(got)
 
         out["ood"], warning = field_figs.unknown_figures(scored, card.ood.threshold, rules.unknown_below, outputs,
-                                                         scorer.input_size, rules)
+                                                         scorer.input_size, rules, card.ood.score)
         warnings += [warning] if warning else []
     return out, warnings
 

@@ -81,6 +81,7 @@ def describe_rule(rules: VerdictRules, card, settings: Settings) -> dict:
                            "rotten_at": rules.rotten_at, "fresh_at": rules.fresh_at,
                            "thresholds_from": ("config" if by_config else "card") if rules.by_p_rotten else None,
                            "unknown_below": rules.unknown_below,
+                           "unknown_score": card.ood.score if card is not None and card.ood is not None else "energy",
                            "unknown_from": None if rules.unknown_below is None else
                            ("config" if settings.unknown_below is not None else "card")}
     if card is None:
@@ -92,7 +93,8 @@ def rule_text(rule: dict) -> str:
     parts = ([f"P(rotten) rule: rotten at >= {rule['rotten_at']:g}, fresh at <= {rule['fresh_at']:g} "
               f"({rule['thresholds_from']})"] if rule["by"] == "P(rotten)" else ["top-1 rule (min_confidence)"])
     if rule["unknown_below"] is not None:
-        parts.append(f"unknown below energy {rule['unknown_below']:g} ({rule['unknown_from']})")
+        score = "feature distance" if rule.get("unknown_score") == "distance" else "energy"
+        parts.append(f"unknown below {score} {rule['unknown_below']:g} ({rule['unknown_from']})")
     return "; ".join(parts)
 
 
@@ -154,13 +156,13 @@ def decision_rows(scored: Scored, card, settings: Settings, rules: VerdictRules)
 
 
 def unknown_figures(scored: Scored, threshold: float, applied: float | None, outputs, size: tuple[int, int],
-                    rules: VerdictRules) -> tuple[dict, str | None]:
+                    rules: VerdictRules, score: str = "energy") -> tuple[dict, str | None]:
     """The share of each root's photos flagged unknown at the card's threshold, and on real
     non-produce photos: how many, the share flagged, the AUROC of the energy against the split's."""
     from training.ood_photos import PhotosUnavailable, photo_sets
 
     assert scored.energy is not None
-    out: dict[str, Any] = {"score": "energy", "threshold": threshold, "applied_threshold": applied,
+    out: dict[str, Any] = {"score": score, "threshold": threshold, "applied_threshold": applied,
                            "by_root": {n: {"n": len(i), "flagged": decide.flagged(scored.energy[i], threshold)}
                                        for n, i in scored.roots.items()},
                            "in_distribution_flagged": decide.flagged(scored.energy, threshold),
