@@ -129,3 +129,15 @@ def test_the_distance_output_is_the_mahalanobis_distance_to_the_nearest_class_me
     assert np.allclose(clf.probabilities(clf.outputs(images)).sum(axis=1), 1.0, atol=1e-5)
     far = np.full((4, SIZE, SIZE, 3), 127, np.uint8)  # grey: none of the training shapes
     assert clf.ood_scores(clf.outputs(far)).max() < np.median(got)
+
+
+def test_an_export_whose_rule_cannot_be_chosen_leaves_no_bundle_behind(exported, tmp_path):
+    """The bundle is written with a stand-in card (T = 1, a distance threshold of 0, under which every
+    photo is unknown) before its rule is chosen: a failure there (here --unknown-pass 0) must not leave
+    that loadable bundle in OUT."""
+    from training.export import ExportError, export
+
+    run = exported[0].parent.parent / "run"
+    with pytest.raises(ExportError, match="pass rate must be in"):
+        export(run, None, ["float32"], tmp_path / "models", "bad", latency_runs=1, ood_pass=0.0)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == []

@@ -195,3 +195,44 @@ def test_the_hash_is_of_the_bytes_that_were_loaded(tmp_path):
     clf = Classifier(model)
     model.write_bytes(b"replaced after loading")
     assert clf.sha256 == clf.replica().sha256 == expected
+
+
+def _fixed_batch_distance_bundle(path):
+    """A real TFLite graph that allocates only at batch 1 (a reshape to a hard-coded batch, as some
+    converted models have) with a distance card's two outputs: logits 0.1 × each channel mean, and a
+    one-column score −0.01 × their sum."""
+    from tests.conftest import import_tensorflow
+
+    tf = import_tensorflow()
+    from sorter.card import InputSpec, ModelCard, OodRule, sha256_file, write_card
+
+    class Fixed(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 32, 32, 3], tf.float32)])
+        def __call__(self, x):
+            means = tf.reduce_mean(tf.reshape(x, [1, 32 * 32, 3]), axis=1)
+            return {"logits": means * 0.1, "score": -0.01 * tf.reduce_sum(means, axis=1, keepdims=True)}
+
+    module = Fixed()
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([module.__call__.get_concrete_function()], module)
+    path.write_bytes(conv.convert())
+    write_card(path, ModelCard(name="fixed", labels=["freshred", "freshgreen", "rottenblue"],
+                               rotten_labels=["rottenblue"], input=InputSpec(height=32, width=32, dtype="float32"),
+                               quantization="float32", output="logits", ood=OodRule(score="distance", threshold=-3),
+                               model_sha256=sha256_file(path)))
+    return path
+
+
+def test_a_model_that_cannot_allocate_a_batch_scores_every_later_batch_one_by_one(tmp_path):
+    """Resizing such a model's input succeeds and allocating it fails: the input was left at the
+    refused batch size, so every batch after the first (here the second chunk of one call) died
+    with 'Dimension mismatch'. Both outputs, one image at a time, as a batch-1 interpreter gives them."""
+    clf = Classifier(_fixed_batch_distance_bundle(tmp_path / "fixed.tflite"), num_threads=1, max_batch=4)
+    images = np.random.default_rng(7).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    means = images.reshape(6, -1, 3).mean(axis=1)
+    want = np.concatenate([means * 0.1, -0.01 * means.sum(axis=1, keepdims=True)], axis=1)
+    np.testing.assert_allclose(clf.outputs(images), want, rtol=1e-5)
+    assert not clf.batch_capable
+    np.testing.assert_allclose(clf.outputs(images[:3]), want[:3], rtol=1e-5)
+    np.testing.assert_allclose(clf.ood_scores(clf.outputs(images)), want[:, 3], rtol=1e-5)
+    assert [p.ood_score for p in clf.predict(images[:2])] == [round(float(s), 6) for s in clf.ood_scores(
+        clf.outputs(images[:2]))]

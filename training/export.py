@@ -331,9 +331,15 @@ def export_one(job: ExportJob, fmt: ExportFormat, calibration: np.ndarray | None
         card_path(path).unlink(missing_ok=True)
         raise ExportError(f"{fmt.name} export is refused by the runtime: {exc}") from None
     if job.logits and job.photos is not None:
-        apply_rules(card, card_rules.choose(clf, job.labels, job.rotten_labels, job.photos, job.goal, job.ood_pass))
-        write_card(path, card)
-        clf = Classifier(path, num_threads=default_threads())  # the runtime reads the temperature from the card
+        try:
+            apply_rules(card, card_rules.choose(clf, job.labels, job.rotten_labels, job.photos, job.goal,
+                                                job.ood_pass))
+            write_card(path, card)
+            clf = Classifier(path, num_threads=default_threads())  # the runtime reads the temperature from the card
+        except (ValueError, ModelError) as exc:  # nor one whose card still holds the stand-in rule
+            path.unlink(missing_ok=True)
+            card_path(path).unlink(missing_ok=True)
+            raise ExportError(f"{fmt.name} export: its card's rule could not be chosen: {exc}") from None
     probs = clf.scores(job.test_images)
     m = compute_metrics(job.test_y, probs, job.labels, job.rotten_labels)
     med, p90 = latency(clf.scores, job.test_images[0], job.latency_runs)
