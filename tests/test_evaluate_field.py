@@ -136,7 +136,7 @@ def test_by_root_figures_are_the_runtime_rule_on_each_root(both, roots):
         assert got == expected
         assert metrics["by_root"][root.name]["name"] == f"{root.name}/test"
     assert metrics["rule"] == {"by": "P(rotten)", "rotten_at": 0.6, "fresh_at": 0.3, "thresholds_from": "card",
-                               "unknown_below": 18.0, "unknown_from": "card"}
+                               "unknown_below": 18.0, "unknown_from": "card", "unknown_score": "energy"}
 
 
 # ---- the threshold table: settings a config can hold ----
