@@ -94,7 +94,7 @@ def choose(clf: Classifier, labels: Sequence[str], rotten: Sequence[str], sets: 
         by_set[test.name] = {"name": test.name, "root": test.root,
                              **_figures(tests[test.name], test.y, labels, rotten, rules, t)}
     in_energy = np.concatenate([tests[s.name].ood for s in sets.tests]) if sets.tests else np.empty(0)  # no AUROC
-    ood_figures = {"threshold_pass_on_validation": decide.flagged(val_energy, cut),
+    ood_figures = {"validation_flagged": decide.flagged(val_energy, cut),
                    "in_distribution_flagged": {s.name: decide.flagged(tests[s.name].ood, cut) for s in sets.tests},
                    "non_produce": {p.name: _ood_set(_score(clf, p.images).ood, cut, in_energy, p) for p in sets.ood}}
     goal_text = goal.text() if chosen.met else f"{goal.text()} (not met on validation; closest pair)"
