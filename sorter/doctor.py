@@ -80,17 +80,27 @@ def _sample_image(card: ModelCard, model_path: Path, size: tuple[int, int]) -> t
 
 
 def _inference(clf: Classifier) -> Check:
-    """One image through the interpreter: finite probabilities in 0..1 that sum to 1."""
+    """One image through the interpreter: finite probabilities in 0..1 that sum to 1, and a finite
+    OOD score where the card has one (a NaN score is never below the threshold: `unknown` would
+    silently never happen)."""
     try:
         image, source = _sample_image(clf.card, clf.path, clf.input_size)
     except SampleError as exc:
         return Check("inference", False, str(exc))
-    probs = clf.scores(image[None])[0]
+    outputs = clf.outputs(image[None])
+    probs = clf.probabilities(outputs)[0]
+    ood = clf.ood_scores(outputs)
     total = float(np.sum(probs))
     ok = bool(np.all(np.isfinite(probs)) and np.all(probs >= -1e-6) and np.all(probs <= 1 + 1e-6)
               and abs(total - 1.0) <= PROB_TOLERANCE)
-    return Check("inference", ok, f"{source} image: {len(probs)} scores, sum {total:.4f}",
-                 {"sum": total, "scores": [round(float(p), 4) for p in probs]})
+    detail = f"{source} image: {len(probs)} scores, sum {total:.4f}"
+    extra: dict = {"sum": total, "scores": [round(float(p), 4) for p in probs]}
+    if ood is not None and clf.card.ood is not None:
+        score = float(ood[0])
+        ok = ok and bool(np.isfinite(score))
+        detail += f"; {clf.card.ood.score} score {score:.4g}" + ("" if np.isfinite(score) else " (not finite)")
+        extra["ood_score"] = score
+    return Check("inference", ok, detail, extra)
 
 
 def card_problems(card: ModelCard, model_path: Path, rotten: list[str] | None = None) -> list[str]:

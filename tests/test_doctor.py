@@ -13,6 +13,7 @@ from sorter import store
 from sorter.cli import app
 from sorter.config import Settings
 from sorter.doctor import check_database, check_model, run_checks
+from sorter.model import DEFAULT_MODEL
 
 pytestmark = pytest.mark.timeout(60)
 runner = CliRunner()
@@ -72,3 +73,36 @@ def test_low_disk_is_a_failure(tmp_path, color_model):
     checks = {c.name: c for c in run_checks(Settings(db=tmp_path / "x.db", min_free_mb=10**12), color_model,
                                             cameras=False)}
     assert not checks["disk"].ok and "low" in checks["disk"].detail
+
+
+def _nan_score_bundle(path):
+    """A real two-output TFLite graph whose distance score is NaN (sqrt of a negative number)."""
+    from tests.conftest import import_tensorflow
+
+    tf = import_tensorflow()
+    from sorter.card import InputSpec, ModelCard, OodRule, sha256_file, write_card
+
+    class Broken(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 16, 16, 3], tf.float32)])
+        def __call__(self, x):
+            means = tf.reduce_mean(tf.reshape(x, [1, 16 * 16, 3]), axis=1)
+            return {"logits": means * 0.1, "score": tf.sqrt(-1.0 - tf.reduce_sum(means, axis=1, keepdims=True))}
+
+    module = Broken()
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([module.__call__.get_concrete_function()], module)
+    path.write_bytes(conv.convert())
+    write_card(path, ModelCard(name="broken", labels=["freshred", "freshgreen", "rottenblue"],
+                               rotten_labels=["rottenblue"], input=InputSpec(height=16, width=16, dtype="float32"),
+                               quantization="float32", output="logits", ood=OodRule(score="distance", threshold=-3),
+                               model_sha256=sha256_file(path)))
+    return path
+
+
+def test_a_nan_ood_score_fails_the_inference_check(tmp_path):
+    """NaN is never below the threshold, so such a model would never say unknown: the doctor says so."""
+    from sorter.doctor import check_model
+
+    checks = {c.name: c for c in check_model(_nan_score_bundle(tmp_path / "broken.tflite"), threads=1)}
+    assert not checks["inference"].ok and "distance score nan (not finite)" in checks["inference"].detail
+    shipped = {c.name: c for c in check_model(DEFAULT_MODEL, threads=1)}
+    assert shipped["inference"].ok and "; distance score -" in shipped["inference"].detail
