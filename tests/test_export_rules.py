@@ -141,3 +141,14 @@ def test_an_export_whose_rule_cannot_be_chosen_leaves_no_bundle_behind(exported,
     with pytest.raises(ExportError, match="pass rate must be in"):
         export(run, None, ["float32"], tmp_path / "models", "bad", latency_runs=1, ood_pass=0.0)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == []
+
+
+@pytest.mark.parametrize(("option", "value"), [("--unknown-pass", "0"), ("--rotten-recall", "1.5"),
+                                                ("--fresh-kept", "-0.1")])
+def test_a_goal_or_pass_rate_out_of_range_is_one_line_before_any_conversion(tmp_path, option, value):
+    from typer.testing import CliRunner
+
+    from sorter.cli import app
+
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "no-such-run"), option, value])
+    assert result.exit_code == 1 and f"{option} must be in (0, 1], not {float(value)}" in result.output

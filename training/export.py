@@ -510,6 +510,10 @@ def export(source: Path, data: Path | None = None, formats: list[str] | None = N
     """Export every requested format; raise ExportError (after writing the rest) if one is refused."""
     if ood_score not in ("distance", "energy"):
         raise ValueError(f"--ood-score must be distance or energy, not '{ood_score}'")
+    for flag, value in (("--unknown-pass", ood_pass), ("--rotten-recall", goal.rotten_caught),
+                        ("--fresh-kept", goal.fresh_kept)):
+        if not 0 < value <= 1:  # checked before any conversion, not after minutes of it
+            raise ValueError(f"{flag} must be in (0, 1], not {value}")
     job = prepare(Path(source), Path(data) if data else None, Path(out), name, command, latency_runs, goal,
                   ood_pass, ood_score)
     chosen = [FORMATS[f] for f in formats or list(FORMATS)]
