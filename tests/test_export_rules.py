@@ -131,15 +131,20 @@ def test_the_distance_output_is_the_mahalanobis_distance_to_the_nearest_class_me
     assert clf.ood_scores(clf.outputs(far)).max() < np.median(got)
 
 
-def test_an_export_whose_rule_cannot_be_chosen_leaves_no_bundle_behind(exported, tmp_path):
+def test_an_export_whose_rule_cannot_be_chosen_leaves_no_bundle_behind(exported, tmp_path, monkeypatch):
     """The bundle is written with a stand-in card (T = 1, a distance threshold of 0, under which every
-    photo is unknown) before its rule is chosen: a failure there (here --unknown-pass 0) must not leave
-    that loadable bundle in OUT."""
+    photo is unknown) before its rule is chosen: a failure there (made here by a choice that raises, as
+    a validation set with one class would) must not leave that loadable bundle in OUT."""
+    from training import card_rules
     from training.export import ExportError, export
 
+    def fails(*args, **kwargs):
+        raise ValueError("no rotten validation photos to choose thresholds on")
+
+    monkeypatch.setattr(card_rules, "choose", fails)
     run = exported[0].parent.parent / "run"
-    with pytest.raises(ExportError, match="pass rate must be in"):
-        export(run, None, ["float32"], tmp_path / "models", "bad", latency_runs=1, ood_pass=0.0)
+    with pytest.raises(ExportError, match="no rotten validation photos"):
+        export(run, None, ["float32"], tmp_path / "models", "bad", latency_runs=1)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == []
 
 

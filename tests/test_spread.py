@@ -10,7 +10,9 @@ from training.spread import main, spread
 
 def _card(folder: Path, name: str, accuracy: float, uncertain: float) -> Path:
     card = {"name": name, "labels": ["freshapples", "rottenapples"], "rotten_labels": ["rottenapples"],
-            "input": {"height": 8, "width": 8, "dtype": "uint8"}, "quantization": "int8",
+            "input": {"height": 8, "width": 8, "dtype": "uint8"}, "quantization": "int8", "output": "logits",
+            "ood": {"score": "distance", "threshold": -60.0,
+                    "figures": {"non_produce": {"faces": {"flagged": accuracy}}}},
             "evaluation": {"test_sets": {"fruit_extra test split": {"accuracy": accuracy, "uncertain_rate": uncertain},
                                          "fruit_dev test split": {"accuracy": 0.97}}}}
     path = folder / f"{name}.card.json"
@@ -27,6 +29,7 @@ def test_mean_and_sample_sd_per_test_set_and_figure(tmp_path, capsys):
     assert extra["uncertain_rate"]["mean"] == 0.08 and extra["uncertain_rate"]["sd"] == 0.02
     assert got["fruit_dev test split"]["accuracy"] == {"mean": 0.97, "sd": 0.0, "n": 3, "values": [0.97] * 3}
     assert "uncertain_rate" not in got["fruit_dev test split"]
+    assert got["non-produce: faces"]["unknown_rate"]["values"] == [0.90, 0.92, 0.94]
     main([str(c) for c in cards])
     out = capsys.readouterr().out
-    assert "| fruit_extra test split (3 runs) | 92.00% ± 2.00% |" in out
+    assert "| fruit_extra test split (3 runs) |  | 92.00% ± 2.00% |" in out

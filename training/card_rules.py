@@ -69,7 +69,8 @@ def _figures(scored: Scored, y: np.ndarray, labels: Sequence[str], rotten: Seque
              rules: VerdictRules, temperature: float) -> dict:
     probs = calibrate.softmax(scored.logits, temperature)
     judged = decide.judge(probs, labels, rules, scored.ood)
-    return {**decide.rule_figures(y, labels, rotten, judged), "ece": calibrate.ece(probs, y)}
+    top1 = round(float(np.mean(probs.argmax(axis=1) == y)), 6) if len(y) else None
+    return {**decide.rule_figures(y, labels, rotten, judged), "top1_accuracy": top1, "ece": calibrate.ece(probs, y)}
 
 
 def choose(clf: Classifier, labels: Sequence[str], rotten: Sequence[str], sets: FieldSets,

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from sorter.card import load_card
 
-FIGURES = ("accuracy", "fresh_vs_rotten_accuracy", "uncertain_rate", "unknown_rate", "decided_accuracy",
-           "rotten_caught", "fresh_kept", "ece")
+FIGURES = ("top1_accuracy", "accuracy", "fresh_vs_rotten_accuracy", "uncertain_rate", "unknown_rate",
+           "decided_accuracy", "rotten_caught", "fresh_kept", "ece")
 
 
 def spread(cards: list[Path]) -> dict[str, dict[str, dict[str, float]]]:
@@ -29,6 +29,10 @@ def spread(cards: list[Path]) -> dict[str, dict[str, dict[str, float]]]:
             for key in FIGURES:
                 if figures.get(key) is not None:
                     values.setdefault(name, {}).setdefault(key, []).append(float(figures[key]))
+        for name, figures in ((card.ood.figures if card.ood else {}).get("non_produce") or {}).items():
+            if figures.get("flagged") is not None:  # non-produce photos: the share called unknown
+                values.setdefault(f"non-produce: {name}", {}).setdefault("unknown_rate", []).append(
+                    float(figures["flagged"]))
     return {name: {key: _summary(v) for key, v in per.items()} for name, per in values.items()}
 
 
