@@ -87,17 +87,17 @@ def choose(clf: Classifier, labels: Sequence[str], rotten: Sequence[str], sets: 
     p_rot = decide.p_rotten(val_probs, labels, rotten)
     is_rot = np.isin(sets.val.y, [labels.index(r) for r in rotten])
     chosen = decide.choose_thresholds(p_rot, is_rot, goal)
-    val_energy = val.ood
-    cut = decide.choose_ood_threshold(val_energy, ood_pass)
+    val_ood = val.ood
+    cut = decide.choose_ood_threshold(val_ood, ood_pass)
     rules = VerdictRules(frozenset(rotten), rotten_at=chosen.rotten_at, fresh_at=chosen.fresh_at, unknown_below=cut)
     by_set = {}
     for test in sets.tests:
         by_set[test.name] = {"name": test.name, "root": test.root,
                              **_figures(tests[test.name], test.y, labels, rotten, rules, t)}
-    in_energy = np.concatenate([tests[s.name].ood for s in sets.tests]) if sets.tests else np.empty(0)  # no AUROC
-    ood_figures = {"validation_flagged": decide.flagged(val_energy, cut),
+    in_scores = np.concatenate([tests[s.name].ood for s in sets.tests]) if sets.tests else np.empty(0)  # no AUROC
+    ood_figures = {"validation_flagged": decide.flagged(val_ood, cut),
                    "in_distribution_flagged": {s.name: decide.flagged(tests[s.name].ood, cut) for s in sets.tests},
-                   "non_produce": {p.name: _ood_set(_score(clf, p.images).ood, cut, in_energy, p) for p in sets.ood}}
+                   "non_produce": {p.name: _ood_set(_score(clf, p.images).ood, cut, in_scores, p) for p in sets.ood}}
     goal_text = goal.text() if chosen.met else f"{goal.text()} (not met on validation; closest pair)"
     decision = DecisionRule(rotten_at=chosen.rotten_at, fresh_at=chosen.fresh_at, goal=goal_text,
                             chosen_on=f"{sets.val.name} ({len(sets.val.y)} photos)")
@@ -110,9 +110,9 @@ def choose(clf: Classifier, labels: Sequence[str], rotten: Sequence[str], sets: 
     return CardRules(t, decision, ood, evaluation, fit.to_dict())
 
 
-def _ood_set(scores: np.ndarray, cut: float, in_energy: np.ndarray, photos: PhotoSet) -> dict:
+def _ood_set(scores: np.ndarray, cut: float, in_scores: np.ndarray, photos: PhotoSet) -> dict:
     return {"source": photos.source, "n": len(scores), "flagged": decide.flagged(scores, cut),
-            "auroc": decide.auroc(in_energy, scores)}
+            "auroc": decide.auroc(in_scores, scores)}
 
 
 def _evaluation(tests: list[Photos], by_set: dict[str, dict]) -> dict:
