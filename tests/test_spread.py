@@ -33,3 +33,9 @@ def test_mean_and_sample_sd_per_test_set_and_figure(tmp_path, capsys):
     main([str(c) for c in cards])
     out = capsys.readouterr().out
     assert "| fruit_extra test split (3 runs) |  | 92.00% ± 2.00% |" in out
+    _card(tmp_path, "s0", 0.90, 0.10)  # a figure only some cards carry says over how many runs it is
+    extra = json.loads((tmp_path / "s0.card.json").read_text())
+    extra["evaluation"]["test_sets"]["fruit_extra test split"]["top1_accuracy"] = 0.95
+    (tmp_path / "s0.card.json").write_text(json.dumps(extra))
+    main([str(c) for c in cards])
+    assert "| fruit_extra test split (3 runs) | 95.00% ± 0.00% (of 1) | 92.00% ± 2.00% |" in capsys.readouterr().out

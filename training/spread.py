@@ -44,10 +44,16 @@ def _summary(v: list[float]) -> dict:
 def table(result: dict) -> str:
     lines = ["| test set | " + " | ".join(FIGURES) + " |", "|---" * (len(FIGURES) + 1) + "|"]
     for name, per in result.items():
-        cells = [f"{per[k]['mean']:.2%} ± {per[k]['sd']:.2%}" if k in per else "" for k in FIGURES]
         n = max(s["n"] for s in per.values())
+        cells = [_cell(per[k], n) if k in per else "" for k in FIGURES]
         lines.append(f"| {name} ({n} runs) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _cell(summary: dict, runs: int) -> str:
+    """mean ± sd, saying how many runs it is over when fewer cards than the row's carry the figure."""
+    fewer = f" (of {summary['n']})" if summary["n"] < runs else ""
+    return f"{summary['mean']:.2%} ± {summary['sd']:.2%}{fewer}"
 
 
 def main(argv: list[str] | None = None) -> None:
