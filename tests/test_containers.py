@@ -218,7 +218,7 @@ def test_runtime_image_default_command_sorts_and_its_metrics_answer_beyond_loopb
         os.killpg(daemon.pid, 15)
         output = daemon.communicate(timeout=60)[0]
     assert len(sorted_jpgs) == 12, output[-2000:]
-    assert {p.split("/")[5] for p in sorted_jpgs} <= {"fresh", "rotten", "uncertain"}, sorted_jpgs
+    assert {p.split("/")[5] for p in sorted_jpgs} <= {"fresh", "rotten", "uncertain", "unknown"}, sorted_jpgs
     assert body is not None, f"no answer on {address}:{port} ({error}); daemon said:\n{output[-2000:]}"
     assert body.strip().startswith("{"), body
 
