@@ -4,9 +4,10 @@ The energy of the logits tells a grey face crop from produce only about four tim
 classifier's logits are trained to separate the six classes, not to stay small away from them. The
 features before the classifier (the pooled backbone output) keep more: minus the Mahalanobis
 distance to the nearest training class mean (class means, one covariance shared by all classes,
-shrunk by Ledoit-Wolf because 1,280 dimensions outnumber the photos) is a standard OOD score
+shrunk by Ledoit-Wolf: 1,280 dimensions, hardly fewer than the training photos) is a standard OOD score
 (Lee et al., 2018) and flags far more of the non-produce photos at the same in-distribution pass rate.
-It is computed inside the graph, as plain layers, so the int8 export and the runtime need nothing new:
+It is computed inside the graph (a Dense layer and a small layer holding the class means), so it is
+quantised with the rest; the runtime reads it as a second, one-column output:
     g = f @ L                   (P = L Lᵀ, the shared precision matrix)
     d²_k = Σ_j (g_j - m_kj)²    (m_k = μ_k @ L; the differences first: |g|² - 2g·m + |m|² loses
                                  the small distances to float32 and int8 rounding)
