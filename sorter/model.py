@@ -217,9 +217,12 @@ class Classifier:
         return (raw.astype(np.float32) - zero) * scale if scale else raw.astype(np.float32)
 
     def _invoke(self, batch: np.ndarray) -> np.ndarray:
-        self._resize(len(batch))
-        if len(batch) > 1 and not self.batch_capable:  # the model refused the batch size: one by one
+        if len(batch) > 1 and self.batch_capable:
+            self._resize(len(batch))
+        if len(batch) > 1 and not self.batch_capable:  # the model refused a batch size: one by one, for good
             return np.concatenate([self._invoke(image[None]) for image in batch], axis=0)
+        if len(batch) == 1:
+            self._resize(1)
         self._interp.set_tensor(self._inp["index"], self._quantize(batch))
         self._interp.invoke()
         out = self._dequantize(self._interp.get_tensor(self._out["index"]), self._out)

@@ -113,9 +113,11 @@ def test_a_model_that_refuses_batches_is_scored_one_image_at_a_time(monkeypatch)
     images = np.random.default_rng(3).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     expected = Classifier(COLOR_FLOAT, max_batch=1).scores(images)
     real = clf._interp.resize_tensor_input
+    refused: list[int] = []
 
     def fixed_batch(index, shape, strict=False):
         if shape[0] != 1:
+            refused.append(int(shape[0]))
             raise ValueError("this model's batch dimension is fixed")
         return real(index, shape, strict=strict)
 
@@ -123,6 +125,7 @@ def test_a_model_that_refuses_batches_is_scored_one_image_at_a_time(monkeypatch)
     np.testing.assert_allclose(clf.scores(images), expected, atol=1e-6)
     assert not clf.batch_capable
     np.testing.assert_allclose(clf.scores(images[:3]), expected[:3], atol=1e-6)
+    assert refused == [4]  # asked once: later batches go one by one without trying the refused size again
 
 
 @pytest.mark.parametrize(("batch", "allocated"), [(2, 2), (3, 3), (16, 4)])
