@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sorter import store
 from sorter.card import load_card
 from sorter.cli import app
 from sorter.config import FleetSettings
@@ -23,8 +22,8 @@ from sorter.fleet import publish_report
 from sorter.fleet_merge import merge
 from sorter.report import ReportOptions, build_report
 from sorter.report_html import render
-from tests.report_helpers import DAY, HI, LO, t
-from tests.test_report_drift import AUDITED, IN_DIST, OTHER, bundle
+from tests.drift_helpers import IN_DIST, OTHER, bundle, write_audited_db
+from tests.report_helpers import DAY, HI, LO
 
 pytestmark = pytest.mark.timeout(60)
 OPTS = ReportOptions(margin=0.05, min_audited=20)
@@ -32,20 +31,9 @@ SHOWN = "card, other sources (fruit_extra test share (training/splits/fruit_extr
 
 
 def line_db(folder: Path) -> Path:
-    """A line's database: the 20 audited items of tests/test_report_drift.py, all inside DAY."""
+    """A line's database: the 20 audited items of tests/drift_helpers.py, all inside DAY."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "drift.db"
-    db = store.open_writer(path)
-    rows = [(pred, true) for pred, true, n in AUDITED for _ in range(n)]
-    for i, (pred, true) in enumerate(rows, start=1):
-        db.table("items").insert({"id": i, "sha256": f"{i:064x}", "source_path": f"/in/item{i}.jpg", "label": pred,
-                                  "confidence": 0.9, "verdict": "rotten" if pred == "rottenblue" else "fresh",
-                                  "model_id": "colour", "source": "watch", "received_at": t(DAY, i % 24),
-                                  "state": "done"})
-        db.table("audits").insert({"item_id": i, "sha256": f"{i:064x}", "true_label": true, "auditor": "ann",
-                                   "audited_at": t("2026-01-11", 9), "origin": "csv"})
-    db.close()
-    return path
+    return write_audited_db(folder / "drift.db")
 
 
 def line_report(tmp_path: Path, line: str, evaluation: dict | None, old: bool = False) -> dict:
