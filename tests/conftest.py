@@ -133,3 +133,28 @@ def broker(tmp_path):
     b = Broker(tmp_path).start()
     yield b
     b.stop()
+
+
+# --- two-output bundles (a distance card: logits + a one-column OOD score) ---
+def write_distance_bundle(path: Path, size: int, score, name: str) -> Path:
+    """A real float TFLite graph fixed at batch 1 (a reshape to a hard-coded batch, as some converted
+    models have) with a distance card's two outputs: logits 0.1 × each channel mean over 3 labels, and a
+    one-column OOD score `score(tf, means)`."""
+    from sorter.card import InputSpec, ModelCard, OodRule, sha256_file, write_card
+
+    tf = import_tensorflow()
+
+    class Fixed(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32)])
+        def __call__(self, x):
+            means = tf.reduce_mean(tf.reshape(x, [1, size * size, 3]), axis=1)
+            return {"logits": means * 0.1, "score": score(tf, means)}
+
+    module = Fixed()
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([module.__call__.get_concrete_function()], module)
+    path.write_bytes(conv.convert())
+    write_card(path, ModelCard(name=name, labels=["freshred", "freshgreen", "rottenblue"],
+                               rotten_labels=["rottenblue"], input=InputSpec(height=size, width=size, dtype="float32"),
+                               quantization="float32", output="logits", ood=OodRule(score="distance", threshold=-3),
+                               model_sha256=sha256_file(path)))
+    return path

@@ -77,25 +77,10 @@ def test_low_disk_is_a_failure(tmp_path, color_model):
 
 def _nan_score_bundle(path):
     """A real two-output TFLite graph whose distance score is NaN (sqrt of a negative number)."""
-    from tests.conftest import import_tensorflow
+    from tests.conftest import write_distance_bundle
 
-    tf = import_tensorflow()
-    from sorter.card import InputSpec, ModelCard, OodRule, sha256_file, write_card
-
-    class Broken(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([1, 16, 16, 3], tf.float32)])
-        def __call__(self, x):
-            means = tf.reduce_mean(tf.reshape(x, [1, 16 * 16, 3]), axis=1)
-            return {"logits": means * 0.1, "score": tf.sqrt(-1.0 - tf.reduce_sum(means, axis=1, keepdims=True))}
-
-    module = Broken()
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([module.__call__.get_concrete_function()], module)
-    path.write_bytes(conv.convert())
-    write_card(path, ModelCard(name="broken", labels=["freshred", "freshgreen", "rottenblue"],
-                               rotten_labels=["rottenblue"], input=InputSpec(height=16, width=16, dtype="float32"),
-                               quantization="float32", output="logits", ood=OodRule(score="distance", threshold=-3),
-                               model_sha256=sha256_file(path)))
-    return path
+    return write_distance_bundle(path, 16, lambda tf, means: tf.sqrt(-1.0 - tf.reduce_sum(means, axis=1,
+                                                                                          keepdims=True)), "broken")
 
 
 def test_a_nan_ood_score_fails_the_inference_check(tmp_path):

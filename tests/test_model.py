@@ -201,28 +201,12 @@ def test_the_hash_is_of_the_bytes_that_were_loaded(tmp_path):
 
 
 def _fixed_batch_distance_bundle(path):
-    """A real TFLite graph that allocates only at batch 1 (a reshape to a hard-coded batch, as some
-    converted models have) with a distance card's two outputs: logits 0.1 × each channel mean, and a
+    """Allocates only at batch 1; a distance card's two outputs: logits 0.1 × each channel mean, and a
     one-column score −0.01 × their sum."""
-    from tests.conftest import import_tensorflow
+    from tests.conftest import write_distance_bundle
 
-    tf = import_tensorflow()
-    from sorter.card import InputSpec, ModelCard, OodRule, sha256_file, write_card
-
-    class Fixed(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([1, 32, 32, 3], tf.float32)])
-        def __call__(self, x):
-            means = tf.reduce_mean(tf.reshape(x, [1, 32 * 32, 3]), axis=1)
-            return {"logits": means * 0.1, "score": -0.01 * tf.reduce_sum(means, axis=1, keepdims=True)}
-
-    module = Fixed()
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([module.__call__.get_concrete_function()], module)
-    path.write_bytes(conv.convert())
-    write_card(path, ModelCard(name="fixed", labels=["freshred", "freshgreen", "rottenblue"],
-                               rotten_labels=["rottenblue"], input=InputSpec(height=32, width=32, dtype="float32"),
-                               quantization="float32", output="logits", ood=OodRule(score="distance", threshold=-3),
-                               model_sha256=sha256_file(path)))
-    return path
+    return write_distance_bundle(path, 32, lambda tf, means: -0.01 * tf.reduce_sum(means, axis=1, keepdims=True),
+                                 "fixed")
 
 
 def test_a_model_that_cannot_allocate_a_batch_scores_every_later_batch_one_by_one(tmp_path):
