@@ -217,12 +217,10 @@ class Classifier:
         return (raw.astype(np.float32) - zero) * scale if scale else raw.astype(np.float32)
 
     def _invoke(self, batch: np.ndarray) -> np.ndarray:
-        if len(batch) > 1 and self.batch_capable:
+        if len(batch) == 1 or self.batch_capable:  # a refused size turns batch_capable off, for good
             self._resize(len(batch))
-        if len(batch) > 1 and not self.batch_capable:  # the model refused a batch size: one by one, for good
+        if len(batch) > 1 and not self.batch_capable:  # the model refused a batch size: one by one
             return np.concatenate([self._invoke(image[None]) for image in batch], axis=0)
-        if len(batch) == 1:
-            self._resize(1)
         self._interp.set_tensor(self._inp["index"], self._quantize(batch))
         self._interp.invoke()
         out = self._dequantize(self._interp.get_tensor(self._out["index"]), self._out)
