@@ -197,3 +197,75 @@ def test_the_committed_split_is_what_sorter_split_makes_from_fruit_extra(tmp_pat
     assert (tmp_path / "again.tsv").read_text() == SPLIT_FILE.read_text()
     assert json.dumps(sorted(p.file for p in read_manifest(EXTRA))) == \
         json.dumps(sorted(r["file"] for r in read_split(SPLIT_FILE)))
+
+
+DEV_SPLIT_FILE = REPO / "training" / "splits" / "fruit_dev.tsv"
+DEV = REPO.parent / "shared" / "data" / "fruit_dev"
+DEV_SPLIT_ARGS = {"val": 0.15, "keep_test": True, "one_source": "kaggle-fruits-fresh-and-rotten"}
+
+
+def _shipped_test_collection(root: Path) -> dict[str, np.ndarray]:
+    """ROOT/{train,test}/<class>/ with no manifest: twins across two re-hosts, and a test photo."""
+    a = _scene(11)
+    files = {"train/fresh/a.jpg": a, "train/fresh/a_turned.jpg": np.rot90(a).copy(),
+             **{f"train/fresh/u{i}.jpg": _scene(20 + i) for i in range(6)},
+             **{f"test/fresh/t{i}.jpg": _scene(40 + i) for i in range(3)}}
+    for name, img in files.items():
+        _save(root / name, img)
+    return files
+
+
+def test_keep_test_leaves_the_collections_own_test_share_and_splits_the_rest_by_groups(tmp_path):
+    root = tmp_path / "dev"
+    files = _shipped_test_collection(root)
+    out = tmp_path / "dev.tsv"
+    summary = make_split(root, out, val=0.5, keep_test=True, seed=3)
+    rows = {r["file"]: r for r in read_split(out)}
+    assert set(rows) == set(files)
+    assert {f for f, r in rows.items() if r["split"] == "test"} == {f"test/fresh/t{i}.jpg" for i in range(3)}
+    assert rows["train/fresh/a.jpg"]["group"] == rows["train/fresh/a_turned.jpg"]["group"]
+    assert rows["train/fresh/a.jpg"]["split"] == rows["train/fresh/a_turned.jpg"]["split"]
+    assert summary["test"] == 3 and summary["val"] > 0 and summary["train"] > 0
+    assert {r["class"] for r in rows.values()} == {"fresh"}
+
+
+def test_keep_test_without_test_photos_is_a_clear_error(tmp_path):
+    _, extra = _two_roots(tmp_path)
+    with pytest.raises(ValueError, match="no test photos of its own"):
+        make_split(extra, tmp_path / "x.tsv", keep_test=True)
+
+
+def test_one_source_groups_twins_that_two_re_hosts_carry(tmp_path):
+    root = tmp_path / "hosted"
+    a = _scene(7)
+    for name, img in {"fresh/a.jpg": a, "fresh/a_flipped.jpg": a[:, ::-1].copy(), "fresh/b.jpg": _scene(8)}.items():
+        _save(root / name, img)
+    _manifest(root, [("fresh", "fresh/a.jpg", "host-one", "a.jpg"),
+                     ("fresh", "fresh/a_flipped.jpg", "host-two", "a.jpg"),
+                     ("fresh", "fresh/b.jpg", "host-two", "b.jpg")])
+    make_split(root, tmp_path / "1.tsv")
+    apart = {r["file"]: r["group"] for r in read_split(tmp_path / "1.tsv")}
+    assert apart["fresh/a.jpg"] != apart["fresh/a_flipped.jpg"]  # groups never span two sources
+    make_split(root, tmp_path / "2.tsv", one_source="origin")
+    rows = {r["file"]: r for r in read_split(tmp_path / "2.tsv")}
+    assert rows["fresh/a.jpg"]["group"] == rows["fresh/a_flipped.jpg"]["group"] != rows["fresh/b.jpg"]["group"]
+    assert {r["source"] for r in rows.values()} == {"origin"}
+
+
+def test_the_committed_fruit_dev_split_keeps_its_test_set_and_every_group_on_one_side_of_train_and_val():
+    rows = read_split(DEV_SPLIT_FILE)
+    assert len(rows) == 1560 and {r["root"] for r in rows} == {"fruit_dev"}
+    assert all((r["split"] == "test") == r["file"].startswith("test/") for r in rows)
+    sides = defaultdict(set)
+    for r in rows:
+        if r["split"] != "test":
+            sides[r["group"]].add(r["split"])
+    assert all(len(s) == 1 for s in sides.values())
+    val = Counter(r["class"] for r in rows if r["split"] == "val")
+    assert len(val) == 6 and min(val.values()) >= 20
+
+
+@pytest.mark.skipif(not DEV.is_dir(), reason=f"needs the fruit photos at {DEV} (../shared beside the repo)")
+def test_the_committed_fruit_dev_split_is_what_sorter_split_makes_from_fruit_dev(tmp_path):
+    make_split(DEV, tmp_path / "again.tsv", **DEV_SPLIT_ARGS)
+    assert (tmp_path / "again.tsv").read_text() == DEV_SPLIT_FILE.read_text()

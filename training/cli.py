@@ -98,7 +98,14 @@ def split(root: str = typer.Argument(..., help="A photo collection: ROOT/<class>
           out: str = typer.Option(..., "--out", help="The split file to write (TSV)."),
           test: float = typer.Option(0.3, help="Least share of every source × class in test."),
           val: float = typer.Option(0.15, help="Share of every source × class in validation (whole groups)."),
-          seed: int = typer.Option(42, help="Seed of the group draw.")) -> None:
+          seed: int = typer.Option(42, help="Seed of the group draw."),
+          keep_test: bool = typer.Option(False, "--keep-test",
+                                         help="Keep the collection's own test photos (MANIFEST split, or "
+                                              "ROOT/test/) as test; split the rest into train and val."),
+          one_source: str = typer.Option(None, "--one-source",
+                                         help="Treat every photo as from this one source (re-hosted "
+                                              "copies of one dataset), so near-copies group across hosts.")
+          ) -> None:
     """Group near-duplicate photos (same source and class: look-alikes in any orientation, phone
     bursts) and split by whole groups into train/val/test, for `sorter train --split-file`."""
     from pathlib import Path
@@ -107,7 +114,8 @@ def split(root: str = typer.Argument(..., help="A photo collection: ROOT/<class>
     from training.groups import make_split
 
     try:
-        summary = make_split(Path(root), Path(out), test=test, val=val, seed=seed)
+        summary = make_split(Path(root), Path(out), test=test, val=val, seed=seed, keep_test=keep_test,
+                             one_source=one_source)
     except (OSError, ValueError) as exc:
         fail(str(exc))
     typer.echo(f"{out}: {summary['photos']} photos in {summary['groups']} groups; "

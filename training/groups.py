@@ -21,7 +21,7 @@ import itertools
 import random
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -40,6 +40,7 @@ class Photo:
     cls: str
     source: str = "local"
     source_path: str = ""
+    given_split: str = ""  # the collection's own split (MANIFEST `split`, or a train/ test/ folder)
 
     @property
     def cell(self) -> tuple[str, str]:
@@ -47,17 +48,25 @@ class Photo:
 
 
 def read_manifest(root: Path) -> list[Photo]:
-    """MANIFEST.tsv (class, file, source_repo, source_path, …) when the collection has one;
-    otherwise every image under ROOT/<class>/ from one source named after the folder."""
+    """MANIFEST.tsv (class, file, source_repo, source_path, split, …) when the collection has one;
+    otherwise every image under ROOT/<class>/ (or ROOT/{train,val,test}/<class>/) from one source
+    named after the folder."""
     manifest = root / "MANIFEST.tsv"
     if manifest.is_file():
         with manifest.open(newline="") as handle:
-            return [Photo(r["file"], r["class"], r.get("source_repo") or "local", r.get("source_path") or "")
+            return [Photo(r["file"], r["class"], r.get("source_repo") or "local", r.get("source_path") or "",
+                          r.get("split") or "")
                     for r in csv.DictReader(handle, delimiter="\t")]
     from training.data import IMAGE_SUFFIXES
 
-    return [Photo(p.relative_to(root).as_posix(), p.parent.name, root.name, p.name)
-            for p in sorted(root.glob("*/*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+    found = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).parts
+        if p.suffix.lower() in IMAGE_SUFFIXES and len(rel) in (2, 3):
+            given = rel[0] if len(rel) == 3 and rel[0] in ("train", "val", "test") else ""
+            if len(rel) == 2 or given:
+                found.append(Photo(p.relative_to(root).as_posix(), p.parent.name, root.name, p.name, given))
+    return found
 
 
 def _variants(grey: np.ndarray) -> list[np.ndarray]:
@@ -221,11 +230,29 @@ def read_split(path: Path) -> list[dict[str, str]]:
     return rows
 
 
-def make_split(root: Path, out: Path, *, test: float = 0.3, val: float = 0.15, seed: int = 42) -> dict:
-    """Group ROOT's photos, split them, write OUT; returns photos and groups per split."""
+def make_split(root: Path, out: Path, *, test: float = 0.3, val: float = 0.15, seed: int = 42,
+               keep_test: bool = False, one_source: str | None = None) -> dict:
+    """Group ROOT's photos, split them, write OUT; returns photos and groups per split.
+
+    `keep_test`: the collection's own test photos (MANIFEST `split`, or ROOT/test/) stay the test
+    share and only the rest is split, into train and validation by whole groups: a collection that
+    ships a test set keeps it comparable, and its validation stops being near-copies of training.
+    `one_source`: every photo counts as coming from that one source, for a collection whose
+    `source_repo`s are re-hosts of one dataset (its near-copies cross the re-hosts)."""
     photos = read_manifest(root)
+    if one_source:
+        photos = [replace(p, source=one_source) for p in photos]
     groups = near_duplicate_groups(root, photos)
-    sides = grouped_split(photos, groups, test=test, val=val, seed=seed)
+    if keep_test:
+        given = [p for p in photos if p.given_split == "test"]
+        if not given:
+            raise ValueError(f"{root}: --keep-test, but the collection has no test photos of its own "
+                             "(no MANIFEST.tsv split column saying test, no test/ folder)")
+        rest = [p for p in photos if p.given_split != "test"]
+        sides = {**dict.fromkeys((p.file for p in given), "test"),
+                 **grouped_split(rest, groups, test=0.0, val=val, seed=seed)}
+    else:
+        sides = grouped_split(photos, groups, test=test, val=val, seed=seed)
     write_split(out, root.name, photos, groups, sides)
     summary: dict = {"photos": len(photos), "groups": len(set(groups.values()))}
     for name in ("train", "val", "test"):
