@@ -9,7 +9,10 @@ Camera rows are written finished ('done' or 'dry-run'): there is no file to move
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import random
+import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,10 +23,11 @@ from typing import Any
 import cv2
 import numpy as np
 from pydantic import ValidationError
+from sqlite_utils import Database
 
 from sorter import memory, store
 from sorter.capture import Capture, Frame, check_source
-from sorter.config import CameraSettings, ConfigError, Settings
+from sorter.config import DEFAULT_KEEP_SHARE, CameraSettings, ConfigError, Settings
 from sorter.control import ControlServer
 from sorter.imaging import resize_rgb
 from sorter.metrics import Telemetry
@@ -48,28 +52,46 @@ from sorter.triggers import (
 from sorter.verdict import VERDICTS, VerdictRules
 
 log = logging.getLogger("sorter.camera")
-SNAPSHOT_VERDICTS = ("rotten", "uncertain", "unknown")
 DROPS_REPORT_S = 5.0
 
 
 class SnapshotStore:
-    """JPEGs of rotten/uncertain/unknown items for a person (and for retraining), pruned by age and count."""
+    """JPEGs of a random share of each verdict's items (`keep_share`: by default every rotten, uncertain
+    and unknown one and 2 % of the fresh ones) for people to audit and for retraining, pruned by age and
+    count. Confident fresh items are kept too, at random, because that is where costly escapes hide and
+    an audit needs an image; the share drawn is recorded so the report can weight audits back (1/p)."""
 
-    def __init__(self, folder: Path, retention_days: float = 30.0, max_files: int = 10_000):
+    def __init__(self, folder: Path, retention_days: float = 30.0, max_files: int = 10_000,
+                 keep_share: dict[str, float] | None = None, rng: random.Random | None = None):
         self.folder, self.max_files = Path(folder), max_files
         self.retention = timedelta(days=retention_days)
+        self.keep_share = dict(DEFAULT_KEEP_SHARE if keep_share is None else keep_share)
+        self.rng = rng if rng is not None else random.Random()  # injectable: a seeded one in tests
         self._saved = 0
 
-    def save(self, image: np.ndarray, verdict: str, label: str | None, item_id: int, when: datetime) -> Path:
+    def share(self, verdict: str) -> float:
+        """The probability that an item with this verdict is kept (`items.keep_p`)."""
+        return float(self.keep_share.get(verdict, 0.0))
+
+    def keeps(self, verdict: str) -> bool:
+        """One draw: is this item's snapshot kept? A share of 1 or 0 draws nothing."""
+        share = self.share(verdict)
+        return share >= 1.0 or (share > 0.0 and self.rng.random() < share)
+
+    def save(self, image: np.ndarray, verdict: str, label: str | None, item_id: int,
+             when: datetime) -> tuple[Path, str]:
+        """Write the JPEG; its path and the sha256 of its bytes (audits find camera items by content hash)."""
         day = self.folder / when.strftime("%Y-%m-%d")
         day.mkdir(parents=True, exist_ok=True)
         path = day / f"{when.strftime('%H%M%S_%f')}-{item_id}-{verdict}-{label or 'none'}.jpg"
-        if not cv2.imwrite(str(path), image):
-            raise OSError(f"could not write {path}")
+        ok, data = cv2.imencode(".jpg", image)
+        if not ok:
+            raise OSError(f"could not encode {path}")
+        path.write_bytes(data.tobytes())
         self._saved += 1
         if self._saved % 100 == 0:
             self.prune()
-        return path
+        return path, hashlib.sha256(data.tobytes()).hexdigest()
 
     def prune(self, now: datetime | None = None) -> int:
         """Delete snapshots older than the retention, then the oldest beyond `max_files`."""
@@ -109,7 +131,7 @@ class CameraRunner:
 
     def __init__(self, device: str, classifier: Classifier, rules: VerdictRules, settings: CameraSettings,
                  writer: store.Writer, dispatcher: Dispatcher, dry_run: bool = False,
-                 telemetry: Telemetry | None = None):
+                 telemetry: Telemetry | None = None, rng: random.Random | None = None):
         # what is shown and stored (rows, events, /status, outputs): the URL without its password;
         # only the capture below gets the real one (sorter.redact)
         self.device, self.clf, self.rules, self.settings = mask_url(device), classifier, rules, settings
@@ -120,7 +142,7 @@ class CameraRunner:
         self.voter = Voter(settings.votes, settings.window)
         self.gate = SceneGate(settings.scene_change, settings.motion_pixel_delta)
         self.snapshots = SnapshotStore(settings.snapshots, settings.snapshot_retention_days,
-                                       settings.snapshot_max_files)
+                                       settings.snapshot_max_files, settings.keep_share, rng)
         self.capture = Capture(device, settings.stall_seconds, settings.backoff_seconds,
                                settings.backoff_max_seconds, settings.queue_size, settings.loop,
                                on_event=self._camera_event, frozen_area=settings.frozen_area)
@@ -194,22 +216,23 @@ class CameraRunner:
         return decision
 
     def act(self, decision: Decision, frame: Frame) -> dict[str, Any]:
-        """Record the decision (with a snapshot for rotten/uncertain/unknown), then hand it to the outputs."""
+        """Record the decision (with a snapshot when its verdict's keep draw says so), then hand it to the outputs."""
         when = datetime.fromtimestamp(frame.wall, UTC)
         error = None if decision.consensus else f"no-consensus: {decision.agreeing}/{decision.frames}"
         row = {"sha256": None, "source_path": f"{self.device}#{frame.seq}", "label": decision.label,
                "confidence": decision.confidence, "verdict": decision.verdict, "scores": self._last_scores,
-               "ood_score": self._last_ood,
+               "ood_score": self._last_ood, "keep_p": self.snapshots.share(decision.verdict),
                "model_id": self.clf.model_id, "model_sha256": self.clf.sha256, "source": "camera",
                "received_at": when.isoformat(timespec="milliseconds"), "routed_at": store.now_iso(),
                "state": "dry-run" if self.dry_run else "done",
                "error": error}
         item_id = self.writer.call(lambda db: store.insert_item(db, row))
         snapshot = None
-        if decision.verdict in SNAPSHOT_VERDICTS and self._last_image is not None:
+        if self._last_image is not None and self.snapshots.keeps(decision.verdict):
             try:
-                snapshot = str(self.snapshots.save(self._last_image, decision.verdict, decision.label, item_id, when))
-                self.writer.call(lambda db: db.table("items").update(item_id, {"destination": snapshot}))
+                path, sha = self.snapshots.save(self._last_image, decision.verdict, decision.label, item_id, when)
+                snapshot = str(path)
+                self.writer.call(lambda db: _record_snapshot(db, item_id, snapshot, sha))
                 self.status.snapshots += 1
             except OSError as exc:
                 log.error("snapshot for item %d failed: %s", item_id, exc)
@@ -277,9 +300,18 @@ class CameraRunner:
         return self.status
 
 
+def _record_snapshot(db: Database, item_id: int, path: str, sha: str) -> None:
+    """The snapshot's path and content hash on its row (writer thread). Bytes another first row already
+    has (a looping video file's second pass) keep the row without a hash: the first one is the audit's."""
+    try:
+        db.table("items").update(item_id, {"destination": path, "sha256": sha})
+    except sqlite3.IntegrityError:
+        db.table("items").update(item_id, {"destination": path})
+
+
 def serve(device: str, classifier: Classifier, rules: VerdictRules, settings: Settings, db: Path,
           stop: threading.Event, dry_run: bool = False, max_decisions: int | None = None,
-          telemetry: Telemetry | None = None) -> dict[str, Any]:
+          telemetry: Telemetry | None = None, rng: random.Random | None = None) -> dict[str, Any]:
     """Wire one camera to the database, the outputs and the external triggers; the final status."""
     cam = settings.camera
     check_source(device)  # before anything starts: a mistyped video path is an error, exit non-zero
@@ -288,7 +320,8 @@ def serve(device: str, classifier: Classifier, rules: VerdictRules, settings: Se
     writer = store.Writer(db)
     dispatcher = Dispatcher([] if dry_run else build_outputs(settings.outputs), settings.outputs.retries,
                             settings.outputs.retry_seconds, dry_run=dry_run)
-    runner = CameraRunner(device, classifier, rules, cam, writer, dispatcher, dry_run=dry_run, telemetry=telemetry)
+    runner = CameraRunner(device, classifier, rules, cam, writer, dispatcher, dry_run=dry_run, telemetry=telemetry,
+                          rng=rng)
     if telemetry is not None:
         telemetry.camera_online = False  # until the capture reports "online"
         telemetry.set_ready()

@@ -39,6 +39,21 @@ def _check_verdicts(value: list[str]) -> list[str]:
     return value
 
 
+DEFAULT_KEEP_SHARE = {"fresh": 0.02, "rotten": 1.0, "uncertain": 1.0, "unknown": 1.0}
+
+
+def _check_keep_share(value: dict[str, float]) -> dict[str, float]:
+    """`keep_share`: verdict → share of its items whose snapshot is kept, 0..1; a verdict not named keeps
+    its default (so `{fresh = 0.1}` does not silently stop keeping rotten items)."""
+    wrong = [v for v in value if v not in VERDICTS]
+    if wrong:
+        raise ValueError(f"not a verdict: {', '.join(map(repr, wrong))} (verdicts are {', '.join(VERDICTS)})")
+    bad = [f"{k} = {v}" for k, v in value.items() if not 0.0 <= v <= 1.0]
+    if bad:
+        raise ValueError(f"a share is between 0 and 1: {', '.join(bad)}")
+    return {**DEFAULT_KEEP_SHARE, **value}
+
+
 class CameraSettings(BaseModel):
     """Live-stream source: capture watchdog, trigger, voting and snapshots (`sorter camera`)."""
 
@@ -68,10 +83,14 @@ class CameraSettings(BaseModel):
     snapshots: Path = Path("snapshots")
     snapshot_retention_days: float = Field(default=30.0, gt=0)
     snapshot_max_files: int = Field(default=10_000, ge=1)
+    # the share of each verdict's items whose snapshot is kept for audits, drawn at random; each camera
+    # row records its verdict's share (`items.keep_p`) so audited accuracy can be weighted back
+    keep_share: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_KEEP_SHARE))
     status_seconds: float = Field(default=60.0, gt=0)
     loop: bool = False
 
     _roi = field_validator("roi", "motion_roi")(_check_roi)
+    _keep = field_validator("keep_share")(_check_keep_share)
 
 
 class CommandOutput(BaseModel):

@@ -35,7 +35,7 @@ _M001_COLUMNS = {  # the items table as m001 made it: a migration's schema never
     "source": str, "received_at": str, "routed_at": str, "duplicate_of": int, "error": str,
     "state": str,
 }
-ITEM_COLUMNS = {**_M001_COLUMNS, "ood_score": float}  # after every migration
+ITEM_COLUMNS = {**_M001_COLUMNS, "ood_score": float, "keep_p": float}  # after every migration
 # A row is `intent` until its file reached `destination`, then `done`; `held` = recorded but the
 # file could not be moved (left in INCOMING, retried later); `dry-run` rows never moved anything.
 STATES = ("intent", "done", "held", "dry-run")
@@ -81,6 +81,27 @@ def m004_items_ood_score(db: Database) -> None:
     """The energy score an item's `unknown` verdict was decided on (logits models; NULL otherwise and
     on rows from before it), so a threshold can be re-chosen from what the line actually saw."""
     db.table("items").add_column("ood_score", float)
+
+
+@migrations()
+def m005_items_keep_p(db: Database) -> None:
+    """The probability that the item's image was kept for audits: `sorter camera` keeps a random share
+    of each verdict's snapshots (`camera.keep_share`) and records that share on every row. NULL: the
+    file the row names is the item's own, always kept (`sorter watch`'s routed files; rows from before
+    this migration, whose camera snapshots were all kept for their verdicts), which counts as 1."""
+    db.table("items").add_column("keep_p", float)
+
+
+@migrations()
+def m006_audit_draws(db: Database) -> None:
+    """Every item `audit sample` drew, with the probability it had of being drawn (its stratum's drawn
+    share times the item's `keep_p`), so audited accuracy can weight each audit by 1/p. One row per
+    (item, sample): an item drawn again in a later sample, never audited meanwhile, gets a second row."""
+    db.table("audit_draws").create({"id": int, "item_id": int, "sample": str, "stratum": str, "p": float,
+                                    "drawn_at": str}, pk="id",
+                                   not_null={"item_id", "sample", "stratum", "p", "drawn_at"},
+                                   foreign_keys=[("item_id", "items", "id")])
+    db.execute("CREATE UNIQUE INDEX audit_draws_item_sample ON audit_draws(item_id, sample)")
 
 
 def has_table(conn: sqlite3.Connection, name: str) -> bool:
@@ -318,6 +339,7 @@ def forget(db: Database, ids: list[int]) -> None:
     for item_id in ids:
         children = [r[0] for r in db.execute("SELECT id FROM items WHERE duplicate_of = ? ORDER BY id", [item_id])]
         db.execute("DELETE FROM audits WHERE item_id = ?", [item_id])
+        db.execute("DELETE FROM audit_draws WHERE item_id = ?", [item_id])
         db.execute("DELETE FROM items WHERE id = ?", [item_id])
         if children:
             first, rest = children[0], children[1:]

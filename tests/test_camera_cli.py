@@ -37,7 +37,8 @@ def rows(db) -> list[dict]:
     return [dict(r) for r in conn.execute("SELECT * FROM items ORDER BY id")]
 
 
-def test_replay_gives_exact_decisions_rows_and_snapshots(tmp_path, color_model):
+def test_replay_gives_exact_decisions_rows_and_snapshots(tmp_path, color_model, monkeypatch):
+    monkeypatch.setenv("SORTER_CAMERA__KEEP_SHARE", '{"fresh": 0}')  # no random fresh snapshot (test_keep_share)
     video = write_video(tmp_path / "belt.avi", COLOURS)
     marks = tmp_path / "fired.txt"
     cmd = f"{sys.executable} -c \"import os; open('{marks}', 'a').write(os.environ['SORTER_VERDICT'] + chr(10))\""

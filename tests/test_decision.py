@@ -397,7 +397,8 @@ def test_camera_decides_unknown_snapshots_it_and_fires_no_fresh_rotten_output(tm
     marks = tmp_path / "fired.txt"
     cmd = f"{sys.executable} -c \"import os; open('{marks}', 'a').write(os.environ['SORTER_VERDICT'] + chr(10))\""
     cfg = tmp_path / "sorter.toml"
-    cfg.write_text(f'model = "{LOGITS_INT8}"\n[outputs.command]\nargv = {json.dumps(["sh", "-c", cmd])}\n')
+    cfg.write_text(f'model = "{LOGITS_INT8}"\n[camera]\nkeep_share = {{fresh = 0.0}}  # no random fresh snapshot\n'
+                   f'[outputs.command]\nargv = {json.dumps(["sh", "-c", cmd])}\n')
     result = runner.invoke(app, ["camera", "-d", str(video), "--interval-ms", "1", "--votes", "3", "--window", "5",
                                  "--db", str(tmp_path / "s.db"), "--snapshots", str(tmp_path / "snaps"),
                                  "--config", str(cfg), "--json"])

@@ -57,6 +57,7 @@ KEYS_SHOWN: dict[str, str] = {
     "camera.snapshots": "test_snapshots_is_the_folder_written",
     "camera.snapshot_retention_days": "test_snapshot_retention_days_prunes_older_snapshots",
     "camera.snapshot_max_files": "test_snapshot_max_files_keeps_the_newest",
+    "camera.keep_share": "test_keep_share_is_the_share_of_each_verdict_kept",
     "camera.status_seconds": "test_status_seconds_is_the_status_log_period",
     "camera.loop": "test_loop_replays_the_file_with_decisions_on_each_pass",
 }
@@ -432,6 +433,16 @@ def test_snapshots_is_the_folder_written(tmp_path, videos, monkeypatch):
     conn = store.open_reader(tmp_path / "cam.db")
     assert [r[0] for r in conn.execute("SELECT destination FROM items")] == [str(written[0])]
     assert not (tmp_path / "cwd" / "snapshots").exists()  # the default: `snapshots` in the working folder
+
+
+def test_keep_share_is_the_share_of_each_verdict_kept(tmp_path, videos):
+    cfg = write_config(tmp_path, device=str(videos["red_blue"]), **ONE_VOTE)
+    cfg.write_text(cfg.read_text() + "keep_share = {fresh = 1.0, rotten = 0.0}\n")  # [camera] is the last table
+    cli(cfg)
+    conn = store.open_reader(tmp_path / "cam.db")
+    rows = [(r["verdict"], r["keep_p"], r["destination"] is not None) for r in conn.execute("SELECT * FROM items")]
+    assert rows == [("fresh", 1.0, True), ("rotten", 0.0, False)]  # default: fresh 0.02 (at random), rotten 1.0
+    assert [re.sub(r"^\d+_\d+-", "", p.name) for p in (tmp_path / "snaps").glob("*/*.jpg")] == ["1-fresh-freshred.jpg"]
 
 
 def _seed_snapshots(folder: Path, ages_hours: dict[str, float]) -> None:
