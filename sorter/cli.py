@@ -17,6 +17,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from sorter import __version__
+from sorter.cli_dataset import dataset_app
 
 # Help texts print as written: Rich markup would eat bracketed words (`[auditor]`, `[time]`).
 # Every Typer here passes PLAIN_HELP (tests/test_cli_markup.py checks each command's help).
@@ -675,6 +676,7 @@ def model_rollback(models: Path = ModelsDirOpt) -> None:
 fleet_app = typer.Typer(help="Many conveyor lines on one MQTT broker.", no_args_is_help=True,
                          rich_markup_mode=PLAIN_HELP)
 app.add_typer(fleet_app, name="fleet")
+app.add_typer(dataset_app, name="dataset")
 
 
 @fleet_app.command("report")
