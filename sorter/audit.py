@@ -13,6 +13,7 @@ import difflib
 import re
 import shutil
 import sqlite3
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ _ALIASES = {"sha256": "sha256", "sha": "sha256", "hash": "sha256", "file": "file
             "name": "file", "filename": "file", "true_label": "label", "label": "label", "truth": "label",
             "auditor": "auditor", "time": "time", "audited_at": "time"}
 UNCERTAIN_WEIGHT = 3.0  # uncertain items are where the model needs people most
+CONFIDENCE_EDGES = (0.5, 0.8, 0.95)  # sampling strata within a verdict: lower confidence is drawn more
 
 
 @dataclass
@@ -251,37 +253,78 @@ class SampleResult:
     candidates: int
     by_verdict: dict[str, int]
     manifest: Path
+    sample_id: str = ""
 
 
 def sample_candidates(conn: sqlite3.Connection, start: str, end: str) -> list[dict]:
-    """Classified, first-of-their-content items in the window that no one has audited yet."""
+    """Classified, first-of-their-content items in the window that no one has audited yet, with the
+    probability their image was kept (`keep_p`; NULL, a file always kept, is 1)."""
     audited = "AND id NOT IN (SELECT item_id FROM audits)" if store.has_table(conn, "audits") else ""
-    rows = conn.execute("SELECT id, sha256, source_path, destination, label, confidence, verdict FROM items "
+    rows = conn.execute("SELECT id, sha256, source_path, destination, label, confidence, verdict, "
+                        "COALESCE(keep_p, 1.0) AS keep_p FROM items "
                         "WHERE received_at >= ? AND received_at < ? AND duplicate_of IS NULL AND label IS NOT NULL "
                         f"AND error IS NULL AND destination IS NOT NULL {audited} ORDER BY id", [start, end])
     return [dict(r) for r in rows if Path(r["destination"]).is_file()]
 
 
+def band(confidence: float | None) -> str:
+    """The confidence band an item is sampled in: `<0.5`, `0.5-0.8`, `0.8-0.95` or `>=0.95`."""
+    conf = float(confidence or 0.0)
+    edges = [0.0, *CONFIDENCE_EDGES]
+    low = max(i for i, edge in enumerate(edges) if conf >= edge)
+    if low == 0:
+        return f"<{edges[1]:g}"
+    return f">={edges[low]:g}" if low == len(edges) - 1 else f"{edges[low]:g}-{edges[low + 1]:g}"
+
+
+def stratum_weight(stratum: str) -> float:
+    """How much more a stratum's items are sampled: uncertain ×3, and lower confidence more (1.5 − the
+    band's lower edge: 1.5 below 0.5 down to 0.55 at 0.95 and above)."""
+    verdict, conf_band = stratum.split(":", 1)
+    lower = 0.0 if conf_band.startswith("<") else float(conf_band.removeprefix(">=").split("-")[0])
+    return (UNCERTAIN_WEIGHT if verdict == "uncertain" else 1.0) * (1.5 - lower)
+
+
 def draw(candidates: list[dict], n: int, seed: int | None) -> list[dict]:
-    """Stratified by verdict (uncertain weighted ×3); within a stratum, lower confidence is
-    likelier to be drawn (weight 1.5 − confidence)."""
+    """Stratified by verdict × confidence band (`stratum_weight`: uncertain and low-confidence items are
+    drawn more), a simple random sample within each stratum, so an item's chance of being drawn is
+    exactly its stratum's drawn/available share; each picked row gains `stratum` and `p`, that share
+    times the item's `keep_p` (the chance its image was there to draw), and `share` alone."""
     rng = np.random.default_rng(seed)
     strata: dict[str, list[dict]] = {}
-    for row in candidates:
-        strata.setdefault(row["verdict"] or "none", []).append(row)  # "unknown" is a verdict of its own
-    quota = allocate({k: len(v) for k, v in strata.items()}, {"uncertain": UNCERTAIN_WEIGHT}, n)
+    for row in candidates:  # "unknown" is a verdict of its own
+        strata.setdefault(f"{row['verdict'] or 'none'}:{band(row['confidence'])}", []).append(row)
+    quota = allocate({k: len(v) for k, v in strata.items()}, {k: stratum_weight(k) for k in strata}, n)
     picked: list[dict] = []
     for key, rows in strata.items():
-        weights = np.array([1.5 - float(r["confidence"] or 0.0) for r in rows])
-        idx = rng.choice(len(rows), size=quota.get(key, 0), replace=False, p=weights / weights.sum())
-        picked += [rows[i] for i in sorted(idx)]
+        share = quota.get(key, 0) / len(rows)
+        idx = rng.choice(len(rows), size=quota.get(key, 0), replace=False)
+        picked += [{**rows[i], "stratum": key, "share": share, "p": share * float(rows[i].get("keep_p", 1.0))}
+                   for i in sorted(idx)]
     return sorted(picked, key=lambda r: r["id"])
+
+
+def record_draws(db_path: Path, picked: list[dict], sample_id: str, when: str) -> None:
+    """Each drawn item's stratum and inclusion probability (`audit_draws`), in one transaction, so a later
+    import of their audits can be weighted 1/p by the report."""
+    db = store.open_writer(db_path)
+    try:
+        with store.immediate(db):
+            db.conn.executemany("INSERT OR IGNORE INTO audit_draws (item_id, sample, stratum, share, p, drawn_at) "
+                                "VALUES (?, ?, ?, ?, ?, ?)",
+                                [(r["id"], sample_id, r["stratum"], r["share"], r["p"], when) for r in picked])
+    finally:
+        db.close()
 
 
 def sample(db_path: Path, out: Path, n: int, start: str, end: str, labels: list[str],
            seed: int | None = None) -> SampleResult:
     """Copy a sample into OUT with a `sample.csv` manifest and empty OUT/<label>/ folders, so OUT
-    works both as a CSV to fill in (`audit import`) and as a folder to sort (`audit folder`)."""
+    works both as a CSV to fill in (`audit import`) and as a folder to sort (`audit folder`); the draws
+    and their probabilities are recorded in the database (`audit_draws`)."""
+    if not Path(db_path).exists():
+        raise FileNotFoundError(f"database {db_path} not found")
+    store.open_writer(db_path).close()  # migrations first: a database from before keep_p and audit_draws
     conn = store.open_reader(db_path)
     try:
         candidates = sample_candidates(conn, start, end)
@@ -300,7 +343,9 @@ def sample(db_path: Path, out: Path, n: int, start: str, end: str, labels: list[
             name = f"{row['id']:06d}-{src.name}"
             shutil.copy2(src, out / name)
             writer.writerow([row["sha256"], name, row["label"], row["confidence"], row["verdict"], "", ""])
+    sample_id = uuid.uuid4().hex
+    record_draws(db_path, picked, sample_id, store.now_iso())
     by_verdict: dict[str, int] = {}
     for row in picked:
         by_verdict[row["verdict"]] = by_verdict.get(row["verdict"], 0) + 1
-    return SampleResult(len(picked), len(candidates), by_verdict, manifest)
+    return SampleResult(len(picked), len(candidates), by_verdict, manifest, sample_id)

@@ -491,7 +491,8 @@ def audit_sample(n: int = typer.Option(50, "--n", min=1, help="How many items to
                  seed: int | None = typer.Option(None, "--seed", help="Fixed seed: the same sample again."),
                  db: Path | None = AuditDbOpt, model: Path | None = ModelOpt,
                  config: Path | None = ConfigOpt) -> None:
-    """Copy a random sample (weighted to uncertain and low-confidence items) for people to check."""
+    """Copy a random sample (weighted to uncertain and low-confidence items) for people to check; each
+    draw's probability is recorded, so the report can weight the audits back."""
     from sorter.audit import sample
     from sorter.config import ConfigError, load_settings
     from sorter.report import window
@@ -504,7 +505,8 @@ def audit_sample(n: int = typer.Option(50, "--n", min=1, help="How many items to
                         hi.isoformat(timespec="milliseconds"), card.labels if card else [], seed)
     except (ConfigError, ValueError, OSError) as exc:
         fail(str(exc))
-    typer.echo(f"drew {result.drawn} of {result.candidates} unaudited items {result.by_verdict} into {out}; "
+    typer.echo(f"drew {result.drawn} of {result.candidates} unaudited items {result.by_verdict} into {out} "
+               f"(sample {result.sample_id[:8]}, each draw's probability recorded); "
                f"sort them into {out}/<true label>/ and run `sorter audit folder {out}`, "
                f"or fill {result.manifest.name} and run `sorter audit import`")
 

@@ -94,12 +94,13 @@ def m005_items_keep_p(db: Database) -> None:
 
 @migrations()
 def m006_audit_draws(db: Database) -> None:
-    """Every item `audit sample` drew, with the probability it had of being drawn (its stratum's drawn
-    share times the item's `keep_p`), so audited accuracy can weight each audit by 1/p. One row per
-    (item, sample): an item drawn again in a later sample, never audited meanwhile, gets a second row."""
-    db.table("audit_draws").create({"id": int, "item_id": int, "sample": str, "stratum": str, "p": float,
-                                    "drawn_at": str}, pk="id",
-                                   not_null={"item_id", "sample", "stratum", "p", "drawn_at"},
+    """Every item `audit sample` drew: its stratum, the stratum's drawn/available `share`, and `p`, the
+    probability it had of being drawn (`share` times the item's `keep_p`), so audited accuracy can weight
+    each audit by 1/p. One row per (item, sample): an item drawn again in a later sample, never audited
+    meanwhile, gets a second row (the report combines them: keep_p × (1 − Π(1 − share)))."""
+    db.table("audit_draws").create({"id": int, "item_id": int, "sample": str, "stratum": str, "share": float,
+                                    "p": float, "drawn_at": str}, pk="id",
+                                   not_null={"item_id", "sample", "stratum", "share", "p", "drawn_at"},
                                    foreign_keys=[("item_id", "items", "id")])
     db.execute("CREATE UNIQUE INDEX audit_draws_item_sample ON audit_draws(item_id, sample)")
 

@@ -150,7 +150,7 @@ def test_allocate_weights_caps_and_minimum_one():
 def test_draw_prefers_low_confidence_within_a_stratum():
     rows = [{"id": i, "verdict": "fresh", "confidence": 0.55 if i % 2 else 0.99} for i in range(200)]
     low = sum(r["confidence"] == 0.55 for seed in range(10) for r in draw(rows, 20, seed))
-    assert low > 0.58 * 200  # weights 0.95 vs 0.51: about 65 % low-confidence, 50 % if unweighted
+    assert low == 10 * 13  # strata 0.5-0.8 and >=0.95 weighted 100×1.0 : 100×0.55: 13 of 20; 10 if unweighted
 
 
 def test_sample_copies_files_writes_manifest_and_round_trips(tmp_path):
@@ -160,9 +160,10 @@ def test_sample_copies_files_writes_manifest_and_round_trips(tmp_path):
     window = ("2026-01-10T00:00:00.000+00:00", "2026-01-11T00:00:00.000+00:00")
     out = tmp_path / "sample"
     result = sample(db, out, 12, *window, LABELS, seed=7)
-    # weights 30×1 : 10×1 : 10×3 of 12 → 1 each first, then 9 split 30:10:30 → 3/1/3, the last 2 by largest share
+    # strata fresh:>=0.95, rotten:0.8-0.95, uncertain:<0.5 weighted 30×0.55 : 10×0.7 : 10×3×1.5 of 12 → 1 each
+    # first, then 9 split 16.5:7:45 → 2/0/5, the last 2 to the largest share (uncertain)
     assert result.drawn == 12 and result.candidates == 50
-    assert result.by_verdict == {"fresh": 5, "rotten": 2, "uncertain": 5}
+    assert result.by_verdict == {"fresh": 3, "rotten": 1, "uncertain": 8}
     manifest = list(csv.DictReader(result.manifest.read_text().splitlines()))
     assert len(manifest) == 12 and all((out / m["file"]).is_file() for m in manifest)
     assert all((out / label).is_dir() for label in LABELS)
@@ -180,6 +181,36 @@ def test_sample_copies_files_writes_manifest_and_round_trips(tmp_path):
     outside = sample(db, tmp_path / "none", 5, "2026-02-01T00:00:00.000+00:00", "2026-02-02T00:00:00.000+00:00",
                      LABELS)
     assert outside.drawn == 0
+
+
+def test_sample_records_each_draw_with_its_stratum_and_probability(tmp_path):
+    """Issue 16: every drawn item's inclusion probability is kept (`audit_draws`): its stratum's
+    drawn/available share times the chance its image was kept (`keep_p`; a watch item's NULL is 1)."""
+    specs = [("freshred", "fresh", 0.97)] * 30 + [("freshgreen", "fresh", 0.6)] * 10 + \
+            [("rottenblue", "rotten", 0.9)] * 10 + [("freshgreen", "uncertain", 0.4)] * 10
+    db, _ = _items(tmp_path, specs)
+    writer = store.open_writer(db)
+    writer.execute("UPDATE items SET keep_p = 0.5 WHERE confidence = 0.6")  # kept at random, half of them
+    writer.close()
+    window = ("2026-01-10T00:00:00.000+00:00", "2026-01-11T00:00:00.000+00:00")
+    result = sample(db, tmp_path / "s1", 12, *window, LABELS, seed=3)
+    conn = store.open_reader(db)
+    draws = [dict(r) for r in conn.execute("SELECT * FROM audit_draws ORDER BY item_id")]
+    by_stratum = {}
+    for d in draws:
+        by_stratum.setdefault(d["stratum"], set()).add((d["share"], d["p"]))
+    # weights 16.5 : 10 : 7 : 45 of 12 → 1 each, then 8 split → 1/1/0/4, the last 3 → uncertain
+    assert {k: len([d for d in draws if d["stratum"] == k]) for k in by_stratum} == {
+        "fresh:>=0.95": 2, "fresh:0.5-0.8": 2, "rotten:0.8-0.95": 1, "uncertain:<0.5": 7}
+    assert by_stratum == {"fresh:>=0.95": {(2 / 30, 2 / 30)}, "fresh:0.5-0.8": {(0.2, 0.1)},
+                          "rotten:0.8-0.95": {(0.1, 0.1)}, "uncertain:<0.5": {(0.7, 0.7)}}
+    assert {d["sample"] for d in draws} == {result.sample_id} and len(result.sample_id) == 32
+    manifest = list(csv.DictReader(result.manifest.read_text().splitlines()))
+    assert sorted(d["item_id"] for d in draws) == sorted(int(m["file"][:6]) for m in manifest)
+    again = sample(db, tmp_path / "s2", 3, *window, LABELS, seed=4)  # nothing audited yet: drawn again, a new sample
+    assert again.sample_id != result.sample_id
+    assert conn.execute("SELECT COUNT(*) FROM audit_draws WHERE sample = ?", [again.sample_id]).fetchone()[0] == 3
+    conn.close()
 
 
 def test_csv_import_never_opens_paths_it_names(seeded, tmp_path):
