@@ -18,6 +18,7 @@ from rich.table import Table
 
 from sorter import __version__
 from sorter.cli_dataset import dataset_app
+from sorter.cli_labelstudio import register as register_labelstudio
 
 # Help texts print as written: Rich markup would eat bracketed words (`[auditor]`, `[time]`).
 # Every Typer here passes PLAIN_HELP (tests/test_cli_markup.py checks each command's help).
@@ -424,6 +425,7 @@ def db_prune(db: Path | None = typer.Option(None, "--db", help="Results database
 audit_app = typer.Typer(help="Record operator audits (ground truth) and draw samples to check.",
                         no_args_is_help=True, rich_markup_mode=PLAIN_HELP)
 app.add_typer(audit_app, name="audit")
+register_labelstudio(audit_app)
 AuditDbOpt = typer.Option(None, "--db", help="Results database; default: config `db`.")
 PartialOpt = typer.Option(False, "--partial", help="Import the valid rows even when others are wrong.")
 

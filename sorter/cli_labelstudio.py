@@ -1,0 +1,76 @@
+"""`sorter audit export-labelstudio` / `audit import-labelstudio`: thin commands over sorter.labelstudio.
+
+`register(audit_app)` adds them to the `audit` group; helpers from sorter.cli are imported inside the
+commands, since sorter.cli imports this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+ROOT_ENV = ["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", "LOCAL_FILES_DOCUMENT_ROOT"]  # Label Studio's own names
+
+
+def register(audit_app: typer.Typer) -> None:
+    """Add the Label Studio commands to `sorter audit`."""
+    audit_app.command("export-labelstudio")(export_labelstudio)
+    audit_app.command("import-labelstudio")(import_labelstudio)
+
+
+def export_labelstudio(sample_dir: Path = typer.Argument(..., help="A folder made by `sorter audit sample --out`."),
+                       document_root: Path = typer.Option(..., "--document-root", envvar=ROOT_ENV,
+                                                          help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT; "
+                                                               "SAMPLE_DIR must be under it."),
+                       db: Path | None = typer.Option(None, "--db", help="Results database; default: config `db`."),
+                       model: Path | None = typer.Option(None, "--model", "-m", help="Model bundle (its card's "
+                                                         "labels are the choices); default: the shipped one."),
+                       config: Path | None = typer.Option(None, "--config", "-c", help="TOML configuration file.")
+                       ) -> None:
+    """Write SAMPLE_DIR/labelstudio-tasks.json (local-files images, the model's label as a pre-annotation)
+    and labelstudio-config.xml (the labeling config) for a Label Studio project."""
+    from sorter.cli import _card_or_none, err, fail
+    from sorter.config import ConfigError, load_settings
+    from sorter.labelstudio import LabelStudioError, export_sample
+
+    try:
+        settings = load_settings(config, model=model, db=db)
+        result = export_sample(settings.db, sample_dir, document_root, _card_or_none(settings.model, True).labels)
+    except (ConfigError, LabelStudioError, OSError) as exc:
+        fail(str(exc))
+    for line in result.errors:
+        err.print(line, highlight=False, markup=False, soft_wrap=True)
+    if result.errors:
+        typer.echo(f"nothing written: {len(result.errors)} errors")
+        raise typer.Exit(1)
+    typer.echo(f"wrote {result.tasks} tasks ({result.pre_annotated} pre-annotated) to {result.files[0]} and the "
+               f"labeling config to {result.files[1]}; add a Local Files storage under {document_root} in the "
+               "project, import the tasks, label, export as JSON and run `sorter audit import-labelstudio`")
+
+
+def import_labelstudio(export: Path = typer.Argument(..., help="Label Studio's JSON export (a list of tasks)."),
+                       document_root: Path | None = typer.Option(None, "--document-root", envvar=ROOT_ENV,
+                                                                 help="Find tasks without data.sha256 by hashing "
+                                                                      "their local file under this root."),
+                       db: Path | None = typer.Option(None, "--db", help="Results database; default: config `db`."),
+                       model: Path | None = typer.Option(None, "--model", "-m", help="Model bundle (its card's "
+                                                         "labels are the valid choices); default: the shipped one."),
+                       config: Path | None = typer.Option(None, "--config", "-c", help="TOML configuration file."),
+                       partial: bool = typer.Option(False, "--partial",
+                                                    help="Import the valid annotations even when others are wrong.")
+                       ) -> None:
+    """Import a Label Studio JSON export as audits (one per item and annotator), matched by content hash."""
+    from sorter.cli import _card_or_none, _report_import, err, fail
+    from sorter.config import ConfigError, load_settings
+    from sorter.labelstudio import LabelStudioError, import_export
+
+    try:
+        settings = load_settings(config, model=model, db=db)
+        result = import_export(settings.db, export, _card_or_none(settings.model, True).labels, document_root,
+                               partial)
+    except (ConfigError, LabelStudioError, OSError) as exc:
+        fail(str(exc))
+    for line in result.notes:
+        err.print(line, highlight=False, markup=False, soft_wrap=True)
+    _report_import(result)
