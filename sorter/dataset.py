@@ -32,12 +32,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sorter import store
+from sorter.card import sha256_file
 
 MANIFEST = "MANIFEST.tsv"
 COLUMNS = ("sha256", "file", "true_label", "model_label", "confidence", "auditor", "audited_at", "source",
            "line", "pseudo_label")
 PSEUDO_VERDICTS = ("fresh", "rotten")  # a confident model label worth training on; never uncertain/unknown
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -148,14 +148,6 @@ def _photo_path(row: dict) -> Path | str:
     return f"file missing or unreadable: {tried[0]}"
 
 
-def _hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _place(src: Path, dst: Path) -> bool:
     """Hard-link src at dst (True), or copy it where a link cannot be made (False): another filesystem,
     or one that has no hard links."""
@@ -236,7 +228,7 @@ def _add(result: FieldDataset, c: _Candidate, seen: set[str], line: str) -> None
         result.skipped.append((name, path))
         return
     try:
-        sha = _hash(path)
+        sha = sha256_file(path)
     except OSError as exc:
         result.skipped.append((name, f"file unreadable: {path}: {exc.strerror or exc}"))
         return

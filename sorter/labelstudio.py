@@ -228,16 +228,20 @@ def _resolve(conn: sqlite3.Connection, tasks: list[dict], labels: list[str],
         if not annotations:
             notes.append(f"{where}: no annotation yet")
             continue
+        for ann in annotations:
+            if ann.get("was_cancelled"):
+                notes.append(f"{where}, annotation {ann.get('id', '?')} by {annotator(ann.get('completed_by'))}: "
+                             "skipped in Label Studio (was_cancelled)")
+        live = [a for a in annotations if not a.get("was_cancelled")]
+        if not live:
+            continue  # an item only skipped needs no lookup: it gives no audit either way
         found = _task_item(conn, task["data"], document_root)
         if isinstance(found, str):
             errors.append(f"{where}: {found}")
             continue
-        for ann in annotations:
+        for ann in live:
             who = annotator(ann.get("completed_by"))
             here = f"{where}, annotation {ann.get('id', '?')} by {who}"
-            if ann.get("was_cancelled"):
-                notes.append(f"{here}: skipped in Label Studio (was_cancelled)")
-                continue
             choice = _choice(ann)
             if not isinstance(choice, str) and len(choice) > 1:
                 choice = f"several choices ({', '.join(choice)}); an audit is one label"

@@ -259,3 +259,15 @@ def test_cli_export_and_import(sampled, tmp_path):
     assert result.exit_code == 0, result.output
     assert "task 9, annotation 1 by labelstudio:2: skipped in Label Studio (was_cancelled)" in result.output
     assert "imported: 1 new, 0 changed, 0 unchanged, 3 skipped, 0 errors" in result.output
+
+
+def test_a_task_only_skipped_needs_no_known_item(exported_line, tmp_path):
+    """Skipping a photo in Label Studio is never an error, even for a photo this database does not hold."""
+    db, root, _ = exported_line
+    tasks = json.loads(EXPORT.read_text())
+    tasks[3]["data"]["sha256"] = "e" * 64   # task 104: its one annotation was cancelled
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(tasks))
+    result = import_export(db, export, LABELS, document_root=root)
+    assert result.errors == [] and result.inserted == 5
+    assert result.notes[0] == "task 104, annotation 205 by labelstudio:1: skipped in Label Studio (was_cancelled)"
