@@ -7,8 +7,8 @@ is always made by one rule:
   the database), and a file whose bytes differ from the hash its row recorded is left out: it is not the
   photo the model saw.
 - **the latest audit wins.** Several audits of one photo (different auditors, or audits of duplicate rows)
-  are resolved as the report resolves them: the one with the latest `audited_at` (then the latest import)
-  gives the true label; when auditors disagreed, the photo is kept and listed in `conflicts`.
+  are resolved as the report resolves them: the one with the latest `audited_at` (ties: the later audit
+  row) gives the true label; when auditors disagreed, the photo is kept and listed in `conflicts`.
 - **pseudo-labels only on request**, only for photos nobody audited, only above a confidence floor, and
   only for `fresh`/`rotten` verdicts (an `uncertain` or `unknown` item is exactly where the model's label
   cannot be trusted). They are marked `pseudo_label=1` in the manifest.
@@ -109,7 +109,7 @@ def _audited(conn: sqlite3.Connection, cutoff: str) -> tuple[dict[str, _Candidat
     rows = conn.execute(
         "SELECT i.*, a.true_label AS a_label, a.auditor AS a_auditor, a.audited_at AS a_at FROM audits a "
         "JOIN items i ON i.id = a.item_id WHERE i.received_at >= ? "
-        "ORDER BY a.audited_at DESC, a.imported_at DESC, a.id DESC", [cutoff])
+        "ORDER BY a.audited_at DESC, a.id DESC", [cutoff])
     by_sha: dict[str, _Candidate] = {}
     by_id: dict[int, _Candidate] = {}
     for r in rows:
@@ -124,12 +124,14 @@ def _audited(conn: sqlite3.Connection, cutoff: str) -> tuple[dict[str, _Candidat
 
 def _unaudited_confident(conn: sqlite3.Connection, cutoff: str, floor: float) -> list[_Candidate]:
     """First-of-their-content rows nobody audited (under any row of the same bytes), routed as
-    fresh or rotten with confidence ≥ floor."""
+    fresh or rotten with confidence ≥ floor, whose image was kept (a camera keeps only a share of them:
+    the rest are not candidates, not skips)."""
     audited = ("AND id NOT IN (SELECT item_id FROM audits) AND (sha256 IS NULL OR sha256 NOT IN "
                "(SELECT sha256 FROM audits WHERE sha256 IS NOT NULL))") if store.has_table(conn, "audits") else ""
     verdicts = ",".join("?" * len(PSEUDO_VERDICTS))
     rows = conn.execute(
         f"SELECT * FROM items WHERE received_at >= ? AND duplicate_of IS NULL AND state = 'done' "
+        "AND destination IS NOT NULL "
         f"AND error IS NULL AND label IS NOT NULL AND confidence >= ? AND verdict IN ({verdicts}) {audited} "
         "ORDER BY id", [cutoff, floor, *PSEUDO_VERDICTS])
     return [_Candidate(dict(r), r["label"], "", "", True) for r in rows]

@@ -137,6 +137,9 @@ def test_pseudo_labels_only_confident_fresh_or_rotten_unaudited_items(line, tmp_
     line.item("freshred", "fresh", 0.80)                 # below the floor
     line.item("rottenblue", "uncertain", 0.99)           # uncertain: the model's label is not trusted
     edge = line.item("rottenblue", "rotten", 0.95)       # exactly at the floor: in
+    store.insert_item(line.db, {"sha256": None, "source_path": "0#5", "destination": None, "label": "freshred",
+                                "confidence": 0.99, "verdict": "fresh", "source": "camera", "received_at": RECENT,
+                                "state": "done"})        # a camera item whose snapshot was not kept: not a skip
     ds = build_dataset(line.close(), tmp_path / "field", include_unaudited_confident=0.95)
     got = {(p.sha256, p.true_label, p.pseudo, p.auditor) for p in ds.photos}
     assert got == {(audited["sha256"], "rottenblue", False, "ann"), (sure["sha256"], "freshgreen", True, ""),
@@ -144,6 +147,7 @@ def test_pseudo_labels_only_confident_fresh_or_rotten_unaudited_items(line, tmp_
     rows = {r["sha256"]: r for r in read_manifest(tmp_path / "field")}
     assert [rows[s]["pseudo_label"] for s in (audited["sha256"], sure["sha256"], edge["sha256"])] == ["0", "1", "1"]
     assert rows[sure["sha256"]]["audited_at"] == "" and rows[sure["sha256"]]["confidence"] == "0.97"
+    assert ds.skipped == []
 
 
 def test_missing_and_changed_files_are_reported_not_fatal(line, tmp_path):
