@@ -225,3 +225,41 @@ def test_cli_prints_the_summary_and_skips(line, tmp_path):
     assert f"skipped {gone['sha256'][:12]}: file missing or unreadable: {gone['destination']}" in result.output
     bad = runner.invoke(app, ["dataset", "build", "--db", str(db), "--out", str(tmp_path / "x"), "--since", "soon"])
     assert bad.exit_code == 2 and "'soon' is not a duration" in bad.output
+
+
+def test_photos_routed_by_a_real_watch_and_audited_by_folder(tmp_path):
+    """The whole path on the runtime's own rows: `Watcher` routes photos (one pair with the same bytes),
+    `audit folder` imports what people sorted, and the data set holds each audited photo once, linked to
+    where watch put it."""
+    import threading
+    import time
+
+    from sorter.audit import import_folder
+    from tests.watch_helpers import jpeg, make_watcher, rows
+
+    w = make_watcher(tmp_path)
+    data = {"red0.jpg": jpeg("red", tag="0"), "blue1.jpg": jpeg("blue", tag="1"),
+            "red0-again.jpg": jpeg("red", tag="0"), "green2.jpg": jpeg("green", tag="2")}
+    for name, payload in data.items():
+        (tmp_path / "in" / name).write_bytes(payload)
+        os.utime(tmp_path / "in" / name, (time.time() - 60, time.time() - 60))
+    summary = w.run(threading.Event(), once=True)
+    assert (summary.routed, summary.duplicates) == (3, 1)
+    db = tmp_path / "db.sqlite"
+    routed = {Path(r["source_path"]).name: r for r in rows(db)}
+    red, again = sorted((routed["red0.jpg"], routed["red0-again.jpg"]), key=lambda r: r["duplicate_of"] is not None)
+    assert again["duplicate_of"] == red["id"] and "duplicates" in again["destination"]
+    sorted_by_people = tmp_path / "audit"
+    for name, label in (("red0-again.jpg", "freshred"), ("blue1.jpg", "freshgreen")):  # blue was not rotten
+        (sorted_by_people / label).mkdir(parents=True, exist_ok=True)
+        (sorted_by_people / label / name).write_bytes(data[name])
+    assert import_folder(db, sorted_by_people, ["freshred", "freshgreen", "rottenblue"], auditor="ann").inserted == 2
+
+    ds = build_dataset(db, tmp_path / "field")
+    blue = routed["blue1.jpg"]
+    assert [(p.file.relative_to(tmp_path / "field").as_posix(), p.model_label, p.source) for p in ds.photos] == [
+        (f"freshgreen/{blue['sha256'][:16]}.jpg", "rottenblue", blue["source_path"]),
+        (f"freshred/{red['sha256'][:16]}.jpg", "freshred", red["source_path"])]
+    assert (tmp_path / "field" / "freshred" / f"{red['sha256'][:16]}.jpg").stat().st_ino == \
+        Path(red["destination"]).stat().st_ino
+    assert ds.skipped == []
