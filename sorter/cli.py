@@ -425,7 +425,6 @@ def db_prune(db: Path | None = typer.Option(None, "--db", help="Results database
 audit_app = typer.Typer(help="Record operator audits (ground truth) and draw samples to check.",
                         no_args_is_help=True, rich_markup_mode=PLAIN_HELP)
 app.add_typer(audit_app, name="audit")
-register_labelstudio(audit_app)
 AuditDbOpt = typer.Option(None, "--db", help="Results database; default: config `db`.")
 PartialOpt = typer.Option(False, "--partial", help="Import the valid rows even when others are wrong.")
 
@@ -511,6 +510,9 @@ def audit_sample(n: int = typer.Option(50, "--n", min=1, help="How many items to
                f"(sample {result.sample_id[:8]}, each draw's probability recorded); "
                f"sort them into {out}/<true label>/ and run `sorter audit folder {out}`, "
                f"or fill {result.manifest.name} and run `sorter audit import`")
+
+
+register_labelstudio(audit_app)  # audit export-labelstudio / import-labelstudio (sorter/cli_labelstudio.py)
 
 
 def _report_options(settings, margin: float | None):

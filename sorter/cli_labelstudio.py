@@ -28,8 +28,10 @@ def export_labelstudio(sample_dir: Path = typer.Argument(..., help="A folder mad
                                                          "labels are the choices); default: the shipped one."),
                        config: Path | None = typer.Option(None, "--config", "-c", help="TOML configuration file.")
                        ) -> None:
-    """Write SAMPLE_DIR/labelstudio-tasks.json (local-files images, the model's label as a pre-annotation)
-    and labelstudio-config.xml (the labeling config) for a Label Studio project."""
+    """Turn an audit sample into Label Studio tasks and a labeling config.
+
+    Writes SAMPLE_DIR/labelstudio-tasks.json (local-files image URLs, the model's label as a pre-annotation,
+    each photo's sha256) and SAMPLE_DIR/labelstudio-config.xml (Image + Choices with the card's labels)."""
     from sorter.cli import _card_or_none, err, fail
     from sorter.config import ConfigError, load_settings
     from sorter.labelstudio import LabelStudioError, export_sample
@@ -45,8 +47,9 @@ def export_labelstudio(sample_dir: Path = typer.Argument(..., help="A folder mad
         typer.echo(f"nothing written: {len(result.errors)} errors")
         raise typer.Exit(1)
     typer.echo(f"wrote {result.tasks} tasks ({result.pre_annotated} pre-annotated) to {result.files[0]} and the "
-               f"labeling config to {result.files[1]}; add a Local Files storage under {document_root} in the "
-               "project, import the tasks, label, export as JSON and run `sorter audit import-labelstudio`")
+               f"labeling config to {result.files[1]}; in the project use that config, add a Local files source "
+               f"storage at {sample_dir.resolve()} (no sync), import the tasks; after labelling export as JSON "
+               "and run `sorter audit import-labelstudio EXPORT.json`")
 
 
 def import_labelstudio(export: Path = typer.Argument(..., help="Label Studio's JSON export (a list of tasks)."),
@@ -60,7 +63,9 @@ def import_labelstudio(export: Path = typer.Argument(..., help="Label Studio's J
                        partial: bool = typer.Option(False, "--partial",
                                                     help="Import the valid annotations even when others are wrong.")
                        ) -> None:
-    """Import a Label Studio JSON export as audits (one per item and annotator), matched by content hash."""
+    """Import a Label Studio JSON export as audits, matched by content hash.
+
+    One audit per item and annotator; skipped, empty and superseded annotations are listed, one line each."""
     from sorter.cli import _card_or_none, _report_import, err, fail
     from sorter.config import ConfigError, load_settings
     from sorter.labelstudio import LabelStudioError, import_export
