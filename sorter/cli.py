@@ -583,8 +583,18 @@ def _card_compared(report: dict) -> str | None:
 
 
 def _accuracy(report: dict) -> str:
-    acc = report["audit"]["accuracy"]
-    return "no audited items" if acc is None else f"accuracy {acc:.3f} (n={report['audit']['n']})"
+    """`accuracy 0.900 (n=20)`; with recorded draw probabilities the weighted figure (which drift holds)
+    beside the unweighted one, and how many audits had no recorded draw (counted as p = 1)."""
+    a = report["audit"]
+    if a["accuracy"] is None:
+        return "no audited items"
+    w = a.get("weighted") or {}
+    if not w.get("with_p"):
+        used = "; drift uses it (no audit has a recorded draw probability)" if w else ""
+        return f"accuracy {a['accuracy']:.3f} (n={a['n']}){used}"
+    ci = w["accuracy_ci95"]
+    return (f"weighted accuracy {w['accuracy']:.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f}), unweighted {a['accuracy']:.3f} "
+            f"(n={a['n']}, {w['without_p']} without a recorded draw, counted as p=1); drift uses the weighted one")
 
 
 def _exit_on_drift(report: dict, fail_on_drift: bool) -> None:

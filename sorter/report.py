@@ -23,6 +23,7 @@ import numpy as np
 from sorter import store
 from sorter.card import ModelCard
 from sorter.redact import mask_url
+from sorter.weighting import combined_p, weighted_figures
 
 FORMAT = "sorter-report/1"
 BINS = [round(i / 10, 1) for i in range(11)]
@@ -132,6 +133,56 @@ def audit_figures(rows: list[dict], labels: list[str], rotten: list[str]) -> dic
     }
 
 
+# ---- accuracy per model version, over time ----
+
+def model_version(row: dict) -> str:
+    """`colour@1a2b3c4d5e6f`: the model's name and the start of its file's hash, which tells a retrained
+    model under the same name apart."""
+    return f"{row.get('model_id') or 'unknown'}@{(row.get('model_sha256') or 'no-hash')[:12]}"
+
+
+def version_figures(items: list[dict], audited: list[dict], rotten: list[str]) -> dict[str, Any]:
+    """Volume, rates and audited accuracy (plain with its Wilson interval, and weighted 1/p) of one group."""
+    verdicts = _count([i["verdict"] for i in items])
+    weighted = weighted_figures(audited, [], rotten)
+    correct = sum(1 for a in audited if a["label"] == a["true_label"])
+    return {"items": len(items), **rates(verdicts, len(items)), "audited": len(audited),
+            "accuracy": _r(correct / len(audited)) if audited else None, "accuracy_ci95": wilson(correct, len(audited)),
+            "weighted_accuracy": weighted["accuracy"], "weighted_ci95": weighted["accuracy_ci95"],
+            "audits_with_p": weighted["with_p"]}
+
+
+def by_model_version(items: list[dict], audited: list[dict], rotten: list[str]) -> list[dict]:
+    """One row per model version seen in the window, in the order each first classified an item, and per
+    UTC day one row per version that ran that day: the step when a retrained model went in."""
+    def group(rows: list[dict], key) -> dict[tuple, list[dict]]:
+        out: dict[tuple, list[dict]] = {}
+        for row in rows:
+            out.setdefault(key(row), []).append(row)
+        return out
+
+    versions = group(items, lambda r: (model_version(r),))
+    checked = group(audited, lambda r: (model_version(r),))
+    out = []
+    for (version,), rows in versions.items():
+        out.append({"version": version, "model_id": rows[0]["model_id"], "model_sha256": rows[0]["model_sha256"],
+                    "first": rows[0]["received_at"], "last": rows[-1]["received_at"],
+                    **version_figures(rows, checked.get((version,), []), rotten)})
+    return out
+
+
+def model_by_day(items: list[dict], audited: list[dict], rotten: list[str]) -> list[dict]:
+    """Per UTC day (received time) and model version: `version_figures`, oldest day first."""
+    days: dict[tuple[str, str], list[dict]] = {}
+    for row in items:
+        days.setdefault((row["received_at"][:10], model_version(row)), []).append(row)
+    checked: dict[tuple[str, str], list[dict]] = {}
+    for row in audited:
+        checked.setdefault((row["received_at"][:10], model_version(row)), []).append(row)
+    return [{"day": day, "version": version, **version_figures(rows, checked.get((day, version), []), rotten)}
+            for (day, version), rows in sorted(days.items())]
+
+
 # ---- operational figures ----
 
 def _hours(lo: datetime, hi: datetime) -> list[str]:
@@ -234,9 +285,10 @@ def _delta(value: float | None, base: float | None) -> float | None:
 
 def compare(current: dict, baseline: dict | None, name: str, margin: float, min_audited: int,
             baseline_n: int | None, kind: str | None = None,
-            against: str | None = None) -> tuple[dict | None, list[dict]]:
+            against: str | None = None, figure: str = "accuracy") -> tuple[dict | None, list[dict]]:
     """Deltas of the audited figures against a baseline; a flag when accuracy fell > margin.
-    `kind` and `against` (the figure as the flag message names it) default to ones made from `name`."""
+    `kind` and `against` (the figure as the flag message names it) default to ones made from `name`;
+    `figure` is what the message calls the current accuracy (`weighted accuracy` when weights drive it)."""
     if not baseline or baseline.get("accuracy") is None:
         return None, []
     acc, base = current["accuracy"], baseline.get("accuracy")
@@ -251,7 +303,7 @@ def compare(current: dict, baseline: dict | None, name: str, margin: float, min_
     if enough and acc is not None and base is not None and base - acc > margin:
         against = against or f"the {name}'s {base:.1%}"
         flags.append({"kind": kind or "accuracy-vs-" + name.replace(" ", "-"), "value": acc, "baseline": base,
-                      "message": f"accuracy {acc:.1%} is {_points(base - acc)} below {against} "
+                      "message": f"{figure} {acc:.1%} is {_points(base - acc)} below {against} "
                                  f"(margin {_points(margin)}, {current['n']} audited items)"})
     out["compared"] = enough
     return out, flags
@@ -306,28 +358,50 @@ def card_figure(vs_card: dict) -> str:
     return f"card, {short}{f' ({source})' if source else ''}: {vs_card['accuracy'] * 100:.1f} %"
 
 
+def uses_weighted(audit: dict) -> bool:
+    """Drift holds the weighted figures when at least one audit has a recorded draw probability."""
+    return bool((audit.get("weighted") or {}).get("with_p"))
+
+
+def driving(audit: dict) -> dict:
+    """The audit figures drift compares: the weighted accuracy, fresh-vs-rotten accuracy and per-class
+    recall in place of the plain ones when `uses_weighted`, else the audit itself (and a fleet's)."""
+    if not uses_weighted(audit):
+        return audit
+    weighted = audit["weighted"]
+    recall = weighted["per_class_recall"]
+    return {**audit, "accuracy": weighted["accuracy"], "fresh_vs_rotten_accuracy": weighted["fresh_vs_rotten_accuracy"],
+            "per_class": {lbl: {**c, "recall": recall.get(lbl, c["recall"])} for lbl, c in audit["per_class"].items()}}
+
+
 def drift(audit: dict, rates: dict[str, float | None], card_base: dict | None, previous: dict | None,
           margin: float, min_audited: int) -> dict[str, Any]:
     """Against the card's figure (`card_baseline`) and the previous report; flags only accuracy falls.
-    `vs_card.baseline` says which card figure it was (`other_sources` or `test`)."""
+    `vs_card.baseline` says which card figure it was (`other_sources` or `test`); `accuracy_used` says
+    whether the weighted or the unweighted audited accuracy was held against it (`driving`)."""
+    weighted = uses_weighted(audit)
+    figure = "weighted accuracy" if weighted else "accuracy"
+    audit = driving(audit)
     base = card_base or {}
     which = base.get("baseline") or "test"
     name, kind, _ = CARD_BASES.get(which, CARD_BASES["test"])
     source = _source(base.get("name"), base.get("n"))
     against = (f"the {name} of {base['accuracy']:.1%}{f' ({source})' if source else ''}"
                if which == "other_sources" and base.get("accuracy") is not None else None)
-    vs_card, f1 = compare(audit, card_base, name, margin, min_audited, None, kind, against)
+    vs_card, f1 = compare(audit, card_base, name, margin, min_audited, None, kind, against, figure)
     if vs_card is not None:
         vs_card.update(baseline=which, baseline_name=base.get("name"), baseline_n=base.get("n"))
     vs_prev: dict | None = None
     f2: list[dict] = []
     if previous:
-        prev_audit = previous.get("audit") or {}
-        vs_prev, f2 = compare(audit, prev_audit, "previous report", margin, min_audited, prev_audit.get("n", 0))
+        prev_audit = driving(previous.get("audit") or {})
+        vs_prev, f2 = compare(audit, prev_audit, "previous report", margin, min_audited, prev_audit.get("n", 0),
+                              figure=figure)
         vs_prev = {**(vs_prev or {}), "generated_at": previous.get("generated_at"),
                    **{f"{k}_delta": _delta(v, previous.get(k)) for k, v in rates.items()}}
     note = None if audit["n"] >= min_audited else f"only {audit['n']} audited items (< {min_audited}): no flag raised"
-    return {"margin": margin, "min_audited": min_audited, "vs_card": vs_card, "vs_previous": vs_prev,
+    return {"margin": margin, "min_audited": min_audited, "accuracy_used": "weighted" if weighted else "unweighted",
+            "accuracy": audit["accuracy"], "vs_card": vs_card, "vs_previous": vs_prev,
             "flags": f1 + f2, "flagged": bool(f1 or f2), "note": note}
 
 
@@ -341,19 +415,36 @@ class ReportOptions:
 
 def _items(conn: sqlite3.Connection, start: str, end: str) -> list[dict]:
     return [dict(r) for r in conn.execute(
-        "SELECT id, sha256, label, confidence, verdict, model_id, error, duplicate_of, state, received_at, "
-        "destination FROM items WHERE received_at >= ? AND received_at < ? ORDER BY id", [start, end])]
+        "SELECT id, sha256, label, confidence, verdict, model_id, model_sha256, error, duplicate_of, state, "
+        "received_at, destination FROM items WHERE received_at >= ? AND received_at < ? ORDER BY id", [start, end])]
+
+
+def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
+    """A read-only reader may meet a database from before the migration that added `column`."""
+    return any(r[1] == column for r in conn.execute(f"PRAGMA table_info({table})"))
 
 
 def _audited(conn: sqlite3.Connection, start: str, end: str) -> list[dict]:
-    """Each audited, classified item in the window with its latest audit."""
+    """Each audited, classified item in the window with its latest audit, and `p`, its recorded chance
+    of having been audited (`weighting.combined_p`; None without a recorded draw)."""
     if not store.has_table(conn, "audits"):
         return []
-    sql = ("SELECT i.id, i.sha256, i.label, i.confidence, i.verdict, i.destination, a.true_label, a.auditor "
+    keep = "i.keep_p" if _has_column(conn, "items", "keep_p") else "NULL AS keep_p"
+    sql = ("SELECT i.id, i.sha256, i.label, i.confidence, i.verdict, i.destination, i.model_id, i.model_sha256, "
+           f"i.received_at, {keep}, a.true_label, a.auditor "
            "FROM items i JOIN audits a ON a.item_id = i.id WHERE i.received_at >= ? AND i.received_at < ? "
            "AND i.label IS NOT NULL AND i.duplicate_of IS NULL AND a.id = (SELECT b.id FROM audits b "
            "WHERE b.item_id = i.id ORDER BY b.audited_at DESC, b.id DESC LIMIT 1) ORDER BY i.id")
-    return [dict(r) for r in conn.execute(sql, [start, end])]
+    rows = [dict(r) for r in conn.execute(sql, [start, end])]
+    shares: dict[int, list[float]] = {}
+    if store.has_table(conn, "audit_draws"):
+        for item_id, share in conn.execute("SELECT d.item_id, d.share FROM audit_draws d JOIN items i ON "
+                                           "i.id = d.item_id WHERE i.received_at >= ? AND i.received_at < ?",
+                                           [start, end]):
+            shares.setdefault(item_id, []).append(share)
+    for row in rows:
+        row["p"] = combined_p(row.pop("keep_p"), shares.get(row["id"], []))
+    return rows
 
 
 def ranked(counts: dict[str, int]) -> dict[str, int]:
@@ -389,7 +480,8 @@ def build_report(db_path: Path | str, lo: datetime, hi: datetime, card: ModelCar
     rotten = rotten_of(labels, card.rotten_labels if card else None)
     verdicts = _count([i["verdict"] for i in classified])
     n, hours = len(classified), (hi - lo).total_seconds() / 3600
-    audit = audit_figures(audited, labels, rotten)
+    audit = {**audit_figures(audited, labels, rotten), "weighted": weighted_figures(audited, labels, rotten)}
+    audit["accuracy_used"] = "weighted" if uses_weighted(audit) else "unweighted"
     series = hourly(classified, lo, hi)
     rated = rates(verdicts, n)
     card_base = card_baseline(card)  # also in `model`: a fleet merge compares with the figure each line did
@@ -404,6 +496,8 @@ def build_report(db_path: Path | str, lo: datetime, hi: datetime, card: ModelCar
         "by_label": _count([i["label"] for i in classified]),
         "by_verdict": verdicts,
         "by_model": _count([i["model_id"] for i in classified]),
+        "by_model_version": by_model_version(classified, audited, rotten),
+        "model_by_day": model_by_day(classified, audited, rotten),
         **rated,
         "throughput": {"per_hour": _r(n / hours), "peak_per_hour": max((s["items"] for s in series), default=0),
                        "hourly": series},

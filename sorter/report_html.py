@@ -141,11 +141,23 @@ def _card(title: str, value: str, note: str = "", ident: str = "", data: Any = N
             f"<small>{escape(note)}</small></div>")
 
 
+def _weighted_card(a: dict) -> list[str]:
+    """The weighted (1/p) accuracy beside the plain one, when any audit has a recorded draw probability."""
+    w = a.get("weighted") or {}
+    if not w.get("with_p"):
+        return []
+    ci = w["accuracy_ci95"]
+    return [_card("accuracy (audited, weighted 1/p)", _pct(w["accuracy"]),
+                  f"95% CI {_pct(ci[0])}–{_pct(ci[1])}, drives drift", "headline-weighted", w["accuracy"])]
+
+
 def _headline(r: dict) -> str:
     a = r["audit"]
     ci = a["accuracy_ci95"]
+    plain = "accuracy (audited, unweighted)" if (a.get("weighted") or {}).get("with_p") else "accuracy (audited)"
     return '<div class="cards">' + "".join([
-        _card("accuracy (audited)", _pct(a["accuracy"]),
+        *_weighted_card(a),
+        _card(plain, _pct(a["accuracy"]),
               f"95% CI {_pct(ci[0])}–{_pct(ci[1])}, n={a['n']}" if ci else "no audits", "headline-accuracy",
               a["accuracy"]),
         _card("fresh vs rotten", _pct(a["fresh_vs_rotten_accuracy"])),
@@ -162,6 +174,8 @@ def _drift(d: dict) -> str:
     parts = [f'<div class="flag">{escape(f["message"])}</div>' for f in d["flags"]]
     if not parts:
         parts.append(f'<div class="ok">no drift flag (margin {d["margin"] * 100:.1f} points)</div>')
+    if d.get("accuracy_used"):
+        parts.append(f'<p id="drift-uses">drift holds the {escape(d["accuracy_used"])} audited accuracy</p>')
     if d.get("vs_card"):
         parts.append(f'<p id="drift-card">compared with {escape(card_figure(d["vs_card"]))}</p>')
     if d.get("note"):
@@ -216,6 +230,10 @@ def render(report: dict, max_thumbnails: int = 24) -> str:
                      _table(["label", "precision", "recall", "F1", "support"],
                             [[k, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"]]
                              for k, v in a["per_class"].items()])]
+    if a["n"] and a.get("weighted"):
+        sections += ["<h2>Weighted audited accuracy</h2>", _weighting(a)]
+    if r.get("by_model_version"):
+        sections += ["<h2>Model versions</h2>", _versions(r["by_model_version"], r.get("model_by_day") or [])]
     if r["items"]["classified"]:
         sections += ["<h2>Confidence by verdict</h2>",
                      _plot(plot_confidence, r["confidence_histogram"], "confidence"),
@@ -233,6 +251,57 @@ def render(report: dict, max_thumbnails: int = 24) -> str:
     if fleet and r.get("live"):
         sections += _live(r["live"])
     return _page(f"{name} {r['window']['from'][:10]}", sections)
+
+
+def _weighting(a: dict) -> str:
+    """What the weighted figure is, how many audits it rests on, and which figure drift uses."""
+    w = a["weighted"]
+    ci = w["accuracy_ci95"]
+    interval = f"{_pct(ci[0])}–{_pct(ci[1])}" if ci else "—"
+    rows = [["weighted (1/p)", _pct(w["accuracy"]), interval, _pct(w["fresh_vs_rotten_accuracy"])],
+            ["unweighted", _pct(a["accuracy"]),
+             f"{_pct(a['accuracy_ci95'][0])}–{_pct(a['accuracy_ci95'][1])}" if a["accuracy_ci95"] else "—",
+             _pct(a["fresh_vs_rotten_accuracy"])]]
+    note = (f"{w['with_p']} of {w['n']} audits have a recorded draw probability p and count 1/p each "
+            f"(standing for {w['population']:.0f} items); {w['without_p']} without one count as p = 1. "
+            f"Drift holds the {a.get('accuracy_used', 'unweighted')} figure. {w['method']}.")
+    return (_table(["estimate", "accuracy", "95% CI", "fresh vs rotten"], rows)
+            + f'<p id="weighting">{escape(note)}</p>')
+
+
+def plot_versions(days: list[dict]) -> str:
+    """Audited accuracy per UTC day, one line per model version (weighted where audits carry p)."""
+    fig, ax = _figure()
+    dates = sorted({d["day"] for d in days})
+    for version in dict.fromkeys(d["version"] for d in days):
+        mine = {d["day"]: d for d in days if d["version"] == version}
+        ys = [(mine[x]["weighted_accuracy"] if mine[x]["audits_with_p"] else mine[x]["accuracy"])
+              if x in mine and mine[x]["audited"] else float("nan") for x in dates]
+        ax.plot(range(len(dates)), ys, marker="o", label=version)
+    ax.set_xticks(range(len(dates)), [x[5:] for x in dates], rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("audited accuracy")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _versions(versions: list[dict], days: list[dict]) -> str:
+    """Per model version, then per day and version: the step a retrained model makes."""
+    def acc(x: dict) -> str:
+        return _pct(x["accuracy"]) if x["audited"] else "—"
+
+    def wacc(x: dict) -> str:
+        return _pct(x["weighted_accuracy"]) if x["audits_with_p"] else "—"
+
+    head = ["items", "rotten rate", "uncertain rate", "audited", "accuracy", "weighted accuracy"]
+    overall = _table(["model version", "first", "last", *head],
+                     [[v["version"], v["first"][:16], v["last"][:16], v["items"], _pct(v["rotten_rate"]),
+                       _pct(v["uncertain_rate"]), v["audited"], acc(v), wacc(v)] for v in versions])
+    daily = _table(["day", "model version", *head],
+                   [[d["day"], d["version"], d["items"], _pct(d["rotten_rate"]), _pct(d["uncertain_rate"]),
+                     d["audited"], acc(d), wacc(d)] for d in days])
+    plot = _plot(plot_versions, days, "accuracy per model version") if any(d["audited"] for d in days) else ""
+    return f'<div id="model-versions">{overall}{plot}{daily}</div>'
 
 
 def _lines(lines: dict) -> str:

@@ -39,12 +39,12 @@ def written(tmp_path):
 
 
 def test_page_is_self_contained_and_phone_ready(written):
-    pytest.importorskip("matplotlib", reason="the page's four plots need matplotlib (pip install 'sorter[report]')")
+    pytest.importorskip("matplotlib", reason="the page's five plots need matplotlib (pip install 'sorter[report]')")
     page = (written.folder / "report.html").read_text()
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
     assert "@media (max-width:600px)" in page
     sources = re.findall(r'src="([^"]*)"', page)
-    assert len(sources) == 4 + 3  # four plots, three wrong items' thumbnails
+    assert len(sources) == 5 + 3  # five plots (accuracy per model version the fifth), three wrong items' thumbnails
     assert all(s.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for s in sources)
     assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing fetched from anywhere
     assert 'id="headline-accuracy" data-value="0.625">62.5%<' in page
