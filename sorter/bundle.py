@@ -77,9 +77,13 @@ def _copy_in(new: Path, folder: Path) -> None:
     staging.mkdir(parents=True)
     shutil.copy2(new, staging / new.name)
     shutil.copy2(card_path(new), staging / card_path(new).name)
-    sample = json.loads(card_path(new).read_text()).get("sample")
+    card = json.loads(card_path(new).read_text())
+    sample = card.get("sample")
     if sample:  # the doctor checked it is a plain file beside the model
         shutil.copy2(new.parent / sample, staging / sample, follow_symlinks=False)
+    weights = (card.get("float_weights") or {}).get("file")  # a plain name (the card's validator); only
+    if weights and (new.parent / weights).is_file():  # `sorter retrain` reads it, so the next retrain can
+        shutil.copy2(new.parent / weights, staging / weights, follow_symlinks=False)
     os.replace(staging, folder)
 
 

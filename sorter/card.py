@@ -20,6 +20,7 @@ CARD_SUFFIX = ".card.json"
 CARD_FORMAT = "sorter-card/1"
 Quantization = Literal["float32", "float16", "dynamic", "int8"]
 NAME_MAX = 255  # bytes in one file-name component on the file systems we run on
+SHA256 = r"^[0-9a-f]{64}$"
 
 
 class CardError(ValueError):
@@ -122,6 +123,43 @@ class OodRule(BaseModel):
     figures: dict[str, Any] = Field(default_factory=dict)  # AUROC, share flagged, on which photos
 
 
+class FloatWeights(BaseModel):
+    """The float Keras model an int8 bundle was converted from, beside it: what `sorter retrain`
+    fine-tunes from (the int8 graph cannot be trained). The runtime never reads the file."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: str  # a plain name inside the bundle folder
+    sha256: str = Field(pattern=SHA256)
+
+    @field_validator("file")
+    @classmethod
+    def _beside_model(cls, file: str) -> str:
+        if why := unsafe_name(file):
+            raise ValueError(f"float_weights file {file!r} {why}; it must name a file beside the model")
+        return file
+
+
+class ParentModel(BaseModel):
+    """The model a retrained bundle was fine-tuned from (`sorter retrain`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    sha256: str = Field(pattern=SHA256)
+
+
+class FieldData(BaseModel):
+    """The line's own audited photos a retrained bundle learnt from and was tested on."""
+
+    model_config = ConfigDict(extra="forbid")
+    fingerprint: str
+    counts: dict[str, int] = Field(default_factory=dict)  # photos per true label, the whole field set
+    train: int = Field(default=0, ge=0)  # photos in the training share
+    val: int = Field(default=0, ge=0)  # photos the card's rule was fitted on
+    test: int = Field(default=0, ge=0)  # photos held back as the field test
+    pseudo: int = Field(default=0, ge=0)  # unaudited confident items taken as pseudo-labels
+    weight: float | None = None  # how many times each field training photo was shown per epoch
+
+
 class ModelCard(BaseModel):
     model_config = ConfigDict(extra="allow")
     format: str = CARD_FORMAT
@@ -155,6 +193,11 @@ class ModelCard(BaseModel):
     ood: OodRule | None = None
     temperature_fit: dict[str, Any] | None = None  # on which photos T was fitted; NLL and ECE before/after
     evaluation: dict[str, Any] | None = None  # figures per test set: {"in_distribution": {...}, "other_sources": {...}}
+    # what a retrained bundle came from (training/retrain.py writes them; training/export.py float_weights)
+    float_weights: FloatWeights | None = None
+    parent: ParentModel | None = None
+    field_data: FieldData | None = None
+    comparison: dict[str, Any] | None = None  # champion vs challenger on the field and base tests, the decision
 
     @field_validator("labels")
     @classmethod

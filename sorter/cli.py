@@ -757,6 +757,6 @@ def _forward(verb: str, summary: str | None = None) -> None:
         training_app([verb, *ctx.args], prog_name="sorter", standalone_mode=True)
 
 
-for _verb in ("train", "evaluate", "export", "tune"):
+for _verb in ("train", "evaluate", "export", "tune", "retrain"):
     _forward(_verb)
 _forward("split", "Split a photo collection into train/val/test by near-duplicate groups (see --help).")

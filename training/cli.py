@@ -276,3 +276,83 @@ def export(ctx: typer.Context,
     console.print(export_table(results))
     best = next((r for r in results if r.format == "int8" and not r.problem), results[-1])
     console.print(f"run it: sorter classify --model {best.path} IMAGES", highlight=False, soft_wrap=True)
+
+
+# --- retrain (owner: retrain helper) ---
+@app.command()
+def retrain(ctx: typer.Context,
+            db: str = typer.Option(..., "--db", help="The results database with the operators' audits."),
+            base_data: list[str] = typer.Option(..., "--base-data",
+                                                help="Data folders the model in use was trained on (merged as "
+                                                     "`sorter train` merges them). Repeatable."),
+            out: str = typer.Option(..., "--out", help="Folder for the field data set, the run, the challenger "
+                                                       "bundle and comparison.json."),
+            model: str = typer.Option(None, "--model", help="The model in use (default: `current` in --dir)."),
+            models_dir: str = typer.Option("/var/lib/sorter/models", "--dir",
+                                           help="Models folder holding `current` (what --install swaps)."),
+            install: bool = typer.Option(False, "--install",
+                                         help="Install the challenger (sorter model install's checks) when it "
+                                              "wins."),
+            quick: bool = typer.Option(None, "--quick/--full",
+                                       help="Quick: head and top layers on cached features, few epochs "
+                                            "(default without a GPU); full: the model's own run recipe."),
+            field_test: float = typer.Option(0.3, "--field-test", help="Share of every true label's field "
+                                                                       "photos held back as the field test."),
+            field_val: float = typer.Option(0.15, "--field-val",
+                                            help="Share of the rest held as validation: the card's "
+                                                 "temperature, thresholds and unknown threshold fit the line."),
+            field_share: float = typer.Option(0.5, "--field-share",
+                                              help="Share of each epoch the field training photos make up "
+                                                   "(their weight is set so)."),
+            since: str = typer.Option(None, "--since", help="Only items received within this age (e.g. 30d)."),
+            include_unaudited_confident: float = typer.Option(
+                None, "--include-unaudited-confident",
+                help="Also train on unaudited fresh/rotten items at or above this confidence (pseudo-labels)."),
+            split_files: list[str] = typer.Option([], "--split-file",
+                                                  help="A `sorter split` file for a base data folder. Repeatable."),
+            alpha: float = typer.Option(0.05, "--alpha", help="Install only when the field win's one-sided exact "
+                                                              "McNemar p is below this."),
+            base_tolerance: float = typer.Option(1.0, "--base-tolerance",
+                                                 help="Accuracy points the challenger may lose on the base "
+                                                      "test set."),
+            quick_epochs: int = typer.Option(6, "--quick-epochs", help="Epochs of the quick fine-tune."),
+            quick_layers: int = typer.Option(20, "--quick-layers",
+                                             help="Backbone layers the quick fine-tune trains (at least; the "
+                                                  "cut lies at a block boundary)."),
+            seed: int = typer.Option(42, "--seed", help="Seed of the field split and the fine-tune."),
+            name: str = typer.Option(None, "--name", help="Bundle name (default: PARENT-rYYYYMMDDHHMM).")
+            ) -> None:
+    """Retrain on the line's audits: a challenger fine-tuned from the model in use, compared with it on held-out
+    field photos and the base test set, installed (with --install) only when it wins beyond chance.
+    Exit 0: the challenger wins; 1: it loses (the current model stays); 2: an error."""
+    import logging
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from sorter.cli import fail
+    from sorter.store import parse_age
+    from training.tf_quiet import import_tensorflow
+
+    import_tensorflow()
+    from training.retrain import RetrainConfig, RetrainError
+    from training.retrain import retrain as run_retrain
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        config = RetrainConfig(
+            Path(db), [Path(d) for d in base_data], Path(out), model=Path(model) if model else None,
+            models_dir=Path(models_dir), install=install, quick=quick, field_test=field_test, field_val=field_val,
+            field_share=field_share, since=parse_age(since) if since else None,
+            include_unaudited_confident=include_unaudited_confident, split_files=[Path(f) for f in split_files],
+            seed=seed, alpha=alpha, base_tolerance=base_tolerance, quick_epochs=quick_epochs,
+            quick_layers=quick_layers, name=name, command=command_line(ctx))
+        result = run_retrain(config, Console(stderr=True))
+    except (RetrainError, ValueError, OSError) as exc:
+        fail(str(exc))
+    Console().print(result.decision.reason, highlight=False, soft_wrap=True)
+    if result.installed:
+        typer.echo(f"current -> {result.installed.name}; restart the services to load it "
+                   "(sorter model rollback undoes this)")
+    typer.echo(f"comparison: {result.out / 'comparison.json'}")
+    raise typer.Exit(0 if result.decision.install else 1)

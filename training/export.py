@@ -4,7 +4,8 @@ Every export is decoded, scored and timed exactly as `sorter` will run it (`sort
 and gated: an export that loses more than `max_drop` accuracy points against the float Keras model,
 and loses them beyond chance (an exact one-sided McNemar test on the test images the two disagree on,
 so one photo of 60 is not a refusal), or that predicts one class for everything, is refused unless the
-user allows it.
+user allows it. The float model itself is copied beside the bundles (`NAME.float.keras`, named with its
+sha256 in every card's `float_weights`), so `sorter retrain` can fine-tune the model a bundle came from.
 """
 
 from __future__ import annotations
@@ -23,7 +24,16 @@ from pathlib import Path
 import numpy as np
 from rich.markup import escape
 
-from sorter.card import ExportScore, InputSpec, ModelCard, OodRule, card_path, sha256_file, write_card
+from sorter.card import (
+    ExportScore,
+    FloatWeights,
+    InputSpec,
+    ModelCard,
+    OodRule,
+    card_path,
+    sha256_file,
+    write_card,
+)
 from training import card_rules
 from training.data import DataSplits
 from training.decide import Goal
@@ -279,6 +289,7 @@ class ExportJob:
     distance: bool = False  # the graph's second output is the feature-distance OOD score
     goal: Goal = field(default_factory=Goal)
     ood_pass: float = 0.95
+    float_weights: FloatWeights | None = None  # NAME.float.keras beside the bundles, for `sorter retrain`
 
     @property
     def size(self) -> tuple[int, int]:
@@ -307,7 +318,7 @@ def base_card(job: ExportJob, fmt: ExportFormat, path: Path) -> ModelCard:
         float_accuracy=job.float_accuracy, baselines=job.run.baselines or {},
         source_run=str(job.run.run_dir or job.run.model_path), output="logits" if job.logits else "probabilities",
         # which output the runtime reads the OOD score from; the threshold is chosen once the export can run
-        ood=OodRule(score="distance", threshold=0.0) if job.distance else None)
+        ood=OodRule(score="distance", threshold=0.0) if job.distance else None, float_weights=job.float_weights)
 
 
 def export_one(job: ExportJob, fmt: ExportFormat, calibration: np.ndarray | None) -> ExportResult:
@@ -516,21 +527,33 @@ def export(source: Path, data: Path | None = None, formats: list[str] | None = N
             raise ValueError(f"{flag} must be in (0, 1], not {value}")
     job = prepare(Path(source), Path(data) if data else None, Path(out), name, command, latency_runs, goal,
                   ood_pass, ood_score)
+    from training import float_weights
+
+    job.float_weights = float_weights.write(job.run.model_path, job.out, job.name)
     chosen = [FORMATS[f] for f in formats or list(FORMATS)]
     calib = (calibration_images(job.splits, job.size, calibration, job.distance)
              if any(f.calibrated for f in chosen) else None)
-    results = [export_one(job, f, calib if f.calibrated else None) for f in chosen]
-    n_classes = len(set(job.test_y.tolist()))
-    for r in results:
-        r.problem = gate(r, job.float_accuracy, max_drop, n_classes)
-    finish_cards(results)
-    refused = [r for r in results if r.problem]
-    if refused and not allow_drop:
-        for r in refused:
-            reject(r)
-        raise GateRefused("; ".join(r.problem or "" for r in refused) + " — refused (use --allow-drop to keep)",
-                          results)
+    try:
+        results = [export_one(job, f, calib if f.calibrated else None) for f in chosen]
+        n_classes = len(set(job.test_y.tolist()))
+        for r in results:
+            r.problem = gate(r, job.float_accuracy, max_drop, n_classes)
+        finish_cards(results)
+        refused = [r for r in results if r.problem]
+        if refused and not allow_drop:
+            for r in refused:
+                reject(r)
+            raise GateRefused("; ".join(r.problem or "" for r in refused) + " — refused (use --allow-drop to keep)",
+                              results)
+    finally:
+        drop_unused_weights(job, chosen)
     return results
+
+
+def drop_unused_weights(job: ExportJob, chosen: list[ExportFormat]) -> None:
+    """No bundle of this export left (all refused, or one failed): its float weights go too."""
+    if job.float_weights and not any((job.out / f"{job.name}-{f.name}.tflite").exists() for f in chosen):
+        (job.out / job.float_weights.file).unlink(missing_ok=True)
 
 
 def export_table(rows: list[ExportFormat] | list[ExportResult]):
