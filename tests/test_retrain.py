@@ -32,7 +32,7 @@ def base(tmp_path_factory):
 
 def _line(base, root: Path, shifted: bool):
     """The line's photos routed by `sorter watch --once` into a real results database."""
-    data, bundle = base
+    _, bundle = base
     truth = line_photos(root / "incoming", 40, shifted=shifted)
     watch_once(root / "incoming", root / "sorted", root / "line.db", bundle)
     return root, data, bundle, truth
@@ -166,7 +166,7 @@ def test_export_writes_the_float_model_beside_the_bundle_with_its_hash(base):
     from training.evaluate import keras_scores, load_keras
     from training.float_weights import locate
 
-    data, bundle = base
+    _, bundle = base
     card = load_card(bundle)
     assert card.float_weights is not None and card.float_weights.file == "tiny.float.keras"
     weights = locate(bundle, card)
@@ -174,3 +174,20 @@ def test_export_writes_the_float_model_beside_the_bundle_with_its_hash(base):
     images = np.stack([np.full((32, 32, 3), v, np.uint8) for v in (30, 120, 250)])
     run_model = bundle.parent.parent / "runs" / "base" / "model.keras"
     np.testing.assert_allclose(keras_scores(load_keras(weights), images), keras_scores(load_keras(run_model), images))
+
+
+def test_full_recipe_fine_tunes_from_the_parent_run_config(line, tmp_path):
+    """--full: the parent run's own two-phase recipe (here sorter train's defaults: its config.json
+    holds no recipe), field photos repeated; the challenger still goes through export and the comparison."""
+    from sorter.cli import app
+
+    db, models, data, _ = _setup(line, tmp_path)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["retrain", "--db", str(db), "--base-data", str(data), "--out", str(out),
+                                      "--dir", str(models), "--full"])
+    assert result.exit_code in (0, 1), result.output
+    config = json.loads((out / "run" / "config.json").read_text())
+    assert config["retrain"]["mode"] == "full" and config["retrain"]["field_photos"] == 47
+    history = json.loads((out / "run" / "history.json").read_text())
+    assert set(history["phase"]) == {1, 2}
+    assert json.loads((out / "comparison.json").read_text())["test_sets"]["field_test"]["n"] == 24
