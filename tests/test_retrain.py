@@ -32,7 +32,7 @@ def base(tmp_path_factory):
 
 def _line(base, root: Path, shifted: bool):
     """The line's photos routed by `sorter watch --once` into a real results database."""
-    _, bundle = base
+    data, bundle = base
     truth = line_photos(root / "incoming", 40, shifted=shifted)
     watch_once(root / "incoming", root / "sorted", root / "line.db", bundle)
     return root, data, bundle, truth
