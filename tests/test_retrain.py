@@ -153,6 +153,12 @@ def test_retrain_errors_are_one_line_exit_2(line, tmp_path):
     store.open_writer(empty).close()
     none = _retrain(empty, data, models, tmp_path / "o2")
     assert none.exit_code == 2 and "no audited items" in none.output
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database at all" * 100)
+    bad = _retrain(garbage, data, models, tmp_path / "o5")
+    assert bad.exit_code == 2 and "garbage.db" in bad.output and "Traceback" not in bad.output
+    share = _retrain(db, data, models, tmp_path / "o6", "--field-test", "1.5")
+    assert share.exit_code == 2 and "--field-test must be in (0, 1)" in share.output
     weights = next(current(models).glob("*.float.keras"))  # type: ignore[union-attr]
     weights.write_bytes(weights.read_bytes() + b"x")
     changed = _retrain(db, data, models, tmp_path / "o3")
