@@ -218,15 +218,23 @@ def use_quick(config: RetrainConfig) -> bool:
     return not tf.config.list_physical_devices("GPU")
 
 
-def parent_recipe(card: ModelCard):
-    """The model's own run config (card `source_run`), for the full recipe; defaults otherwise."""
+def recipe_values(card: ModelCard) -> dict[str, Any]:
+    """The training options in the model's own run config (card `source_run`); {} without one. A
+    retrained run writes them forward, so a retrain of a retrained model keeps the first recipe."""
     from training.train import TrainConfig
 
-    run = Path(card.source_run or "")
-    doc = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
-    values = {k: v for k, v in doc.items() if k in {f for f in TrainConfig.__dataclass_fields__}}
-    if not doc:
-        log.warning("no run config.json at %s: the full recipe uses sorter train's defaults", run)
+    config = Path(card.source_run or "") / "config.json"
+    doc = json.loads(config.read_text()) if config.is_file() else {}
+    return {k: v for k, v in doc.items() if k in TrainConfig.__dataclass_fields__}
+
+
+def parent_recipe(card: ModelCard):
+    """The full recipe: the model's own run config, sorter train's defaults where it has none."""
+    from training.train import TrainConfig
+
+    values = recipe_values(card)
+    if not values:
+        log.warning("no run config.json at %s: the full recipe uses sorter train's defaults", card.source_run)
     return TrainConfig.from_dict(values)
 
 
@@ -265,7 +273,7 @@ def write_run(run_dir: Path, model, splits: DataSplits, card: ModelCard, done: d
     (run_dir / "labels.json").write_text(json.dumps({"labels": card.labels, "rotten_labels": card.rotten_labels}))
     save_splits(splits, run_dir / "splits.json")
     (run_dir / "config.json").write_text(json.dumps({
-        "data": [str(r.resolve()) for r in splits.roots], "backbone": card.backbone,
+        **recipe_values(card), "data": [str(r.resolve()) for r in splits.roots], "backbone": card.backbone,
         "retrain": {**{k: v for k, v in done.items() if k != "history"}, "parent": card.name,
                     "field_share": config.field_share, "seed": config.seed}}, indent=2) + "\n")
     (run_dir / "history.json").write_text(json.dumps(done["history"]) + "\n")
