@@ -316,6 +316,7 @@ def retrain(ctx: typer.Context,
                                                  help="Accuracy points the challenger may lose on the base "
                                                       "test set."),
             quick_epochs: int = typer.Option(6, "--quick-epochs", help="Epochs of the quick fine-tune."),
+            quick_lr: float = typer.Option(1e-3, "--quick-lr", help="Learning rate of the quick fine-tune."),
             quick_layers: int = typer.Option(20, "--quick-layers",
                                              help="Backbone layers the quick fine-tune trains (at least; the "
                                                   "cut lies at a block boundary)."),
@@ -345,7 +346,7 @@ def retrain(ctx: typer.Context,
             models_dir=Path(models_dir), install=install, quick=quick, field_test=field_test, field_val=field_val,
             field_share=field_share, since=parse_age(since) if since else None,
             include_unaudited_confident=include_unaudited_confident, split_files=[Path(f) for f in split_files],
-            seed=seed, alpha=alpha, base_tolerance=base_tolerance, quick_epochs=quick_epochs,
+            seed=seed, alpha=alpha, base_tolerance=base_tolerance, quick_epochs=quick_epochs, quick_lr=quick_lr,
             quick_layers=quick_layers, name=name, command=command_line(ctx))
         result = run_retrain(config, Console(stderr=True))
     except (RetrainError, ValueError, OSError) as exc:

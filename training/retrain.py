@@ -409,32 +409,48 @@ def retrain(config: RetrainConfig, console: Console | None = None) -> RetrainRes
 
 def finish(config: RetrainConfig, current: Path, challenger: Path | None, decision: install_rule.Decision,
            figures: dict, parent: ParentModel, field_data: FieldData, console: Console) -> RetrainResult:
-    """comparison.json, the challenger's card (parent, field data, the comparison line), the table,
-    and the install when it won and was asked for."""
-    comparison: dict[str, Any] = {"current": {"path": str(current), "name": parent.name, "sha256": parent.sha256},
-                  "challenger": ({"path": str(challenger), "sha256": sha256_file(challenger)} if challenger else None),
-                  "rule": {"test": "one-sided exact McNemar on the field test", "alpha": config.alpha,
-                           "base_tolerance_points": config.base_tolerance},
-                  "test_sets": figures, "field_data": field_data.model_dump(), "decision": decision.as_dict()}
+    """The challenger's card (parent, field data, the comparison line), the table, the install when it
+    won and was asked for, and comparison.json."""
+    comparison: dict[str, Any] = {
+        "current": {"path": str(current), "name": parent.name, "sha256": parent.sha256},
+        "challenger": {"path": str(challenger), "sha256": sha256_file(challenger)} if challenger else None,
+        "rule": {"test": "one-sided exact McNemar on the field test", "alpha": config.alpha,
+                 "base_tolerance_points": config.base_tolerance},
+        "test_sets": figures, "field_data": field_data.model_dump()}
     result = RetrainResult(config.out, current, challenger, decision, comparison)
     if challenger is not None:
-        card = load_card(challenger)
-        card.parent, card.field_data = parent, field_data
-        card.comparison = {"summary": decision.reason, "install": decision.install, "file": "comparison.json",
-                           **{k: {"n": v["n"], "current": v["current_accuracy"], "challenger": v["challenger_accuracy"]}
-                              for k, v in figures.items()}}
-        write_card(challenger, card)
+        stamp_card(challenger, parent, field_data, decision, figures)
         console.print(comparison_table(comparison))
-    if decision.install and config.install and challenger is not None:
-        from sorter.bundle import BundleError, install
-
-        try:
-            result.installed, _ = install(challenger, config.models_dir)
-        except (BundleError, OSError, ValueError) as exc:
-            result.decision = install_rule.Decision(False, f"kept the current model: the challenger failed "
-                                                           f"`sorter model install`'s checks: {exc}",
-                                                    decision.field_p_value, decision.base_points)
+        if decision.install and config.install:
+            result.installed, result.decision = try_install(challenger, config.models_dir, decision)
+            if result.installed is None:
+                stamp_card(challenger, parent, field_data, result.decision, figures)
     comparison["decision"] = result.decision.as_dict()
     comparison["installed"] = str(result.installed) if result.installed else None
     (config.out / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
     return result
+
+
+def stamp_card(challenger: Path, parent: ParentModel, field_data: FieldData, decision: install_rule.Decision,
+               figures: dict) -> None:
+    """What the challenger came from and how it compared, in its card (before an install copies it)."""
+    card = load_card(challenger)
+    card.parent, card.field_data = parent, field_data
+    card.comparison = {"summary": decision.reason, "install": decision.install, "file": "comparison.json",
+                       **{k: {"n": v["n"], "current": v["current_accuracy"], "challenger": v["challenger_accuracy"]}
+                          for k, v in figures.items()}}
+    write_card(challenger, card)
+
+
+def try_install(challenger: Path, models: Path,
+                decision: install_rule.Decision) -> tuple[Path | None, install_rule.Decision]:
+    """`sorter model install`'s checks and swap; a refusal keeps the current model, with the reason."""
+    from sorter.bundle import BundleError, install
+
+    try:
+        folder, _ = install(challenger, models)
+    except (BundleError, OSError, ValueError) as exc:
+        return None, install_rule.Decision(False, f"kept the current model: the challenger failed "
+                                                  f"`sorter model install`'s checks: {exc}",
+                                           decision.field_p_value, decision.base_points)
+    return folder, decision
