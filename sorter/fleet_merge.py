@@ -3,6 +3,13 @@
 Counts add up; every ratio (rates, accuracy and its interval, per-class figures) is recomputed
 from the summed counts and the summed confusion matrix, never averaged, so a fleet of one line
 gives exactly that line's figures. The figures come from the functions `sorter report` uses.
+
+The weighted (1/p) audited accuracy is merged the same way: each line publishes its audits counted by
+(p, true label, model label) (`audit.weighted.groups`), the fleet pools them and runs the line's own
+`weighting.weighted_figures` on the pool, so the estimate is Σ over lines of the weights of right audits
+over Σ of all weights, with the interval from the pooled weights. A line whose report has no groups
+(older code) can only be counted plain; then the fleet has no weighted figure and drift holds the
+plain one, and `audit.weighting` says which lines fell back.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import numpy as np
 
 from sorter import report as rp
 from sorter.store import now_iso
+from sorter.weighting import weighted_figures
 
 Reports = dict[str, dict[str, Any]]  # line → its report.json
 
@@ -80,6 +88,54 @@ def _matrix(reports: Reports, labels: list[str]) -> np.ndarray:
     return cm
 
 
+def _plain_rows(r: dict[str, Any]) -> list[dict]:
+    """A line's audits from its confusion matrix alone, each without a recorded draw (p = 1)."""
+    own = r["audit"]["confusion_matrix"]
+    return [{"true_label": own["labels"][i], "label": own["labels"][j], "p": None}
+            for i, row in enumerate(own["matrix"]) for j, n in enumerate(row) for _ in range(n)]
+
+
+def _weight_rows(r: dict[str, Any]) -> tuple[list[dict] | None, str | None]:
+    """A line's audits as `weighted_figures` rows from its `audit.weighted.groups`, or None and why not:
+    a report from before the groups were published, or groups that do not add up to its audits."""
+    groups = (r["audit"].get("weighted") or {}).get("groups")
+    if groups is None:
+        return None, "its report has no audit.weighted.groups (an older sorter)"
+    try:
+        rows = [{"true_label": str(g["true_label"]), "label": str(g["label"]), "p": g["p"]}
+                for g in groups for _ in range(int(g["n"]))]
+    except (KeyError, TypeError, ValueError):
+        return None, "its audit.weighted.groups are not (p, true_label, label, n) entries"
+    if any(row["p"] is not None and not (isinstance(row["p"], int | float) and 0 < row["p"] <= 1) for row in rows):
+        return None, "its audit.weighted.groups hold a p outside (0, 1]"
+    if len(rows) != r["audit"]["n"]:
+        return None, f"its audit.weighted.groups count {len(rows)} audits, its audit {r['audit']['n']}"
+    return rows, None
+
+
+def _weighting(reports: Reports, labels: list[str], rotten: list[str]) -> tuple[dict[str, Any] | None, dict]:
+    """The fleet's `audit.weighted` from every line's pooled groups (None when a line with audits has none)
+    and `audit.weighting`: which lines were weighted, which fell back to plain counts and why."""
+    rows: list[dict] = []
+    weighted: list[str] = []
+    plain: dict[str, str] = {}
+    for line, r in reports.items():
+        own, why = _weight_rows(r)
+        if own is not None:
+            weighted.append(line)
+        elif r["audit"]["n"]:  # a line without audits has nothing to weight
+            plain[line] = why or ""
+        rows += own if own is not None else _plain_rows(r)
+    note = None
+    if plain:
+        note = ("no fleet weighted accuracy: " + "; ".join(f"{line}: {why}" for line, why in plain.items())
+                + "; those lines count plain, and the fleet's drift holds the unweighted accuracy")
+    info = {"weighted_lines": weighted, "plain_lines": plain, "note": note}
+    if plain:
+        return None, info
+    return {**weighted_figures(rows, labels, rotten), "groups": rp.weight_groups(rows)}, info
+
+
 BASE_DETAILS = ("name", "n", "fresh_vs_rotten_accuracy", "per_class")  # card_baseline beyond its figure
 
 
@@ -128,6 +184,7 @@ def _drift(audit: dict, rates: dict[str, float | None], reports: Reports, model:
     if base is None:
         out["note"] = "; ".join(filter(None, [out["note"], "lines differ in the card figure their drift compares "
                                                           "with (or have no card): no fleet comparison with a card"]))
+    out["note"] = "; ".join(filter(None, [out["note"], audit["weighting"]["note"]])) or None
     for line, r in reports.items():
         out["flags"] += [{**flag, "line": line, "message": f"{line}: {flag['message']}"}
                          for flag in r["drift"]["flags"]]
@@ -150,6 +207,9 @@ def _line(r: dict[str, Any]) -> dict[str, Any]:
     return {"items": r["items"]["classified"], "rotten_rate": r["rotten_rate"], "uncertain_rate": r["uncertain_rate"],
             "unknown_rate": r.get("unknown_rate"),
             "audit_n": a["n"], "accuracy": a["accuracy"], "accuracy_ci95": a["accuracy_ci95"],
+            "weighted_accuracy": (a.get("weighted") or {}).get("accuracy"),
+            "weighted_ci95": (a.get("weighted") or {}).get("accuracy_ci95"),
+            "accuracy_used": r["drift"].get("accuracy_used", "unweighted"),
             "drift_flagged": r["drift"]["flagged"], "card_figure": _line_figure(r["drift"].get("vs_card")),
             "window": r["window"],
             "model": (r.get("model") or {}).get("name"), "db": r.get("db"), "generated_at": r.get("generated_at")}
@@ -169,6 +229,10 @@ def merge(reports: Reports, options: rp.ReportOptions | None = None) -> dict[str
     lo, hi = _window(reports)
     audit = {**rp.matrix_figures(_matrix(reports, labels), labels, rotten),
              "wrong": [{**w, "line": line} for line, r in reports.items() for w in r["audit"]["wrong"]]}
+    weighted, audit["weighting"] = _weighting(reports, labels, rotten)
+    if weighted is not None:
+        audit["weighted"] = weighted
+    audit["accuracy_used"] = "weighted" if rp.uses_weighted(audit) else "unweighted"
     model = _model(reports, known, rotten)
     return {
         "format": rp.FORMAT, "generated_at": now_iso(), "db": None, "model": model,

@@ -133,6 +133,19 @@ def audit_figures(rows: list[dict], labels: list[str], rotten: list[str]) -> dic
     }
 
 
+def weight_groups(rows: list[dict]) -> list[dict]:
+    """Audited rows counted by (recorded p, true label, model label), published as `audit.weighted.groups`:
+    every weighted sum follows from it (Σ n/p, over the right ones too, and the spread of the weights the
+    interval rests on), so a fleet merge can weight its lines' audits together with `weighted_figures`
+    without each audit travelling. p is None for an audit without a recorded draw (counted as p = 1)."""
+    counts: dict[tuple[float | None, str, str], int] = {}
+    for r in rows:
+        key = (r["p"] or None, r["true_label"], r["label"])
+        counts[key] = counts.get(key, 0) + 1
+    ordered = sorted(counts.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0] is not None, kv[0][0] or 0.0))
+    return [{"p": p, "true_label": true, "label": label, "n": n} for (p, true, label), n in ordered]
+
+
 # ---- accuracy per model version, over time ----
 
 def model_version(row: dict) -> str:
@@ -480,7 +493,8 @@ def build_report(db_path: Path | str, lo: datetime, hi: datetime, card: ModelCar
     rotten = rotten_of(labels, card.rotten_labels if card else None)
     verdicts = _count([i["verdict"] for i in classified])
     n, hours = len(classified), (hi - lo).total_seconds() / 3600
-    audit = {**audit_figures(audited, labels, rotten), "weighted": weighted_figures(audited, labels, rotten)}
+    audit = {**audit_figures(audited, labels, rotten),
+             "weighted": {**weighted_figures(audited, labels, rotten), "groups": weight_groups(audited)}}
     audit["accuracy_used"] = "weighted" if uses_weighted(audit) else "unweighted"
     series = hourly(classified, lo, hi)
     rated = rates(verdicts, n)

@@ -207,9 +207,9 @@ def test_merge_of_one_report_is_that_report(tmp_path):
             "uncertain_rate", "throughput", "confidence_histogram", "errors_by_reason"]
     assert {k: merged[k] for k in same} == {k: one[k] for k in same}
     assert merged["camera"] == {f"line-a/{dev}": fig for dev, fig in one["camera"].items()}
-    line_only = {"wrong", "weighted", "accuracy_used"}  # the fleet sums plain matrices: no 1/p weights yet
-    assert {k: v for k, v in merged["audit"].items() if k not in line_only} == {
-        k: v for k, v in one["audit"].items() if k not in line_only}
+    assert {k: v for k, v in merged["audit"].items() if k not in {"wrong", "weighting"}} == {
+        k: v for k, v in one["audit"].items() if k != "wrong"}  # the weighted figures and accuracy_used too
+    assert merged["audit"]["weighting"] == {"weighted_lines": ["line-a"], "plain_lines": {}, "note": None}
     assert merged["audit"]["wrong"] == [{**w, "line": "line-a"} for w in one["audit"]["wrong"]]
     assert merged["drift"]["vs_card"]["accuracy_delta"] == one["drift"]["vs_card"]["accuracy_delta"] == -0.275
     assert [f["message"] for f in merged["drift"]["flags"]] == [
