@@ -737,8 +737,8 @@ def fleet_report(broker: str | None = typer.Option(None, "--broker",
         raise typer.Exit(0)
     typer.echo(f"{report['date']}: {len(report['lines'])} line(s), {report['items']['classified']} items, "
                f"{_accuracy(report)}; {live}; wrote {', '.join(str(f) for f in files)}")
-    if said := _card_compared(report) or report["drift"].get("note"):
-        typer.echo(said)  # the card figure the fleet compared with, or why it compared with none
+    for said in dict.fromkeys(filter(None, (_card_compared(report), report["drift"].get("note")))):
+        typer.echo(said)  # the card figure the fleet compared with, and why (none, or plain for some lines)
     _exit_on_drift(report, fail_on_drift)
 
 

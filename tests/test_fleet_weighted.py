@@ -176,3 +176,18 @@ def test_fleet_report_over_the_broker_prints_the_weighted_figure_and_flags(repor
             "counted as p=1); drift uses the weighted one") in result.stdout
     saved = json.loads((out / "report.json").read_text())
     assert saved["audit"]["weighted"]["accuracy_ci95"] == FLEET_CI and saved["drift"]["accuracy_used"] == "weighted"
+
+
+def test_fleet_report_over_the_broker_says_which_lines_fell_back_to_plain(reports, tmp_path, broker):
+    settings = FleetSettings(broker=f"127.0.0.1:{broker.port}")
+    publish_report(settings, "line-a", reports["line-a"])
+    publish_report(settings, "line-b", older(reports["line-b"], weighted=False))
+    cfg = tmp_path / "fleet.toml"
+    cfg.write_text(f"[report]\ndrift_margin = 0.05\nmin_audited = 6\n[fleet]\nbroker = '127.0.0.1:{broker.port}'\n")
+    result = CliRunner().invoke(app, ["fleet", "report", "-c", str(cfg), "--duration", "0.3", "--out",
+                                      str(tmp_path / "fleet"), "--date", DAY])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("compared with card") for line in lines), result.stdout
+    assert ("no fleet weighted accuracy: line-b: its report has no audit.weighted.groups (an older sorter); "
+            "those lines count plain, and the fleet's drift holds the unweighted accuracy") in lines
