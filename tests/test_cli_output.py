@@ -18,7 +18,7 @@ from tests.watch_helpers import MODEL, SORTER, drop, jpeg, watch_command
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
-TRAINING = {"train", "evaluate", "export", "tune", "split"}
+TRAINING = {"train", "evaluate", "export", "tune", "split", "retrain"}
 
 
 def _squash(text: str) -> str:
