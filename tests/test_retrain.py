@@ -78,7 +78,8 @@ def _retrain(db: Path, data: Path, models: Path, out: Path, *extra: str):
     from sorter.cli import app
 
     return CliRunner().invoke(app, ["retrain", "--db", str(db), "--base-data", str(data), "--out", str(out),
-                                    "--dir", str(models), "--quick", "--quick-epochs", "30", *extra])
+                                    "--dir", str(models), "--quick", "--quick-epochs", "30", "--quick-lr", "0.001",
+                                    "--field-share", "0.5", *extra])
 
 
 def test_retrain_installs_a_challenger_that_sorts_the_line_better(line, tmp_path):

@@ -301,7 +301,7 @@ def retrain(ctx: typer.Context,
             field_val: float = typer.Option(0.15, "--field-val",
                                             help="Share of the rest held as validation: the card's "
                                                  "temperature, thresholds and unknown threshold fit the line."),
-            field_share: float = typer.Option(0.5, "--field-share",
+            field_share: float = typer.Option(0.3, "--field-share",
                                               help="Share of each epoch the field training photos make up "
                                                    "(their weight is set so)."),
             since: str = typer.Option(None, "--since", help="Only items received within this age (e.g. 30d)."),
