@@ -98,6 +98,21 @@ def test_field_split_is_stratified_whole_and_seeded(tmp_path):
     assert rows[0].keys() == {"sha256", "true_label", "split", "file"}
 
 
+@dataclass(frozen=True)
+class Labelled:
+    sha256: str
+    true_label: str
+    pseudo: bool
+
+
+def test_pseudo_labelled_photos_only_ever_train():
+    photos = [Labelled(f"{i:064x}", "a", i >= 10) for i in range(30)]  # 10 audited, 20 pseudo
+    parts = field_split.partition(photos, 0.3, 0.15, seed=1)
+    assert [len(parts[s]) for s in ("train", "val", "test")] == [26, 1, 3]  # test round(10 * .3); val round(7 * .15)
+    assert not any(p.pseudo for p in parts["test"] + parts["val"])
+    assert sum(p.pseudo for p in parts["train"]) == 20
+
+
 def _card(**extra) -> dict:
     return {"name": "m", "labels": ["freshapple", "rottenapple"], "rotten_labels": ["rottenapple"],
             "input": {"height": 8, "width": 8, "dtype": "uint8"}, "quantization": "int8", **extra}

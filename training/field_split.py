@@ -44,6 +44,24 @@ def split(photos: Sequence[P], test_share: float = 0.3, seed: int = 42) -> tuple
     return train, test
 
 
+class Labelled(Photo, Protocol):
+    @property
+    def pseudo(self) -> bool: ...
+
+
+L = TypeVar("L", bound=Labelled)
+
+
+def partition(photos: Sequence[L], test_share: float, val_share: float, seed: int = 42) -> dict[str, list[L]]:
+    """{train, val, test}: test and validation drawn from audited photos only; pseudo-labelled ones
+    (the model's own confident label) only ever train, since a test labelled by the model in use
+    would score it right by construction."""
+    audited = [p for p in photos if not p.pseudo]
+    rest, test = split(audited, test_share, seed)
+    train, val = split(rest, val_share, seed + 1)
+    return {"train": train + [p for p in photos if p.pseudo], "val": val, "test": test}
+
+
 def write(path: Path, parts: Mapping[str, Sequence[Photo]], files: Mapping[str, Path]) -> Path:
     """`path` as TSV: sha256, true label, split (train, val, test), file (as the data set placed it)."""
     with open(path, "w", newline="") as fh:

@@ -382,10 +382,9 @@ def retrain(config: RetrainConfig, console: Console | None = None) -> RetrainRes
         raise RetrainError(str(exc)) from None
     config.out.mkdir(parents=True, exist_ok=True)
     dataset, photos = field_photos(config, card.labels, console)
-    rest, test = field_split.split(photos, config.field_test, config.seed)
-    train, val = field_split.split(rest, config.field_val, config.seed + 1)
+    parts = field_split.partition(photos, config.field_test, config.field_val, config.seed)
+    train, val, test = parts["train"], parts["val"], parts["test"]
     files = {p.sha256: photo_file(dataset, p) for p in photos}
-    parts = {"train": train, "val": val, "test": test}
     field_split.write(config.out / "field_split.tsv", parts, files)
     labels_of = {files[p.sha256]: p.true_label for p in photos}
     splits = run_splits(config, card.labels, dataset.out,
