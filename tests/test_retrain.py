@@ -198,3 +198,18 @@ def test_full_recipe_fine_tunes_from_the_parent_run_config(line, tmp_path):
     history = json.loads((out / "run" / "history.json").read_text())
     assert set(history["phase"]) == {1, 2}
     assert json.loads((out / "comparison.json").read_text())["test_sets"]["field_test"]["n"] == 24
+
+
+def test_quick_cut_lies_at_a_block_boundary_and_reproduces_the_model():
+    """The cached part ends where the graph narrows to one tensor: never inside a residual block."""
+    from training import finetune
+    from tests.retrain_helpers import tiny_classifier
+
+    model = tiny_classifier()
+    backbone = finetune.find_backbone(model)
+    assert [backbone.layers[i].name for i in finetune.cut_points(backbone)] == [
+        "pixels", "scale", "stem", "block0_add", "block1_conv"]  # not block0_conv: the add still reads stem
+    bottom, top, above = finetune.split_model(model, 2)
+    assert [layer.name for layer in above] == ["block1_conv", "head_conv"]
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(top(bottom(images))), np.asarray(model(images)), atol=1e-6)

@@ -240,8 +240,7 @@ def parent_recipe(card: ModelCard):
     return TrainConfig.from_dict(values)
 
 
-def fine_tune(model, splits: DataSplits, labels: list[str], config: RetrainConfig, card: ModelCard,
-              console: Console) -> dict:
+def fine_tune(model, splits: DataSplits, config: RetrainConfig, card: ModelCard, console: Console) -> dict:
     """Train the float model on base train + field train (weighted); returns what was done."""
     from training import finetune
     from training.evaluate import keras_input_size
@@ -390,7 +389,7 @@ def retrain(config: RetrainConfig, console: Console | None = None) -> RetrainRes
     splits = run_splits(config, card.labels, dataset.out,
                         {k: [files[p.sha256] for p in v] for k, v in parts.items()}, labels_of)
     model = load_keras(weights)
-    done = fine_tune(model, splits, card.labels, config, card, console)
+    done = fine_tune(model, splits, config, card, console)
     write_run(config.out / "run", model, splits, card, done, config)
     field_data = FieldData(fingerprint=dataset.fingerprint(), counts=dataset.counts(), train=len(train),
                            val=len(val), test=len(test), pseudo=sum(1 for p in photos if p.pseudo),
