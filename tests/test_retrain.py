@@ -202,8 +202,8 @@ def test_full_recipe_fine_tunes_from_the_parent_run_config(line, tmp_path):
 
 def test_quick_cut_lies_at_a_block_boundary_and_reproduces_the_model():
     """The cached part ends where the graph narrows to one tensor: never inside a residual block."""
-    from training import finetune
     from tests.retrain_helpers import tiny_classifier
+    from training import finetune
 
     model = tiny_classifier()
     backbone = finetune.find_backbone(model)
