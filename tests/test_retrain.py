@@ -213,3 +213,18 @@ def test_quick_cut_lies_at_a_block_boundary_and_reproduces_the_model():
     assert [layer.name for layer in above] == ["block1_conv", "head_conv"]
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(top(bottom(images))), np.asarray(model(images)), atol=1e-6)
+
+
+def test_a_winner_the_install_refuses_keeps_the_current_model(line, tmp_path):
+    """The challenger wins, but `sorter model install` cannot put it in (the models folder is a file):
+    exit 1, the reason in one line, and the challenger's card says it was not installed."""
+    db, _, data, _ = _setup(line, tmp_path)
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("x")
+    result = _retrain(db, data, blocked, tmp_path / "out", "--install", "--model", str(line[2]))
+    assert result.exit_code == 1, result.output
+    assert "failed `sorter model install`'s checks" in " ".join(result.output.split())
+    comparison = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    assert comparison["installed"] is None and comparison["test_sets"]["field_test"]["win_p_value"] < 0.05
+    card = load_card(Path(comparison["challenger"]["path"]))
+    assert card.comparison is not None and card.comparison["install"] is False
