@@ -11,6 +11,11 @@ changes every part of the picture, so only a frozen one is caught. Nor does an e
 read from an abandoned connection. A video file is not a camera: every frame it holds is
 delivered (a photo held for a second is 25 identical frames, not a stall), and a file that is
 missing or cannot be decoded is an error, never a reconnect loop.
+
+Abandoned is not forgotten: `close` joins the supervisor and every reader still alive, within the
+read deadline (network sources open and read with FFmpeg timeouts of `stall_seconds`) and a margin.
+A reader left inside OpenCV when the interpreter exits aborts the process (`sorter.threads.join_within`);
+one that outlives the bound is named in an error line instead of hanging the shutdown.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from sorter import threads
 from sorter.imaging import quiet_opencv
 from sorter.redact import mask_url
 
@@ -36,6 +42,7 @@ NETWORK_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "ud
 DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443, "rtmp": 1935}
 FROZEN_GRID = 16  # the picture is judged in 16×16 cells: "a small area" is a count of cells
 FROZEN_TOLERANCE = 2  # grey levels a decoder may round differently on the very same picture
+CLOSE_MARGIN_S = 2.0  # beyond the read deadline, for a reader to release its capture when closing
 
 
 @dataclass
@@ -291,6 +298,7 @@ class Capture:
         self.error: str | None = None  # why a video file could not be replayed (the source ended)
         self._lock = threading.Lock()
         self._reader: _Reader | None = None
+        self._readers: list[_Reader] = []  # every connection's reader not yet seen to end: joined by close
         self._thread = threading.Thread(target=self._supervise, name="capture-supervisor", daemon=True)
 
     def start(self) -> Capture:
@@ -300,8 +308,17 @@ class Capture:
         return self
 
     def close(self) -> None:
+        """Stop, and wait for the supervisor and every reader (abandoned ones too) to end: a reader
+        still blocked in OpenCV at interpreter exit aborts the process. Bounded: a blocked network read
+        returns by its FFmpeg deadline (`stall_seconds`); a reader past the bound is logged, not awaited."""
         self.stop.set()
-        self._thread.join(timeout=max(2.0, self.stall_seconds + 1))
+        limit = self.stall_seconds + CLOSE_MARGIN_S
+        started = time.monotonic()
+        threads.join_within([self._thread], limit)  # it starts no reader once it has ended
+        stuck = threads.join_within(list(self._readers), max(0.0, limit - (time.monotonic() - started)))
+        for reader in stuck:
+            log.error("camera %s: reader %s still blocked in OpenCV %.1f s after stop; left behind (the "
+                      "process may abort when it exits)", self.name, reader.name, time.monotonic() - started)
 
     def _set_state(self, state: str, detail: str) -> None:
         with self._lock:
@@ -351,6 +368,7 @@ class Capture:
             self.stats.connects += 1
             reader = _Reader(self, generation)
             self._reader = reader
+            self._readers = [r for r in self._readers if r.is_alive()] + [reader]
             reader.start()
             problem = self._watch(reader)
             reader.abandoned.set()

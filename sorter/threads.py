@@ -18,7 +18,8 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 log = logging.getLogger("sorter.threads")
@@ -68,3 +69,18 @@ def start(target: Callable[..., Any], name: str, *args: Any, nice: int | None = 
     thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     return thread
+
+
+def join_within(workers: Sequence[threading.Thread], timeout: float) -> list[threading.Thread]:
+    """Join every started thread, all within one `timeout` in seconds; the ones still alive after it.
+
+    Why: a daemon thread still inside C++ code at interpreter exit is ended by `pthread_exit` when it
+    next takes the GIL, and C++ code that catches everything (OpenCV's bindings do) swallows that
+    unwind: glibc aborts the process, `FATAL: exception not rethrown`, exit -6. Such threads must be
+    joined before the interpreter exits, and a caller must never wait for ever on one that is wedged.
+    """
+    deadline = time.monotonic() + timeout
+    for worker in workers:
+        if worker.ident is not None:  # a thread never started has nothing to join
+            worker.join(max(0.0, deadline - time.monotonic()))
+    return [worker for worker in workers if worker.is_alive()]
