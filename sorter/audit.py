@@ -14,9 +14,11 @@ import re
 import shutil
 import sqlite3
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -24,7 +26,7 @@ from sorter import store
 from sorter.card import sha256_file
 from sorter.imaging import is_image_name
 
-_SHA = re.compile(r"^[0-9a-fA-F]{64}$")
+SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 _ALIASES = {"sha256": "sha256", "sha": "sha256", "hash": "sha256", "file": "file", "path": "file",
             "name": "file", "filename": "file", "true_label": "label", "label": "label", "truth": "label",
             "auditor": "auditor", "time": "time", "audited_at": "time"}
@@ -54,11 +56,14 @@ class ImportResult:
     written: bool = False
 
 
+R = TypeVar("R", bound=ImportResult)
+
+
 class AuditError(ValueError):
     """The input cannot be read at all (no header, no label column, not a folder)."""
 
 
-def _utc(text: str | None, default: str) -> str:
+def utc_text(text: str | None, default: str) -> str:
     """ISO-8601 (naive = UTC) → the store's UTC text form, so audits sort with items."""
     if not text or not text.strip():
         return default
@@ -103,7 +108,7 @@ def _find_item(db: sqlite3.Connection, sha: str, name: str) -> tuple[int, str] |
     is opened: an audit file is not a licence to read `/etc/shadow` or hash a 2 GB file, and the
     message for a name is the same whether or not such a file exists."""
     if sha:
-        if not _SHA.match(sha):
+        if not SHA256_HEX.match(sha):
             return f"bad sha256 '{sha}' (want 64 hex digits)"
         return item_by_sha(db, sha) or f"unknown item sha256 {sha[:12]}… (not in the database)"
     if not name:
@@ -139,7 +144,7 @@ def resolve_csv(db: sqlite3.Connection, rows: list[dict[str, str]], labels: list
         if isinstance(found, str):
             problem = f"{problem}; {found}" if problem else found
         try:
-            when = _utc(row.get("time"), now)
+            when = utc_text(row.get("time"), now)
         except ValueError:
             problem = f"{problem}; bad time '{row.get('time')}'" if problem else f"bad time '{row.get('time')}'"
         if problem:
@@ -195,14 +200,20 @@ def write_audits(db, audits: list[Audit]) -> tuple[int, int, int]:
     return counts[0], counts[1], counts[2]
 
 
-def _import(db_path: Path, resolve, partial: bool) -> ImportResult:
+def _plain(audits: list[Audit], errors: list[str], skipped: int) -> tuple[list[Audit], ImportResult]:
+    return audits, ImportResult(skipped=skipped, errors=errors)
+
+
+def import_resolved(db_path: Path, resolve: Callable[[sqlite3.Connection], tuple[list[Audit], R]],
+                    partial: bool) -> R:
+    """Every import's one path: `resolve` reads the input against the database into audits and a result
+    holding its errors; with errors nothing is written unless `partial` (CSV, folder, Label Studio)."""
     if not Path(db_path).exists():
         raise FileNotFoundError(f"database {db_path} not found")
     db = store.open_writer(db_path)
     try:
-        audits, errors, skipped = resolve(db.conn)
-        result = ImportResult(skipped=skipped, errors=errors)
-        if errors and not partial:
+        audits, result = resolve(db.conn)
+        if result.errors and not partial:
             return result
         result.inserted, result.updated, result.unchanged = write_audits(db, audits)
         result.written = True
@@ -215,13 +226,13 @@ def import_csv(db_path: Path, csv_path: Path, labels: list[str], partial: bool =
     """`sorter audit import`: validate every row, then write all (or, with errors, nothing)."""
     rows = read_csv(csv_path)
     now = store.now_iso()
-    return _import(db_path, lambda conn: resolve_csv(conn, rows, labels, now), partial)
+    return import_resolved(db_path, lambda conn: _plain(*resolve_csv(conn, rows, labels, now)), partial)
 
 
 def import_folder(db_path: Path, folder: Path, labels: list[str], auditor: str = "",
                   partial: bool = False) -> ImportResult:
     """`sorter audit folder`: AUDIT_DIR/<true label>/<file>, matched by content hash."""
-    return _import(db_path, lambda conn: resolve_folder(conn, folder, labels, auditor), partial)
+    return import_resolved(db_path, lambda conn: _plain(*resolve_folder(conn, folder, labels, auditor)), partial)
 
 
 # ---- sampling: what people should look at next ----

@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 from xml.sax.saxutils import quoteattr
 
 from sorter import store
-from sorter.audit import _SHA, Audit, ImportResult, _utc, check_label, item_by_sha, write_audits
+from sorter.audit import SHA256_HEX, Audit, ImportResult, check_label, import_resolved, item_by_sha, utc_text
 from sorter.card import sha256_file
 
 TASKS = "labelstudio-tasks.json"
@@ -184,7 +184,7 @@ def path_from_url(url: str, document_root: Path) -> Path | str:
 def _task_item(conn: sqlite3.Connection, data: dict, document_root: Path | None) -> tuple[int, str] | str:
     """The task's item by content hash: `data.sha256`, else the hash of its local file."""
     sha = str(data.get("sha256") or "").lower()
-    if sha and not _SHA.match(sha):
+    if sha and not SHA256_HEX.match(sha):
         return f"bad sha256 '{sha}' in task data (want 64 hex digits)"
     if not sha:
         if document_root is None:
@@ -256,7 +256,7 @@ def _resolve(conn: sqlite3.Connection, tasks: list[dict], labels: list[str],
                 continue
             stamp = ann.get("updated_at") or ann.get("created_at")
             try:
-                when = _utc(stamp, store.now_iso())
+                when = utc_text(stamp, store.now_iso())
             except (ValueError, TypeError):
                 errors.append(f"{here}: bad time '{stamp}'")
                 continue
@@ -276,16 +276,9 @@ def import_export(db_path: Path, export: Path, labels: list[str], document_root:
                   partial: bool = False) -> LabelStudioImport:
     """`sorter audit import-labelstudio`: validate every annotation, then write all (or, with errors, nothing)."""
     tasks = read_export(export)
-    if not Path(db_path).exists():
-        raise FileNotFoundError(f"database {db_path} not found")
-    db = store.open_writer(db_path)
-    try:
-        audits, errors, notes = _resolve(db.conn, tasks, labels, document_root)
-        result = LabelStudioImport(skipped=len(notes), errors=errors, notes=notes)
-        if errors and not partial:
-            return result
-        result.inserted, result.updated, result.unchanged = write_audits(db, audits)
-        result.written = True
-        return result
-    finally:
-        db.close()
+
+    def resolve(conn: sqlite3.Connection) -> tuple[list[Audit], LabelStudioImport]:
+        audits, errors, notes = _resolve(conn, tasks, labels, document_root)
+        return audits, LabelStudioImport(skipped=len(notes), errors=errors, notes=notes)
+
+    return import_resolved(db_path, resolve, partial)
