@@ -136,13 +136,14 @@ def audit(db: Path, work: Path, truth: dict[str, str], n: int, swap: bool, model
 
 
 def accuracy(model: Path, files: list[Path], labels: list[str]) -> float:
-    """Right under the runtime's rule: filed as fresh or rotten under the true label."""
+    """Accuracy under the runtime's rule, as `sorter evaluate` and the card report it: the recorded label
+    is the true one (an uncertain or unknown item keeps its label)."""
     from sorter.classify import classify_files, rules_for
     from sorter.model import Classifier
 
     clf = Classifier(model)
     results = list(classify_files(files, clf, rules_for(clf)))
-    right = sum(r.label == t and r.verdict in ("fresh", "rotten") for r, t in zip(results, labels, strict=True))
+    right = sum(r.label == t for r, t in zip(results, labels, strict=True))
     return right / len(files) if files else 0.0
 
 

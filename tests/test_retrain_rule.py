@@ -177,3 +177,20 @@ def test_float_weights_missing_or_unnamed_are_refused(tmp_path):
     plain = _bundle(tmp_path / "plain", None)
     with pytest.raises(WeightsMissing, match="names no float weights"):
         locate(plain, load_card(plain))
+
+
+def test_the_comparison_counts_the_recorded_label_as_sorter_evaluate_does():
+    """An unknown or uncertain item whose label is right is right (the card's accuracy under the rule);
+    it is counted apart as a verdict, so the install rule's points are the points the card shows."""
+    from sorter.classify import FileResult
+    from training.retrain import scored
+
+    results = [FileResult("a", "freshapples", 0.9, "fresh", {"freshapples": 0.9, "rottenapples": 0.1}),
+               FileResult("b", "rottenapples", 0.6, "unknown", {"freshapples": 0.4, "rottenapples": 0.6}),
+               FileResult("c", "freshapples", 0.5, "uncertain", {"freshapples": 0.5, "rottenapples": 0.5}),
+               FileResult("d", "freshapples", 0.7, "fresh", {"freshapples": 0.3, "rottenapples": 0.7}),
+               FileResult("e", error="not an image")]
+    got = scored(results, ["freshapples", "rottenapples", "freshapples", "rottenapples", "freshapples"])
+    assert got.right.tolist() == [True, True, True, False, False]
+    assert got.top1.tolist() == [True, True, True, True, False]
+    assert got.verdicts == {"fresh": 2, "unknown": 1, "uncertain": 1, "error": 1}

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sorter.card import FieldData, ModelCard, ParentModel, load_card, sha256_file, write_card
+from sorter.classify import FileResult
 from training import field_split, install_rule
 from training.data import SPLITS, DataSplits, discover_many, load_split, save_splits
 
@@ -306,15 +307,22 @@ class ChallengerRefused(RuntimeError):
 # --- scoring -----------------------------------------------------------------------------------
 
 def score(model_path: Path, files: list[Path], truth: list[str]) -> Scored:
-    """Through the runtime: decoder, interpreter, the card's verdict rule. Right = the item would be
-    filed under its true label as fresh or rotten (uncertain and unknown are not right)."""
+    """Through the runtime: decoder, interpreter, the card's verdict rule. Right = the label the runtime
+    records is the true one: the figure `sorter evaluate` and the card call accuracy under the rule, so
+    the install rule's points are the points a user reads there. Uncertain and unknown items keep their
+    label here; how many go to a person (`verdicts`) is reported beside, not mixed into accuracy."""
     from sorter.classify import classify_files, rules_for
     from sorter.model import Classifier, default_threads
 
     clf = Classifier(model_path, num_threads=default_threads())
     rules = rules_for(clf)
     results = list(classify_files(files, clf, rules))
-    right = np.array([r.label == t and r.verdict in ("fresh", "rotten") for r, t in zip(results, truth, strict=True)])
+    return scored(results, truth)
+
+
+def scored(results: list[FileResult], truth: list[str]) -> Scored:
+    """Right (the recorded label is the true one, whatever the verdict), top-1 right, verdict counts."""
+    right = np.array([r.label == t for r, t in zip(results, truth, strict=True)])
     top1 = np.array([_top(r.scores) == t for r, t in zip(results, truth, strict=True)])
     verdicts: dict[str, int] = {}
     for r in results:
@@ -352,7 +360,7 @@ def pair_of(figures: dict[str, Any]) -> install_rule.Paired:
 
 def comparison_table(comparison: dict[str, Any]) -> Table:
     table = Table("test set", "photos", "current", "challenger", "points", "gained", "lost", "p (one-sided)",
-                  title="current model vs challenger (right = filed under the true label, runtime rule)")
+                  title="current model vs challenger (right = the label recorded under each card's rule)")
     for name in ("field_test", "base_test"):
         f = comparison["test_sets"].get(name)
         if f:
