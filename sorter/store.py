@@ -105,6 +105,24 @@ def m006_audit_draws(db: Database) -> None:
     db.execute("CREATE UNIQUE INDEX audit_draws_item_sample ON audit_draws(item_id, sample)")
 
 
+@migrations()
+def m007_audit_controls(db: Database) -> None:
+    """Control photos (`audit sample --control-data`): photos of known label copied into a sample among its
+    items, named and ordered like them, so an auditor's answers on them measure the auditor (crowd
+    labelling's gold questions). Never items: `name` and `shown_id` are what the sample shows, `predicted`,
+    `confidence`, `verdict` and the model what the model in use said of it (the sample shows that for items
+    too). One row per (sample, photo, auditor): `answer` is NULL until an import brings one; a second
+    auditor's answer gets a row of its own."""
+    db.table("audit_controls").create({
+        "id": int, "sample_id": str, "sha256": str, "true_label": str, "source_path": str, "name": str,
+        "shown_id": int, "predicted": str, "confidence": float, "verdict": str, "model_id": str,
+        "model_sha256": str, "placed_at": str, "answer": str, "auditor": str, "answered_at": str, "origin": str},
+        pk="id", not_null={"sample_id", "sha256", "true_label", "name", "placed_at", "auditor"},
+        defaults={"auditor": ""})
+    db.execute("CREATE UNIQUE INDEX audit_controls_sample_sha_auditor ON audit_controls(sample_id, sha256, auditor)")
+    db.table("audit_controls").create_index(["sha256"])
+
+
 def has_table(conn: sqlite3.Connection, name: str) -> bool:
     """Readers may meet a database made before a migration (read-only: they cannot apply it)."""
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [name]).fetchone() is not None
