@@ -228,3 +228,16 @@ def test_a_winner_the_install_refuses_keeps_the_current_model(line, tmp_path):
     assert comparison["installed"] is None and comparison["test_sets"]["field_test"]["win_p_value"] < 0.05
     card = load_card(Path(comparison["challenger"]["path"]))
     assert card.comparison is not None and card.comparison["install"] is False
+
+
+def test_the_shipped_bundle_can_be_retrained():
+    """Its float weights travel with it (hash-checked) and its run folder is found beside its card, so
+    `sorter retrain` on the bundle `make demo` uses reaches the fine-tune instead of exiting 2."""
+    from training import float_weights
+    from training.retrain import parent_card, recipe_values
+
+    shipped = Path(__file__).resolve().parent.parent / "models" / "fruit-lite1-int8.tflite"
+    card = parent_card(shipped)
+    assert Path(card.source_run) == shipped.parent / "fruit-lite1-run"
+    assert recipe_values(card)["backbone"] == card.backbone == "efficientnet-lite1"
+    assert float_weights.locate(shipped, card) == shipped.parent / "fruit-lite1.float.keras"

@@ -320,8 +320,15 @@ def retrain(ctx: typer.Context,
             quick_layers: int = typer.Option(20, "--quick-layers",
                                              help="Backbone layers the quick fine-tune trains (at least; the "
                                                   "cut lies at a block boundary)."),
+            keep_base: float = typer.Option(0.0, "--keep-base",
+                                            help="Quick: share of each base photo's target that is the model's own "
+                                                 "answer before training (less forgetting of the base data)."),
             seed: int = typer.Option(42, "--seed", help="Seed of the field split and the fine-tune."),
-            name: str = typer.Option(None, "--name", help="Bundle name (default: PARENT-rYYYYMMDDHHMM).")
+            name: str = typer.Option(None, "--name", help="Bundle name (default: PARENT-rYYYYMMDDHHMM)."),
+            min_control_accuracy: float = typer.Option(
+                0.9, "--min-control-accuracy",
+                help="Refuse the audits (exit 1, nothing trained) when their samples' control photos of known "
+                     "label (`sorter audit sample --control-data`) were answered right less often than this.")
             ) -> None:
     """Retrain on the line's audits: a challenger fine-tuned from the model in use, compared with it on held-out
     field photos and the base test set, installed (with --install) only when it wins beyond chance.
@@ -347,7 +354,8 @@ def retrain(ctx: typer.Context,
             field_share=field_share, since=parse_age(since) if since else None,
             include_unaudited_confident=include_unaudited_confident, split_files=[Path(f) for f in split_files],
             seed=seed, alpha=alpha, base_tolerance=base_tolerance, quick_epochs=quick_epochs, quick_lr=quick_lr,
-            quick_layers=quick_layers, name=name, command=command_line(ctx))
+            quick_layers=quick_layers, keep_base=keep_base, name=name, command=command_line(ctx),
+            min_control_accuracy=min_control_accuracy)
         result = run_retrain(config, Console(stderr=True))
     except (RetrainError, ValueError, OSError) as exc:
         fail(str(exc))

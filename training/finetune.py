@@ -19,11 +19,26 @@ QUICK_LAYERS = 20  # backbone layers above the cut: EfficientNet-Lite's head con
 
 @dataclass
 class Weighted:
-    """Training photos (uint8 pixels, label indices) with a weight each (field photos weigh more)."""
+    """Training photos (uint8 pixels, label indices) with a weight each (field photos weigh more), and
+    which of them the model already knows (the base photos: their targets may keep its own answers)."""
 
     images: np.ndarray
     labels: np.ndarray
     weights: np.ndarray
+    known: np.ndarray | None = None
+
+
+def targets(labels: np.ndarray, known: np.ndarray | None, before: np.ndarray, keep: float) -> np.ndarray:
+    """One-hot targets; on the photos the model already knows, `keep` of the target is its own answer
+    before training (Learning without Forgetting, Li & Hoiem 2016). Fine-tuning the top of a network on
+    a few hundred photos of a new line otherwise moves its answers on the photos it knew, and the base
+    test set then refuses the challenger; the line's photos keep plain one-hot targets, so the new
+    knowledge comes only from them."""
+    onehot = np.eye(before.shape[1], dtype=np.float32)[labels]
+    if known is None or keep <= 0:
+        return onehot
+    mix = np.where(known[:, None], (1 - keep) * onehot + keep * before.astype(np.float32), onehot)
+    return mix.astype(np.float32)
 
 
 def find_backbone(model):
@@ -114,17 +129,20 @@ def features(bottom, images: np.ndarray, batch: int = 32) -> np.ndarray:
 
 
 def quick(model, data: Weighted, *, epochs: int = 5, lr: float = 1e-3, batch_size: int = 32,
-          layers_above: int = QUICK_LAYERS, seed: int = 42, verbose: int = 0) -> dict:
+          layers_above: int = QUICK_LAYERS, seed: int = 42, keep: float = 0.0, verbose: int = 0) -> dict:
     """Train the head and the top `layers_above` backbone layers on cached features; the model's
-    weights change in place. Returns the history."""
+    weights change in place. `keep`: the share of a known photo's target that is the model's own answer
+    before training (`targets`). Returns the history."""
     import keras
 
     keras.utils.set_random_seed(seed)
     bottom, top, above = split_model(model, layers_above)
     _freeze_all_but(model, above)
     cached = features(bottom, data.images, batch_size)
-    top.compile(keras.optimizers.Adam(lr), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    done = top.fit(cached, data.labels, sample_weight=data.weights, epochs=epochs, batch_size=batch_size,
+    before = np.asarray(top.predict(cached, batch_size=batch_size, verbose=0))
+    goal = targets(data.labels, data.known, before, keep)
+    top.compile(keras.optimizers.Adam(lr), "categorical_crossentropy", metrics=["categorical_accuracy"])
+    done = top.fit(cached, goal, sample_weight=data.weights, epochs=epochs, batch_size=batch_size,
                    shuffle=True, verbose=verbose)
     return {k: [float(v) for v in vs] for k, vs in done.history.items()}
 

@@ -28,7 +28,7 @@ from rich.table import Table
 
 from sorter.card import FieldData, ModelCard, ParentModel, load_card, sha256_file, write_card
 from sorter.classify import FileResult
-from training import field_split, install_rule
+from training import control_gate, field_split, install_rule
 from training.data import SPLITS, DataSplits, discover_many, load_split, save_splits
 
 log = logging.getLogger(__name__)
@@ -72,9 +72,11 @@ class RetrainConfig:
     quick_epochs: int = 6
     quick_lr: float = 1e-3
     quick_layers: int = 20
+    keep_base: float = 0.0  # quick: share of a base photo's target that is the model's own answer (finetune.targets)
     batch_size: int = 32
     calibration: int = 300
     max_drop: float = 1.0
+    min_control_accuracy: float = 0.9  # the audits' control photos (training.control_gate)
     name: str | None = None
     command: str = "sorter retrain"
 
@@ -88,10 +90,14 @@ class RetrainConfig:
             problems.append(f"--field-share must be in (0, 1), not {self.field_share}")
         if not 0 < self.alpha < 1 or self.base_tolerance < 0:
             problems.append("--alpha must be in (0, 1) and --base-tolerance >= 0")
+        if not 0 <= self.keep_base < 1:
+            problems.append(f"--keep-base must be in [0, 1), not {self.keep_base}")
         if self.quick_epochs < 1 or self.quick_layers < 0 or self.batch_size < 1:
             problems.append("--quick-epochs and --batch-size must be >= 1, --quick-layers >= 0")
         if not self.base_data:
             problems.append("--base-data: at least one data folder")
+        if not 0 <= self.min_control_accuracy <= 1:
+            problems.append(f"--min-control-accuracy must be in [0, 1], not {self.min_control_accuracy}")
         if problems:
             raise RetrainError("; ".join(problems))
 
@@ -138,12 +144,17 @@ def current_model(config: RetrainConfig) -> Path:
 
 
 def parent_card(path: Path) -> ModelCard:
+    """The model's card, its `source_run` made absolute: a shipped bundle names its run folder relative
+    to the card's own folder (`fruit-lite1-run`), since the exporter's absolute path exists only there."""
     from sorter.card import CardError
 
     try:
-        return load_card(path)
+        card = load_card(path)
     except (CardError, FileNotFoundError) as exc:
         raise RetrainError(f"{path}: {exc}") from None
+    if card.source_run and not Path(card.source_run).is_absolute():
+        card.source_run = str(path.parent / card.source_run)
+    return card
 
 
 # --- the field data ----------------------------------------------------------------------------
@@ -252,14 +263,16 @@ def fine_tune(model, splits: DataSplits, config: RetrainConfig, card: ModelCard,
         console.print(f"[yellow]skipped[/yellow] {path}: {reason}", highlight=False, soft_wrap=True)
     is_field = np.array([splits.root_of(p).name == FIELD_ROOT for p in train.paths], bool)
     weight = field_weight(int((~is_field).sum()), int(is_field.sum()), config.field_share)
-    data = finetune.Weighted(train.images, train.labels, np.where(is_field, weight, 1.0).astype(np.float32))
+    data = finetune.Weighted(train.images, train.labels, np.where(is_field, weight, 1.0).astype(np.float32),
+                             known=~is_field)
     quick = use_quick(config)
     console.print(f"fine-tuning ({'quick: head and top layers on cached features' if quick else 'full recipe'}) "
                   f"on {int((~is_field).sum())} base and {int(is_field.sum())} field photos, field weight "
                   f"{weight:.2f}", highlight=False)
     if quick:
         history = finetune.quick(model, data, epochs=config.quick_epochs, lr=config.quick_lr,
-                                 batch_size=config.batch_size, layers_above=config.quick_layers, seed=config.seed)
+                                 batch_size=config.batch_size, layers_above=config.quick_layers, seed=config.seed,
+                                 keep=config.keep_base)
     else:
         val = load_split(splits.val, size)
         recipe = parent_recipe(card)
@@ -383,6 +396,12 @@ def retrain(config: RetrainConfig, console: Console | None = None) -> RetrainRes
     config.out = config.out.resolve()  # the field root and its files compare as paths: one form for all
     current = current_model(config)
     card = parent_card(current)
+    controls = control_gate.check(config.db, config.since, config.min_control_accuracy, console)
+    if controls.refusal:  # audits that fail their control photos: refused before anything is built or trained
+        config.out.mkdir(parents=True, exist_ok=True)
+        return finish(config, current, None, install_rule.Decision(False, controls.refusal, 1.0, None), {},
+                      ParentModel(name=card.name, sha256=sha256_file(current)),
+                      FieldData(fingerprint="", controls=controls.figures), console)
     try:
         weights = float_weights.locate(current, card)
     except float_weights.WeightsMissing as exc:
@@ -401,7 +420,7 @@ def retrain(config: RetrainConfig, console: Console | None = None) -> RetrainRes
     write_run(config.out / "run", model, splits, card, done, config)
     field_data = FieldData(fingerprint=dataset.fingerprint(), counts=dataset.counts(), train=len(train),
                            val=len(val), test=len(test), pseudo=sum(1 for p in photos if p.pseudo),
-                           weight=done["field_weight"])
+                           weight=done["field_weight"], controls=controls.figures)
     parent = ParentModel(name=card.name, sha256=sha256_file(current))
     try:
         challenger = export_challenger(config.out / "run", config, config.name or bundle_name(card.name))
