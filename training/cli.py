@@ -320,7 +320,7 @@ def retrain(ctx: typer.Context,
             quick_layers: int = typer.Option(20, "--quick-layers",
                                              help="Backbone layers the quick fine-tune trains (at least; the "
                                                   "cut lies at a block boundary)."),
-            keep_base: float = typer.Option(0.0, "--keep-base",
+            keep_base: float = typer.Option(0.3, "--keep-base",
                                             help="Quick: share of each base photo's target that is the model's own "
                                                  "answer before training (less forgetting of the base data)."),
             seed: int = typer.Option(42, "--seed", help="Seed of the field split and the fine-tune."),

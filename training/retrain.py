@@ -72,7 +72,7 @@ class RetrainConfig:
     quick_epochs: int = 6
     quick_lr: float = 1e-3
     quick_layers: int = 20
-    keep_base: float = 0.0  # quick: share of a base photo's target that is the model's own answer (finetune.targets)
+    keep_base: float = 0.3  # quick: share of a base photo's target that is the model's own answer (finetune.targets)
     batch_size: int = 32
     calibration: int = 300
     max_drop: float = 1.0
