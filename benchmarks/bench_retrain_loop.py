@@ -7,19 +7,23 @@ FruitNet apple phone photos in `fruit_extra` (MANIFEST source `crabbbb/ImageProc
      fruit_dev alone (hours on 2 CPU cores), `--base-recipe head` a head-only fit on frozen ImageNet
      EfficientNet-Lite1 features (minutes; for timing the loop, not for its accuracy);
   2. `sorter watch --once` sorts the line's photos into a results database;
-  3. `sorter audit sample --n N` draws items; their true labels come from the photos' folder names, as an
-     operator would give them, sorted into the sample's label folders; `sorter audit folder` imports them;
-  4. `sorter retrain --install` (the same again with fresh and rotten apples swapped in the audits, which
-     must be refused, on a copy of the database and models folder);
+  3. `sorter audit sample --n N --controls C --control-data fruit_dev/test` draws items and shuffles in C
+     control photos of known label (the base data's test split); their true labels come from the photos'
+     folder names, as an operator would give them, sorted into the sample's label folders; `sorter audit
+     folder` imports them and scores the controls;
+  4. `sorter retrain --install` (the same again with fresh and rotten swapped in the audits, on a copy of the
+     database and models folder: the auditor swaps by true label, so the control photos too, and the retrain
+     refuses those audits on their control score before it trains anything);
   5. the line's photos nobody audited are classified by the base model and by the installed one, and
      fruit_dev/test by both. A table of the figures and the times.
 
 Run: python benchmarks/bench_retrain_loop.py [--base-bundle B] [--base-recipe head|full] [--audit 300]
-     [--work DIR] [--until watch|audit|retrain]
+     [--controls 30] [--work DIR] [--until watch|audit|retrain]
 Measured on this project's 2-core machine (shared with a training run): step 1 with `head` 4.5 min
 (1.5 min fit on cached features, 3 min int8 export), steps 2-3 15 s, one retrain --quick 3-4 min. Expected:
 `full` about 20 min more (20 epochs of ~45 s on 1,020 photos, as the shipped recipe ran on this machine,
-then the export), the whole loop with `head` about 15 min (two retrains, then step 5 ~1 min).
+then the export), the whole loop with `head` about 11 min (one retrain trains: the swapped audits are refused
+on their controls in seconds; then step 5 ~1 min).
 """
 
 from __future__ import annotations
@@ -38,9 +42,9 @@ sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
 FRUIT_DEV, FRUIT_EXTRA = SHARED / "fruit_dev", SHARED / "fruit_extra"
 DEV_SPLIT = ROOT / "training" / "splits" / "fruit_dev.tsv"
+CONTROL_DATA = FRUIT_DEV / "test"  # the base data's test split (training/splits/fruit_dev.tsv's test rows)
 LINE_SOURCE = "crabbbb/ImageProcessing"
 SORTER = Path(sys.executable).parent / "sorter"
-SWAP = {"freshapples": "rottenapples", "rottenapples": "freshapples"}
 TIMES: dict[str, float] = {}
 
 
@@ -114,22 +118,41 @@ def full_base(work: Path) -> Path:
     return work / "base" / "base-int8.tflite"
 
 
-def audit(db: Path, work: Path, truth: dict[str, str], n: int, swap: bool, models: Path) -> int:
-    """Draw a sample, sort its copies into SAMPLE/<true label>/ by the photos' folder names, import."""
-    sample = work / ("sample-swapped" if swap else "sample")
-    run("audit", "audit", "sample", "--db", str(db), "--n", str(n), "--since", "30d", "--out", str(sample),
-        "--seed", "1", "--model", str(next((models / "current").glob("*.tflite"))))
+def swapped(label: str) -> str:
+    """Fresh for rotten and rotten for fresh, on any fruit: the auditor who inverts them."""
+    for a, b in (("fresh", "rotten"), ("rotten", "fresh")):
+        if label.startswith(a):
+            return b + label.removeprefix(a)
+    return label
+
+
+def control_truth() -> dict[str, str]:
+    """{sha256: class} of the control photos: the operator sees what a photo shows, controls included."""
     from sorter.card import sha256_file
 
+    return {sha256_file(p): p.parent.name for p in CONTROL_DATA.glob("*/*") if p.is_file()}
+
+
+def audit(db: Path, work: Path, truth: dict[str, str], n: int, swap: bool, models: Path, controls: int) -> int:
+    """Draw a sample with control photos, sort its copies into SAMPLE/<true label>/ by the photos' folder
+    names (controls by theirs), import; the count of line photos sorted."""
+    sample = work / ("sample-swapped" if swap else "sample")
+    shutil.rmtree(sample, ignore_errors=True)
+    run("audit", "audit", "sample", "--db", str(db), "--n", str(n), "--since", "30d", "--out", str(sample),
+        "--seed", "1", "--model", str(next((models / "current").glob("*.tflite"))),
+        "--controls", str(controls), "--control-data", str(CONTROL_DATA))
+    from sorter.card import sha256_file
+
+    known = {**control_truth(), **truth}
     sorted_in = 0
     for photo in [p for p in sample.iterdir() if p.is_file() and p.suffix != ".csv"]:
-        label = truth.get(sha256_file(photo))
+        label = known.get(sha256_file(photo))
         if label is None:
             continue
-        label = SWAP.get(label, label) if swap else label
+        sorted_in += sha256_file(photo) in truth
+        label = swapped(label) if swap else label
         (sample / label).mkdir(exist_ok=True)
         photo.rename(sample / label / photo.name)
-        sorted_in += 1
     run("audit", "audit", "folder", str(sample), "--db", str(db), "--model",
         str(next((models / "current").glob("*.tflite"))))
     return sorted_in
@@ -170,6 +193,7 @@ def main() -> None:
     parser.add_argument("--base-bundle", type=Path)
     parser.add_argument("--base-recipe", choices=("head", "full"), default="head")
     parser.add_argument("--audit", type=int, default=300, help="items drawn for people to label")
+    parser.add_argument("--controls", type=int, default=30, help="control photos of known label per sample")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_retrain_loop"))
     parser.add_argument("--until", choices=("base", "watch", "audit", "retrain"), default=None)
     args = parser.parse_args()
@@ -195,8 +219,8 @@ def main() -> None:
     shutil.copyfile(db, bad_db)
     shutil.rmtree(bad_models, ignore_errors=True)
     shutil.copytree(models, bad_models, symlinks=True)
-    audited = audit(db, work, truth, args.audit, False, models)
-    audit(bad_db, work, truth, args.audit, True, bad_models)
+    audited = audit(db, work, truth, args.audit, False, models, args.controls)
+    audit(bad_db, work, truth, args.audit, True, bad_models, args.controls)
     if args.until == "audit":
         return
     retrain = ["retrain", "--base-data", str(FRUIT_DEV), "--split-file", str(DEV_SPLIT), "--install", "--quick"]

@@ -14,7 +14,7 @@ import re
 import shutil
 import sqlite3
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from sorter import store
+from sorter import controls, store
 from sorter.card import sha256_file
 from sorter.imaging import is_image_name
 
@@ -54,6 +54,7 @@ class ImportResult:
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
     written: bool = False
+    controls: controls.ControlScore | None = None  # the answers on control photos, when the input had any
 
 
 R = TypeVar("R", bound=ImportResult)
@@ -130,18 +131,25 @@ def read_csv(path: Path) -> list[dict[str, str]]:
                 for row in reader]
 
 
+Answer = Audit | controls.ControlAnswer  # an audit of an item, or an answer on a control photo
+
+
 def resolve_csv(db: sqlite3.Connection, rows: list[dict[str, str]], labels: list[str],
-                now: str) -> tuple[list[Audit], list[str], int]:
-    """Validated audits, one error line per bad row (row 2 = first data line), rows left blank."""
-    audits, errors, skipped = [], [], 0
+                now: str) -> tuple[list[Answer], list[str], int]:
+    """Validated audits and control answers, one error line per bad row (row 2 = first data line), rows
+    left blank. A control photo is known by its hash, or without one by the name its sample gave it."""
+    audits: list[Answer] = []
+    errors, skipped = [], 0
+    known = controls.known(db)
     for number, row in enumerate(rows, start=2):
         label = row.get("label", "")
         if not label:
             skipped += 1  # a sample manifest not filled in yet
             continue
         problem = check_label(label, labels)
-        found = _find_item(db, row.get("sha256", ""), row.get("file", ""))
-        if isinstance(found, str):
+        control = known.match(row.get("sha256", ""), row.get("file", ""))
+        found = control or _find_item(db, row.get("sha256", ""), row.get("file", ""))
+        if isinstance(found, str) and not control:
             problem = f"{problem}; {found}" if problem else found
         try:
             when = utc_text(row.get("time"), now)
@@ -150,17 +158,23 @@ def resolve_csv(db: sqlite3.Connection, rows: list[dict[str, str]], labels: list
         if problem:
             errors.append(f"row {number}: {problem}")
             continue
+        if control:
+            audits.append(controls.ControlAnswer(control, label, row.get("auditor", ""), when, "csv"))
+            continue
         assert not isinstance(found, str)
         audits.append(Audit(found[0], found[1], label, row.get("auditor", ""), when, "csv"))
     return audits, errors, skipped
 
 
 def resolve_folder(db: sqlite3.Connection, folder: Path, labels: list[str],
-                   auditor: str) -> tuple[list[Audit], list[str], int]:
-    """Files in FOLDER/<true label>/ matched by content hash; loose files in FOLDER are ignored."""
+                   auditor: str) -> tuple[list[Answer], list[str], int]:
+    """Files in FOLDER/<true label>/ matched by content hash (control photos too); loose files in FOLDER
+    are ignored."""
     if not folder.is_dir():
         raise AuditError(f"{folder} is not a folder")
-    audits, errors, skipped = [], [], 0
+    audits: list[Answer] = []
+    errors, skipped = [], 0
+    known = controls.known(db)
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = sorted(p for p in sub.iterdir() if p.is_file() and not p.name.startswith("."))
         label_problem = check_label(sub.name, labels)
@@ -171,11 +185,15 @@ def resolve_folder(db: sqlite3.Connection, folder: Path, labels: list[str],
             if not is_image_name(path.name):
                 skipped += 1
                 continue
-            found = item_by_sha(db, sha256_file(path))
+            sha = sha256_file(path)
+            when = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="milliseconds")
+            if control := known.match(sha, ""):
+                audits.append(controls.ControlAnswer(control, sub.name, auditor, when, "folder"))
+                continue
+            found = item_by_sha(db, sha)
             if found is None:
                 errors.append(f"{sub.name}/{path.name}: unknown item (its content is not in the database)")
                 continue
-            when = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="milliseconds")
             audits.append(Audit(found[0], found[1], sub.name, auditor, when, "folder"))
     return audits, errors, skipped
 
@@ -200,22 +218,29 @@ def write_audits(db, audits: list[Audit]) -> tuple[int, int, int]:
     return counts[0], counts[1], counts[2]
 
 
-def _plain(audits: list[Audit], errors: list[str], skipped: int) -> tuple[list[Audit], ImportResult]:
+def _plain(audits: list[Answer], errors: list[str], skipped: int) -> tuple[list[Answer], ImportResult]:
     return audits, ImportResult(skipped=skipped, errors=errors)
 
 
-def import_resolved(db_path: Path, resolve: Callable[[sqlite3.Connection], tuple[list[Audit], R]],
+def import_resolved(db_path: Path, resolve: Callable[[sqlite3.Connection], tuple[Sequence[Answer], R]],
                     partial: bool) -> R:
-    """Every import's one path: `resolve` reads the input against the database into audits and a result
-    holding its errors; with errors nothing is written unless `partial` (CSV, folder, Label Studio)."""
+    """Every import's one path: `resolve` reads the input against the database into audits (and answers
+    on control photos, `sorter.controls`) and a result holding its errors; with errors nothing is written
+    unless `partial` (CSV, folder, Label Studio). Control answers are never audits: they are recorded in
+    `audit_controls` and scored against the photos' known labels (`result.controls`)."""
     if not Path(db_path).exists():
         raise FileNotFoundError(f"database {db_path} not found")
     db = store.open_writer(db_path)
     try:
-        audits, result = resolve(db.conn)
+        answers, result = resolve(db.conn)
         if result.errors and not partial:
             return result
-        result.inserted, result.updated, result.unchanged = write_audits(db, audits)
+        audits = [a for a in answers if isinstance(a, Audit)]
+        checks = [a for a in answers if isinstance(a, controls.ControlAnswer)]
+        with store.immediate(db):
+            result.inserted, result.updated, result.unchanged = write_audits(db, audits)
+            if checks:
+                result.controls = controls.write_answers(db, checks)
         result.written = True
         return result
     finally:
@@ -265,6 +290,17 @@ class SampleResult:
     by_verdict: dict[str, int]
     manifest: Path
     sample_id: str = ""
+    controls: int = 0  # control photos placed among the items (`sorter.controls`)
+
+
+@dataclass
+class ControlSpec:
+    """`audit sample --control-data DIR --controls N`: N photos of known label from DIR/<label>/, given the
+    model's prediction (`model`) as the items have theirs."""
+
+    folder: Path
+    n: int
+    model: Path
 
 
 def sample_candidates(conn: sqlite3.Connection, start: str, end: str) -> list[dict]:
@@ -328,20 +364,34 @@ def record_draws(db_path: Path, picked: list[dict], sample_id: str, when: str) -
         db.close()
 
 
+def _controls(conn: sqlite3.Connection, spec: ControlSpec | None, picked: list[dict], labels: list[str],
+              seed: int | None) -> tuple[list[controls.Placed], str, str]:
+    """The control photos for this sample, named like its items and given the model's answer."""
+    if spec is None or spec.n <= 0 or not picked:
+        return [], "", ""
+    if not labels:
+        raise controls.ControlError("control photos need the model card's labels: pass --model")
+    rng = np.random.default_rng(None if seed is None else [seed, 16])
+    chosen = controls.choose(conn, controls.read_folder(spec.folder, labels), spec.n, rng)
+    return controls.predict(spec.model, controls.place(conn, chosen, picked, rng))
+
+
 def sample(db_path: Path, out: Path, n: int, start: str, end: str, labels: list[str],
-           seed: int | None = None) -> SampleResult:
+           seed: int | None = None, control: ControlSpec | None = None) -> SampleResult:
     """Copy a sample into OUT with a `sample.csv` manifest and empty OUT/<label>/ folders, so OUT
     works both as a CSV to fill in (`audit import`) and as a folder to sort (`audit folder`); the draws
-    and their probabilities are recorded in the database (`audit_draws`)."""
+    and their probabilities are recorded in the database (`audit_draws`). With `control`, photos of known
+    label are shuffled in among the items, named and listed like them (`audit_controls`, never items)."""
     if not Path(db_path).exists():
         raise FileNotFoundError(f"database {db_path} not found")
     store.open_writer(db_path).close()  # migrations first: a database from before keep_p and audit_draws
     conn = store.open_reader(db_path)
     try:
         candidates = sample_candidates(conn, start, end)
+        picked = draw(candidates, n, seed)
+        placed, model_id, model_sha = _controls(conn, control, picked, labels, seed)
     finally:
         conn.close()
-    picked = draw(candidates, n, seed)
     out.mkdir(parents=True, exist_ok=True)
     for label in labels:
         (out / label).mkdir(exist_ok=True)
@@ -349,14 +399,26 @@ def sample(db_path: Path, out: Path, n: int, start: str, end: str, labels: list[
     with open(manifest, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["sha256", "file", "predicted", "confidence", "verdict", "true_label", "auditor"])
+        lines = []
         for row in picked:
             src = Path(row["destination"])
             name = f"{row['id']:06d}-{src.name}"
             shutil.copy2(src, out / name)
-            writer.writerow([row["sha256"], name, row["label"], row["confidence"], row["verdict"], "", ""])
+            lines.append((row["id"], [row["sha256"], name, row["label"], row["confidence"], row["verdict"], "", ""]))
+        if placed:
+            controls.copy_in(out, placed, picked, np.random.default_rng(None if seed is None else [seed, 17]))
+        lines += [(p.shown_id, [p.photo.sha256, p.name, p.predicted, p.confidence, p.verdict, "", ""]) for p in placed]
+        writer.writerows(line for _, line in sorted(lines, key=lambda pair: pair[0]))
     sample_id = uuid.uuid4().hex
-    record_draws(db_path, picked, sample_id, store.now_iso())
+    when = store.now_iso()
+    record_draws(db_path, picked, sample_id, when)
+    if placed:
+        db = store.open_writer(db_path)
+        try:
+            controls.record(db, sample_id, placed, model_id, model_sha, when)
+        finally:
+            db.close()
     by_verdict: dict[str, int] = {}
     for row in picked:
         by_verdict[row["verdict"]] = by_verdict.get(row["verdict"], 0) + 1
-    return SampleResult(len(picked), len(candidates), by_verdict, manifest, sample_id)
+    return SampleResult(len(picked), len(candidates), by_verdict, manifest, sample_id, len(placed))

@@ -147,6 +147,21 @@ class ParentModel(BaseModel):
     sha256: str = Field(pattern=SHA256)
 
 
+class ControlFigures(BaseModel):
+    """How the auditors answered the control photos (photos of known label, `audit sample --control-data`)
+    of the samples a retrain's audits were drawn in: a low score means the audits cannot be trusted."""
+
+    model_config = ConfigDict(extra="forbid")
+    audited: int = Field(default=0, ge=0)  # audited items the check looked at
+    covered: int = Field(default=0, ge=0)  # of them, drawn in a sample whose controls were answered
+    samples: int = Field(default=0, ge=0)  # those samples
+    placed: int = Field(default=0, ge=0)  # control photos placed in them
+    answered: int = Field(default=0, ge=0)  # answers given on them (one per photo and auditor)
+    right: int = Field(default=0, ge=0)  # answers that were the photo's known label
+    accuracy: float | None = None  # right / answered; None without answers
+    min_accuracy: float | None = None  # below it the retrain refused the audits
+
+
 class FieldData(BaseModel):
     """The line's own audited photos a retrained bundle learnt from and was tested on."""
 
@@ -158,6 +173,7 @@ class FieldData(BaseModel):
     test: int = Field(default=0, ge=0)  # photos held back as the field test
     pseudo: int = Field(default=0, ge=0)  # unaudited confident items taken as pseudo-labels
     weight: float | None = None  # how many times each field training photo was shown per epoch
+    controls: ControlFigures | None = None  # the audits' control photos (None: a retrain from before them)
 
 
 class ModelCard(BaseModel):

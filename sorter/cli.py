@@ -449,6 +449,8 @@ def _report_import(result) -> None:
     verb = "imported" if result.written else "nothing imported"
     typer.echo(f"{verb}: {result.inserted} new, {result.updated} changed, {result.unchanged} unchanged, "
                f"{result.skipped} skipped, {len(result.errors)} errors")
+    if result.controls is not None:  # answers on photos of known label (`audit sample --control-data`)
+        typer.echo(result.controls.line())
     raise typer.Exit(1 if result.errors else 0)
 
 
@@ -490,23 +492,38 @@ def audit_sample(n: int = typer.Option(50, "--n", min=1, help="How many items to
                  since: str = typer.Option("24h", "--since", help="Window ending now: 24h, 7d, …"),
                  out: Path = typer.Option(..., "--out", "-o", help="Folder for the copies and sample.csv."),
                  seed: int | None = typer.Option(None, "--seed", help="Fixed seed: the same sample again."),
+                 control_data: Path | None = typer.Option(
+                     None, "--control-data", help="DIR/<label>/ photos of known label (e.g. the base data's test "
+                                                  "split): some are shuffled in among the items, to check the "
+                                                  "auditors' answers (`sorter retrain` refuses audits that fail)."),
+                 controls: int | None = typer.Option(None, "--controls", min=0,
+                                                     help="How many control photos (default with --control-data: "
+                                                          "10 % of --n, at least 5; 0 without it)."),
                  db: Path | None = AuditDbOpt, model: Path | None = ModelOpt,
                  config: Path | None = ConfigOpt) -> None:
     """Copy a random sample (weighted to uncertain and low-confidence items) for people to check; each
-    draw's probability is recorded, so the report can weight the audits back."""
-    from sorter.audit import sample
+    draw's probability is recorded, so the report can weight the audits back. With --control-data, photos of
+    known label are shuffled in among them, named like them (recorded apart, never as items)."""
+    from sorter.audit import ControlSpec, sample
     from sorter.config import ConfigError, load_settings
+    from sorter.controls import default_count
+    from sorter.model import ModelError, resolve_model
     from sorter.report import window
 
+    if controls and control_data is None:
+        fail("--controls needs --control-data (the folder of photos of known label)")
     try:
         settings = load_settings(config, model=model, db=db)
         lo, hi = window(since)
-        card = _card_or_none(settings.model, False)
+        card = _card_or_none(settings.model, control_data is not None)
+        spec = None if control_data is None else ControlSpec(
+            control_data, default_count(n) if controls is None else controls, resolve_model(settings.model))
         result = sample(settings.db, out, n, lo.isoformat(timespec="milliseconds"),
-                        hi.isoformat(timespec="milliseconds"), card.labels if card else [], seed)
-    except (ConfigError, ValueError, OSError) as exc:
+                        hi.isoformat(timespec="milliseconds"), card.labels if card else [], seed, spec)
+    except (ConfigError, ModelError, ValueError, OSError) as exc:
         fail(str(exc))
-    typer.echo(f"drew {result.drawn} of {result.candidates} unaudited items {result.by_verdict} into {out} "
+    shown = f" and {result.controls} control photos of known label" if result.controls else ""
+    typer.echo(f"drew {result.drawn} of {result.candidates} unaudited items {result.by_verdict}{shown} into {out} "
                f"(sample {result.sample_id[:8]}, each draw's probability recorded); "
                f"sort them into {out}/<true label>/ and run `sorter audit folder {out}`, "
                f"or fill {result.manifest.name} and run `sorter audit import`")

@@ -27,8 +27,8 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 from xml.sax.saxutils import quoteattr
 
-from sorter import store
-from sorter.audit import SHA256_HEX, Audit, ImportResult, check_label, import_resolved, item_by_sha, utc_text
+from sorter import controls, store
+from sorter.audit import SHA256_HEX, Answer, Audit, ImportResult, check_label, import_resolved, item_by_sha, utc_text
 from sorter.card import sha256_file
 
 TASKS = "labelstudio-tasks.json"
@@ -97,12 +97,23 @@ def _task(conn: sqlite3.Connection, sample_dir: Path, row: dict[str, str], docum
     sha = sha256_file(copy)
     if row.get("sha256") and row["sha256"].lower() != sha:
         return f"'{name}' changed since it was sampled (its hash is not the one in sample.csv)"
+    control = controls.shown(conn, sha, name)
+    if control is not None:  # a photo of known label: the task it gets is an item's, as the sample shows it
+        item = {"id": control["shown_id"], "label": control["predicted"], "confidence": control["confidence"],
+                "verdict": control["verdict"], "model_id": control["model_id"], "model_sha256": control["model_sha256"]}
+        return _task_of(item, copy, sha, name, document_root, labels)
     prefix = _ID_PREFIX.match(name)
     found = find_item(conn, sha, int(prefix.group(1)) if prefix else None)
     if found is None:
         return f"'{name}': its content is not in the database"
-    item = conn.execute("SELECT id, label, confidence, verdict, model_id, model_sha256 FROM items WHERE id = ?",
-                        [found[0]]).fetchone()
+    row = conn.execute("SELECT id, label, confidence, verdict, model_id, model_sha256 FROM items WHERE id = ?",
+                       [found[0]]).fetchone()
+    return _task_of(dict(row), copy, sha, name, document_root, labels)
+
+
+def _task_of(item: dict[str, Any], copy: Path, sha: str, name: str, document_root: Path,
+             labels: list[str]) -> dict[str, Any]:
+    """The task of one sample photo: its local-files URL, hash, id and verdict, the model's pre-annotation."""
     task: dict[str, Any] = {"data": {"image": local_files_url(copy, document_root), "sha256": sha,
                                      "item_id": item["id"], "file": name, "verdict": item["verdict"]}}
     if item["label"] in labels:  # a choice the config lacks would not show: no pre-annotation then
@@ -181,8 +192,10 @@ def path_from_url(url: str, document_root: Path) -> Path | str:
     return path
 
 
-def _task_item(conn: sqlite3.Connection, data: dict, document_root: Path | None) -> tuple[int, str] | str:
-    """The task's item by content hash: `data.sha256`, else the hash of its local file."""
+def _task_item(conn: sqlite3.Connection, data: dict, document_root: Path | None,
+               known: controls.Known) -> tuple[int, str] | str:
+    """The task's item by content hash: `data.sha256`, else the hash of its local file. A control photo
+    is `(0, sha)`: never an item (its `item_id` is only the one its sample's name shows)."""
     sha = str(data.get("sha256") or "").lower()
     if sha and not SHA256_HEX.match(sha):
         return f"bad sha256 '{sha}' in task data (want 64 hex digits)"
@@ -193,6 +206,8 @@ def _task_item(conn: sqlite3.Connection, data: dict, document_root: Path | None)
         if isinstance(path, str):
             return path
         sha = sha256_file(path)
+    if known.match(sha, ""):
+        return 0, sha
     item_id = data.get("item_id")
     found = find_item(conn, sha, item_id if isinstance(item_id, int) else None)
     return found or f"unknown item sha256 {sha[:12]}… (not in the database)"
@@ -218,10 +233,11 @@ def _choice(annotation: dict) -> list[str] | str:
 
 
 def _resolve(conn: sqlite3.Connection, tasks: list[dict], labels: list[str],
-             document_root: Path | None) -> tuple[list[Audit], list[str], list[str]]:
-    """Audits (the latest annotation per item and annotator), error lines and note lines."""
-    chosen: dict[tuple[int, str], tuple[Audit, str]] = {}
+             document_root: Path | None) -> tuple[list[Answer], list[str], list[str]]:
+    """Audits and control answers (the latest annotation per photo and annotator), error and note lines."""
+    chosen: dict[tuple[int, str, str], tuple[Answer, str, str]] = {}
     errors, notes = [], []
+    known = controls.known(conn)
     for number, task in enumerate(tasks, start=1):
         where = f"task {task.get('id', f'#{number}')}"
         annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict)]
@@ -235,7 +251,7 @@ def _resolve(conn: sqlite3.Connection, tasks: list[dict], labels: list[str],
         live = [a for a in annotations if not a.get("was_cancelled")]
         if not live:
             continue  # an item only skipped needs no lookup: it gives no audit either way
-        found = _task_item(conn, task["data"], document_root)
+        found = _task_item(conn, task["data"], document_root, known)
         if isinstance(found, str):
             errors.append(f"{where}: {found}")
             continue
@@ -260,16 +276,17 @@ def _resolve(conn: sqlite3.Connection, tasks: list[dict], labels: list[str],
             except (ValueError, TypeError):
                 errors.append(f"{here}: bad time '{stamp}'")
                 continue
-            audit = Audit(found[0], found[1], choice[0], who, when, ORIGIN)
-            key = (found[0], who)
+            audit: Answer = (Audit(found[0], found[1], choice[0], who, when, ORIGIN) if found[0]
+                             else controls.ControlAnswer(found[1], choice[0], who, when, ORIGIN))
+            key = (found[0], found[1], who)
             older = chosen.get(key)
-            if older and older[0].audited_at > when:
+            if older and older[2] > when:
                 notes.append(f"{here}: older than {older[1]} by the same annotator, not used")
                 continue
             if older:
                 notes.append(f"{older[1]}: superseded by {here}")
-            chosen[key] = (audit, here)
-    return [a for a, _ in chosen.values()], errors, notes
+            chosen[key] = (audit, here, when)
+    return [a for a, _, _ in chosen.values()], errors, notes
 
 
 def import_export(db_path: Path, export: Path, labels: list[str], document_root: Path | None = None,
@@ -277,7 +294,7 @@ def import_export(db_path: Path, export: Path, labels: list[str], document_root:
     """`sorter audit import-labelstudio`: validate every annotation, then write all (or, with errors, nothing)."""
     tasks = read_export(export)
 
-    def resolve(conn: sqlite3.Connection) -> tuple[list[Audit], LabelStudioImport]:
+    def resolve(conn: sqlite3.Connection) -> tuple[list[Answer], LabelStudioImport]:
         audits, errors, notes = _resolve(conn, tasks, labels, document_root)
         return audits, LabelStudioImport(skipped=len(notes), errors=errors, notes=notes)
 
