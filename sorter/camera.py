@@ -29,6 +29,7 @@ from sorter import memory, store
 from sorter.capture import Capture, Frame, check_source
 from sorter.config import DEFAULT_KEEP_SHARE, CameraSettings, ConfigError, Settings
 from sorter.control import ControlServer
+from sorter.delivery import Ledger, Planned, event_of
 from sorter.imaging import resize_rgb
 from sorter.metrics import Telemetry
 from sorter.model import Classifier, warm_up_all
@@ -131,12 +132,13 @@ class CameraRunner:
 
     def __init__(self, device: str, classifier: Classifier, rules: VerdictRules, settings: CameraSettings,
                  writer: store.Writer, dispatcher: Dispatcher, dry_run: bool = False,
-                 telemetry: Telemetry | None = None, rng: random.Random | None = None):
+                 telemetry: Telemetry | None = None, rng: random.Random | None = None, ledger: Ledger | None = None):
         # what is shown and stored (rows, events, /status, outputs): the URL without its password;
         # only the capture below gets the real one (sorter.redact)
         self.device, self.clf, self.rules, self.settings = mask_url(device), classifier, rules, settings
         self.telemetry = telemetry  # metrics hook (sorter.metrics): None = no metrics
         self.writer, self.dispatcher, self.dry_run = writer, dispatcher, dry_run
+        self.ledger = ledger  # deliveries kept in the database (sorter.delivery); None: none configured
         self.roi: Roi | None = parse_roi(settings.roi)
         self.trigger = make_trigger(settings)
         self.voter = Voter(settings.votes, settings.window)
@@ -226,7 +228,7 @@ class CameraRunner:
                "received_at": when.isoformat(timespec="milliseconds"), "routed_at": store.now_iso(),
                "state": "dry-run" if self.dry_run else "done",
                "error": error}
-        item_id = self.writer.call(lambda db: store.insert_item(db, row))
+        item_id, planned = self.writer.call(lambda db: self._record(db, row))
         snapshot = None
         if self._last_image is not None and self.snapshots.keeps(decision.verdict):
             try:
@@ -240,17 +242,34 @@ class CameraRunner:
         if self.telemetry is not None:
             self.telemetry.item(decision.verdict, decision.label, error)
         self.status.no_consensus += not decision.consensus
-        event = {"item_id": item_id, "time": row["received_at"], "device": self.device,
-                 "verdict": decision.verdict, "label": decision.label, "confidence": decision.confidence,
-                 "votes": f"{decision.agreeing}/{decision.frames}", "snapshot": snapshot}
+        event = {**(planned.event if planned else self._event(item_id, row)), "snapshot": snapshot,
+                 "votes": f"{decision.agreeing}/{decision.frames}"}
         log.info("item %d: %s %s (%.2f, %s agree)%s", item_id, decision.verdict, decision.label or "-",
                  decision.confidence, event["votes"], " [dry-run]" if self.dry_run else "")
-        self.dispatcher.publish(event)
+        if planned is not None and self.ledger is not None:
+            self.ledger.fire([Planned(event, planned.outputs)])
+            self.writer.submit(lambda db: Ledger.rewrite(db, event))
+        else:
+            self.dispatcher.publish(event)
         self.decisions.append(event)
         return event
 
+    def _event(self, item_id: int, row: dict[str, Any]) -> dict[str, Any]:
+        return {**event_of(item_id, row), "device": self.device}
+
+    def _record(self, db: Database, row: dict[str, Any]) -> tuple[int, Planned | None]:
+        """The item and the deliveries its verdict owes the outputs, in one transaction (writer thread)."""
+        with store.immediate(db):
+            item_id = store.insert_item(db, row)
+            if self.ledger is None:
+                return item_id, None
+            planned = self.ledger.plan(db, [self._event(item_id, row)])
+        return item_id, planned[0] if planned else None
+
     def _tick(self) -> None:
         now = time.monotonic()
+        if self.ledger is not None:
+            self.ledger.tick()
         dropped = self.capture.frames.dropped
         if self.telemetry is not None:
             self.telemetry.dropped_total(dropped)
@@ -320,8 +339,11 @@ def serve(device: str, classifier: Classifier, rules: VerdictRules, settings: Se
     writer = store.Writer(db)
     dispatcher = Dispatcher([] if dry_run else build_outputs(settings.outputs), settings.outputs.retries,
                             settings.outputs.retry_seconds, dry_run=dry_run)
+    ledger = Ledger(writer, dispatcher, settings.outputs.resend_seconds) if dispatcher.lanes and not dry_run else None
     runner = CameraRunner(device, classifier, rules, cam, writer, dispatcher, dry_run=dry_run, telemetry=telemetry,
-                          rng=rng)
+                          rng=rng, ledger=ledger)
+    if ledger is not None:  # what an earlier run owed its outputs goes out first
+        ledger.resume()
     if telemetry is not None:
         telemetry.camera_online = False  # until the capture reports "online"
         telemetry.set_ready()

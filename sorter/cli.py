@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import platform
+import sqlite3
 import sys
 from pathlib import Path
 from typing import NoReturn, Protocol
@@ -242,7 +242,6 @@ def watch(incoming: Path | None = typer.Argument(None, help="Folder to watch; fi
           metrics_port: int | None = MetricsPortOpt,
           model: Path | None = ModelOpt, config: Path | None = ConfigOpt) -> None:
     """Sort files dropped into INCOMING; SIGINT/SIGTERM finish the batch in flight and exit 0."""
-    from sorter.config import watch_ignores
     from sorter.model import inference_layout
     from sorter.watch import Watcher
 
@@ -251,8 +250,6 @@ def watch(incoming: Path | None = typer.Argument(None, help="Folder to watch; fi
         fail(f"{incoming} is not a folder")
     settings, clf = load_classifier(model, config, pooled=True)
     _setup_logging(settings)
-    if (unfired := watch_ignores(settings)) is not None:  # a log line: --log-format json stays parseable
-        logging.getLogger("sorter.watch").warning(unfired)
     incoming = incoming or settings.incoming
     if incoming is None:
         fail("no folder to watch: pass INCOMING (or set `incoming` in the config)")
@@ -266,9 +263,12 @@ def watch(incoming: Path | None = typer.Argument(None, help="Folder to watch; fi
     try:
         watcher = Watcher(incoming, target, db or settings.db, clf, rules, settings, dry_run=dry_run,
                           telemetry=telemetry, interpreters=interpreters)
-    except Exception as exc:  # the database cannot be opened: say so in one line
+    except (sqlite3.Error, OSError) as exc:  # the database cannot be opened: say so in one line
         _close_all(closers)
         fail(f"cannot open database {db or settings.db}: {exc}")
+    except Exception as exc:  # an output that cannot be built (a GPIO pin, a serial port)
+        _close_all(closers)
+        fail(f"cannot start the outputs: {exc}")
     try:
         summary = watcher.run(stop, once=once)
     finally:
@@ -641,15 +641,13 @@ app.add_typer(config_app, name="config")
 @config_app.command("check")
 def config_check(config: Path | None = ConfigOpt) -> None:
     """Validate the configuration without starting anything; each problem names its file or variable."""
-    from sorter.config import ConfigError, config_path, load_settings, watch_ignores
+    from sorter.config import ConfigError, config_path, load_settings
 
     try:
-        settings = load_settings(config)
+        load_settings(config)
     except ConfigError as exc:
         fail(str(exc))
     typer.echo(f"ok: {config_path(config) or 'defaults (no config file)'}")
-    if (unfired := watch_ignores(settings)) is not None:
-        warn(unfired)
 
 
 @config_app.command("show")

@@ -190,6 +190,7 @@ class OutputSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     retries: int = Field(default=3, ge=0, le=100)
     retry_seconds: float = Field(default=0.5, gt=0)
+    resend_seconds: float = Field(default=60.0, gt=0)  # watch: how often deliveries that failed go out again
     command: CommandOutput | None = None
     webhook: WebhookOutput | None = None
     mqtt: MqttOutput | None = None
@@ -427,18 +428,6 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         return Settings.model_validate(data)
     except ValidationError as exc:
         raise _explain(exc, origins) from exc
-
-
-def watch_ignores(settings: Settings) -> str | None:
-    """The one line saying that `sorter watch` will not fire a configured [outputs] section, or None.
-
-    Only `sorter camera` fires outputs so far; until the watch pipeline does too, a section that
-    validates and then never fires must be said out loud (`config check` and `watch` print it)."""
-    if not settings.outputs.model_fields_set:
-        return None
-    names = [n for n in ("command", "webhook", "mqtt", "gpio", "serial") if getattr(settings.outputs, n) is not None]
-    return (f"[outputs] ({', '.join(names) or 'retries only'}) is fired by `sorter camera` only: "
-            "`sorter watch` fires no outputs yet")
 
 
 def config_path(path: Path | None = None) -> Path | None:

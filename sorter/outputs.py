@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -107,8 +107,11 @@ class WebhookOutput:
             self._headers["Authorization"] = basic
 
     def send(self, event: dict[str, Any]) -> None:
+        headers = self._headers
+        if key := event.get("idempotency_key"):  # the same decision sent twice carries the same key
+            headers = {**headers, "Idempotency-Key": str(key)}
         request = urllib.request.Request(self.url, data=json.dumps(event).encode(), method="POST",
-                                         headers=self._headers)
+                                         headers=headers)
         with urllib.request.urlopen(request, timeout=self.timeout) as response:  # raises on 4xx/5xx
             response.read()
 
@@ -290,12 +293,18 @@ class _Lane:
     thread: threading.Thread | None = None
 
 
+Outcome = Callable[[str, dict[str, Any], bool, int, str | None], None]
+"""(output name, event, delivered, attempts made, last error): how `sorter.delivery` hears of each send."""
+
+
 class Dispatcher:
-    """Fan each decision out to every output that wants its verdict; `publish` never blocks or raises."""
+    """Fan each decision out to every output that wants its verdict; `publish` never blocks or raises.
+    `on_outcome`, when given, hears how each (event, output) ended, on that output's thread."""
 
     def __init__(self, outputs: Iterable[tuple[Output, Iterable[str]]], retries: int = 3,
-                 retry_seconds: float = 0.5, dry_run: bool = False):
+                 retry_seconds: float = 0.5, dry_run: bool = False, on_outcome: Outcome | None = None):
         self.retries, self.retry_seconds, self.dry_run = retries, retry_seconds, dry_run
+        self.on_outcome = on_outcome
         self._stop = threading.Event()
         self.lanes = [_Lane(out, frozenset(verdicts)) for out, verdicts in outputs]
         for lane in self.lanes:
@@ -303,18 +312,27 @@ class Dispatcher:
                                            daemon=True)
             lane.thread.start()
 
-    def publish(self, event: dict[str, Any]) -> None:
+    def targets(self, event: dict[str, Any]) -> list[str]:
+        """The names of the outputs that fire on this event's verdict (none in a dry run)."""
+        return [] if self.dry_run else [lane.output.name for lane in self.lanes
+                                        if event.get("verdict") in lane.verdicts]
+
+    def publish(self, event: dict[str, Any], only: Iterable[str] | None = None) -> None:
+        """Queue the event for every output that wants its verdict (`only`: those of these names)."""
         if self.dry_run:
             log.info("dry-run: %s %s (outputs not fired)", event.get("verdict"), event.get("label"))
             return
+        names = None if only is None else set(only)
         for lane in self.lanes:
-            if event.get("verdict") not in lane.verdicts:
+            if event.get("verdict") not in lane.verdicts or (names is not None and lane.output.name not in names):
                 continue
             try:
                 lane.jobs.put_nowait(event)
             except queue.Full:
                 lane.stats.failed += 1
-                log.error("%s: 1000 events waiting, dropping item %s", lane.output.name, event.get("item_id"))
+                log.error("%s: 1000 events waiting, not sending item %s now%s", lane.output.name,
+                          event.get("item_id"), " (it stays pending in the database)" if self.on_outcome else "")
+                self._told(lane, event, False, 0, "queue full")
 
     def _work(self, lane: _Lane) -> None:
         while True:
@@ -328,6 +346,7 @@ class Dispatcher:
             try:
                 lane.output.send(event)
                 lane.stats.sent += 1
+                self._told(lane, event, True, attempt + 1, None)
                 return
             except Exception as exc:
                 lane.stats.last_error = mask_text(f"{type(exc).__name__}: {exc}")  # shown in /status
@@ -340,6 +359,14 @@ class Dispatcher:
                 self._stop.wait(delay)
         lane.stats.failed += 1
         log.error("%s gave up on item %s: %s", lane.output.name, event.get("item_id"), lane.stats.last_error)
+        self._told(lane, event, False, attempt + 1, lane.stats.last_error)
+
+    def _told(self, lane: _Lane, event: dict[str, Any], ok: bool, attempts: int, error: str | None) -> None:
+        if self.on_outcome is not None:
+            try:
+                self.on_outcome(lane.output.name, event, ok, attempts, error)
+            except Exception:  # recording an outcome must never kill an output's thread
+                log.exception("recording the outcome of %s for item %s", lane.output.name, event.get("item_id"))
 
     def stats(self) -> dict[str, dict]:
         return {lane.output.name: vars(lane.stats).copy() for lane in self.lanes}

@@ -123,6 +123,22 @@ def m007_audit_controls(db: Database) -> None:
     db.table("audit_controls").create_index(["sha256"])
 
 
+@migrations()
+def m008_deliveries(db: Database) -> None:
+    """One row per (item, output) the item's verdict fires (`sorter.delivery`): written with the item's
+    intent, so an output is never forgotten between the decision and the send; `state` pending → sent
+    (the output took it: 2xx, exit 0, or MQTT's on-disk spool until the broker's PUBACK) or failed (retries
+    spent: sent again at the next start) or cancelled (the item was never routed). `key` is the
+    idempotency key the event carries, so a receiver can drop the repeats at-least-once delivery allows."""
+    db.table("deliveries").create({
+        "id": int, "item_id": int, "output": str, "key": str, "event": str, "state": str, "attempts": int,
+        "created_at": str, "delivered_at": str, "last_error": str},
+        pk="id", not_null={"item_id", "output", "key", "event", "state", "attempts", "created_at"},
+        defaults={"attempts": 0})
+    db.execute("CREATE UNIQUE INDEX deliveries_item_output ON deliveries(item_id, output)")
+    db.execute("CREATE INDEX deliveries_open ON deliveries(state) WHERE state IN ('pending', 'failed')")
+
+
 def has_table(conn: sqlite3.Connection, name: str) -> bool:
     """Readers may meet a database made before a migration (read-only: they cannot apply it)."""
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [name]).fetchone() is not None
@@ -359,6 +375,8 @@ def forget(db: Database, ids: list[int]) -> None:
         children = [r[0] for r in db.execute("SELECT id FROM items WHERE duplicate_of = ? ORDER BY id", [item_id])]
         db.execute("DELETE FROM audits WHERE item_id = ?", [item_id])
         db.execute("DELETE FROM audit_draws WHERE item_id = ?", [item_id])
+        if has_table(db.conn, "deliveries"):
+            db.execute("DELETE FROM deliveries WHERE item_id = ?", [item_id])
         db.execute("DELETE FROM items WHERE id = ?", [item_id])
         if children:
             first, rest = children[0], children[1:]
@@ -438,11 +456,14 @@ def prune(path: Path | str, older_than: timedelta, dry_run: bool = False,
     try:
         while True:
             with immediate(db):
-                cur = db.execute(f"DELETE FROM items WHERE id IN (SELECT id FROM items WHERE {where} "
-                                 f"LIMIT {int(batch_size)})", [cutoff])
-            if not cur.rowcount:
+                ids = [r[0] for r in db.execute(f"SELECT id FROM items WHERE {where} LIMIT {int(batch_size)}",
+                                                [cutoff])]
+                if ids:  # an item's deliveries go with it (sorter.delivery)
+                    db.execute(f"DELETE FROM deliveries WHERE item_id IN ({_marks(ids)})", ids)
+                    db.execute(f"DELETE FROM items WHERE id IN ({_marks(ids)})", ids)
+            if not ids:
                 break
-            deleted += cur.rowcount
+            deleted += len(ids)
         vacuumed = vacuum_if_worthwhile(db, vacuum_ratio)
     finally:
         db.close()

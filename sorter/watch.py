@@ -5,7 +5,9 @@ events a copy produces count once); decode workers read each file once (hash + d
 same bytes) and hand chunks of up to a batch to a bounded queue; one inference worker per
 interpreter gathers a batch (N items or T ms) and scores it; one routing thread records and
 moves each batch through the single store thread. Per batch: record intents → move → record
-done, so a SIGKILL at any instant leaves rows that `recover` can finish on the next start.
+done, so a SIGKILL at any instant leaves rows that `recover` can finish on the next start. The
+configured outputs fire per routed item (after its move), their deliveries recorded with the intents
+(`sorter.delivery`), so one that did not go out before a stop goes out at the next start.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from watchdog.observers import Observer
 
 from sorter import memory, store, threads
 from sorter.config import Settings
+from sorter.delivery import Ledger, Planned, event_of
 from sorter.imaging import ImageError, decode, is_image_name, one_image_per_thread
 from sorter.metrics import Telemetry
 from sorter.model import Classifier, warm_up_all
+from sorter.outputs import Dispatcher, build_outputs
 from sorter.route import Changed, Identity, finish, free_name, from_text, move, path_text, stored_at, target_dir
 from sorter.verdict import VerdictRules
 
@@ -397,6 +401,7 @@ class Summary:
     held: int = 0
     recovered: int = 0
     left: dict[str, int] = field(default_factory=dict)  # files still in INCOMING at exit, by reason
+    outputs: dict[str, dict] = field(default_factory=dict)  # per output: sent, failed, retried (this run)
 
     def line(self, dry_run: bool = False) -> str:
         """The one-line summary a run ends with."""
@@ -406,6 +411,8 @@ class Summary:
         if self.left:
             why = "; ".join(f"{n} {reason}" for reason, n in sorted(self.left.items(), key=lambda kv: -kv[1]))
             text += f"; {sum(self.left.values())} left in INCOMING ({why})"
+        for name, stats in self.outputs.items():
+            text += f"; {name}: sent {stats['sent']}, failed {stats['failed']}"
         return text
 
 
@@ -414,8 +421,10 @@ class Router:
 
     def __init__(self, out: Path, writer: store.Writer, classifier: Classifier, intake: Intake,
                  settings: Settings, dry_run: bool, source: str = "watch",
-                 retrack: Callable[[Path], object] | None = None, incoming: Path | None = None):
+                 retrack: Callable[[Path], object] | None = None, incoming: Path | None = None,
+                 ledger: Ledger | None = None):
         self.out, self.writer, self.clf, self.intake = out, writer, classifier, intake
+        self.ledger = ledger  # the configured outputs (None: none, or a dry run)
         self.settings, self.dry_run, self.source = settings, dry_run, source
         self.retrack = retrack or (lambda path: None)  # a file that changed waits to settle again
         self.incoming = incoming  # log lines name a file by its path under INCOMING
@@ -459,13 +468,29 @@ class Router:
             rows.append(self._row(item, dst, reuse))
         return rows
 
-    def _record(self, db: Database, batch: list[Item], finished: list[dict]) -> tuple[list[dict], list[int]]:
-        """One transaction, one fsync per batch: the previous batch's outcomes, then this batch's intents."""
+    def _record(self, db: Database, batch: list[Item],
+                finished: list[dict]) -> tuple[list[dict], list[int], dict[int, Planned]]:
+        """One transaction, one fsync per batch: the previous batch's outcomes, then this batch's intents
+        and the output deliveries they owe."""
         with store.immediate(db):
             store.mark_done(db, finished)
             firsts = store.first_rows(db, [i.sha256 for i in batch if i.sha256])
             rows = self.plan(db, batch, firsts)
-            return rows, store.write_intents(db, rows, firsts)
+            ids = store.write_intents(db, rows, firsts)
+            return rows, ids, self._owed(db, batch, rows, ids)
+
+    def _owed(self, db: Database, batch: list[Item], rows: list[dict], ids: list[int]) -> dict[int, Planned]:
+        """Each routable item's event for the outputs its verdict fires (duplicates and rejects fire none)."""
+        if self.ledger is None:
+            return {}
+        events = [event_of(item_id, {**row, "source": self.source, "received_at": item.received_at})
+                  for item, row, item_id in zip(batch, rows, ids, strict=True)
+                  if item.error is None and not self._duplicate(row)]
+        return {p.event["item_id"]: p for p in self.ledger.plan(db, events)}
+
+    def _duplicate(self, row: dict) -> bool:
+        parts = stored_at(self.out, row["destination"]).relative_to(self.out).parts
+        return bool(parts) and parts[0] == "duplicates"
 
     def route(self, batch: list[Item]) -> list[Item]:
         """Intents (committed) → moves; the outcomes are committed with the next batch's intents or by
@@ -473,7 +498,7 @@ class Router:
         Returns the items settled for good (not held in place for a retry that will see them again)."""
         finished, self._finished = self._finished, []
         try:
-            rows, ids = self.writer.call(lambda db: self._record(db, batch, finished))
+            rows, ids, owed = self.writer.call(lambda db: self._record(db, batch, finished))
         except Exception as exc:  # rolled back, nothing moved: keep the outcomes, try these files again later
             self._finished = finished
             reason = f"not recorded: {exc}"
@@ -495,6 +520,8 @@ class Router:
             self._finished.append(outcome)
             if outcome.get("state") == "done":
                 settled.append(item)
+                if item_id in owed and outcome.get("destination") and self.ledger is not None:
+                    self.ledger.fire([owed[item_id]])
         for item in batch:
             self.intake.done(item.path)
         return settled
@@ -643,14 +670,24 @@ class Watcher:
         self.clf, self.rules, self.settings = classifier, rules, settings
         self.clfs = [classifier] + [classifier.replica() for _ in range(interpreters - 1)]
         self._nice = settings.background_nice or None  # helpers fit around the interpreters (sorter.threads)
-        self.writer = store.Writer(db, nice=self._nice)
+        outputs = settings.outputs  # built first: a bad output fails before any thread starts
+        self.dispatcher = None if dry_run else Dispatcher(build_outputs(outputs), outputs.retries,
+                                                          outputs.retry_seconds)
+        try:
+            self.writer = store.Writer(db, nice=self._nice)
+        except Exception:
+            if self.dispatcher is not None:
+                self.dispatcher.close()
+            raise
+        self.ledger = Ledger(self.writer, self.dispatcher, outputs.resend_seconds) \
+            if self.dispatcher and self.dispatcher.lanes else None
         self.intake = Intake(settings.temp_suffixes)
         self.stability = Stability(settings.stable_seconds)
         # decode → inference in chunks of up to batch_size items: one hand-off (and one thread wake-up)
         # per chunk instead of per image, which on a 2-core box is CPU the interpreters get back
         self.decoded: queue.Queue[list[Item]] = queue.Queue(maxsize=2)
         self.router = Router(self.out, self.writer, classifier, self.intake, settings, dry_run,
-                             retrack=self.stability.track, incoming=self.incoming)
+                             retrack=self.stability.track, incoming=self.incoming, ledger=self.ledger)
         self.recursive = settings.recursive
         # inference → routing: deep enough to absorb a slow commit (fsync), shallow enough that routing
         # (background work, sorter.threads) cannot fall far behind inference; what queues up is routed
@@ -792,6 +829,8 @@ class Watcher:
     def run(self, stop: threading.Event, once: bool = False) -> Summary:
         """Recover, start watching, scan the backlog, then process until stopped (or idle if once)."""
         self.router.summary.recovered = recover(self.out, self.writer)
+        if self.ledger is not None:  # what an earlier run owed its outputs goes out before anything new
+            self.ledger.resume()
         one_image_per_thread()
         memory.recycle_buffers()
         warm_up_all(self.clfs, self.settings.batch_size)  # the first batch runs at full speed
@@ -815,6 +854,8 @@ class Watcher:
         try:
             while not stop.wait(TICK_S):
                 self._tick()
+                if self.ledger is not None:
+                    self.ledger.tick()
                 if once and self._idle():
                     break
         finally:
@@ -829,6 +870,9 @@ class Watcher:
                 observer.join()
             for worker in workers:
                 worker.join()
+            if self.dispatcher is not None:  # queued events go out (bounded); their outcomes are written
+                self.dispatcher.close()
+                self.router.summary.outputs = self.dispatcher.stats()
             self.writer.close()
         self.router.summary.left = self._left()
         return self.router.summary

@@ -75,8 +75,9 @@ def post(port: int, path: str, body: bytes = b"", headers: dict[str, str] | None
 class Hook:
     """A webhook receiver on loopback that records each body and its Authorization header."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.received: list[tuple[dict, str | None]] = []
+        self.headers: list[dict[str, str]] = []  # each request's headers, in the order received
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -86,11 +87,12 @@ class Hook:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 hook.received.append((body, self.headers.get("Authorization")))
+                hook.headers.append(dict(self.headers))
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 

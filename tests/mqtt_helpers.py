@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -38,3 +39,38 @@ class Broker:
             self.proc.terminate()
             self.proc.wait(10)
             self.proc = None
+
+
+class Subscriber:
+    """A subscriber to sorter/#; messages as (topic, payload, retained)."""
+
+    def __init__(self, port: int):
+        self.messages: list[tuple[str, str, bool]] = []
+        self._lock = threading.Lock()
+        subscribed = threading.Event()
+        import paho.mqtt.client as mqtt
+
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.client.on_message = lambda c, u, m: self._add(m)
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.on_connect = lambda c, *a: c.subscribe("sorter/#", qos=1)
+        self.client.connect("127.0.0.1", port, 10)
+        self.client.loop_start()
+        assert subscribed.wait(10), "subscriber never got its SUBACK"
+
+    def _add(self, msg) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, msg.payload.decode(), bool(msg.retain)))
+
+    def wait(self, predicate, timeout: float = 15) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if predicate(list(self.messages)):
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

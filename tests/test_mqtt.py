@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.mqtt_helpers import MOSQUITTO
+from tests.mqtt_helpers import MOSQUITTO, Subscriber
 from tests.watch_helpers import wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -23,39 +22,6 @@ if MOSQUITTO is None:
 mqtt = pytest.importorskip("paho.mqtt.client")
 REPO = Path(__file__).resolve().parent.parent
 EVENT = {"item_id": 1, "verdict": "rotten", "label": "rottenblue", "confidence": 0.99}
-
-
-class Watcher:
-    """A subscriber to sorter/#; messages as (topic, payload, retained)."""
-
-    def __init__(self, port: int):
-        self.messages: list[tuple[str, str, bool]] = []
-        self._lock = threading.Lock()
-        subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        self.client.on_message = lambda c, u, m: self._add(m)
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.on_connect = lambda c, *a: c.subscribe("sorter/#", qos=1)
-        self.client.connect("127.0.0.1", port, 10)
-        self.client.loop_start()
-        assert subscribed.wait(10), "subscriber never got its SUBACK"
-
-    def _add(self, msg) -> None:
-        with self._lock:
-            self.messages.append((msg.topic, msg.payload.decode(), bool(msg.retain)))
-
-    def wait(self, predicate, timeout: float = 15) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if predicate(list(self.messages)):
-                    return True
-            time.sleep(0.05)
-        return False
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def availability(msgs) -> list[tuple[str, bool]]:
@@ -70,9 +36,9 @@ def test_verdicts_go_to_their_topic_and_availability_is_retained(broker, tmp_pat
         assert out.connected.wait(10)
         out.send(EVENT)
         out.send({**EVENT, "item_id": 2, "verdict": "fresh", "label": "freshred"})
-        watcher = Watcher(broker.port)  # joins late: still sees "online", because it is retained
+        watcher = Subscriber(broker.port)  # joins late: still sees "online", because it is retained
         assert watcher.wait(lambda m: ("online", True) in availability(m))
-        late = Watcher(broker.port)
+        late = Subscriber(broker.port)
         out.send({**EVENT, "item_id": 3})
         assert late.wait(lambda m: any(t == "sorter/verdict/rotten" for t, _, _ in m))
         assert [json.loads(p)["item_id"] for t, p, _ in late.messages if t.startswith("sorter/verdict/")] == [3]
@@ -96,7 +62,7 @@ time.sleep(60)
 
 
 def test_last_will_says_offline_when_the_sorter_dies(broker, tmp_path):
-    watcher = Watcher(broker.port)
+    watcher = Subscriber(broker.port)
     code = CHILD.format(repo=str(REPO), port=broker.port, spool=str(tmp_path / "spool"))
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
@@ -109,7 +75,7 @@ def test_last_will_says_offline_when_the_sorter_dies(broker, tmp_path):
         if child.poll() is None:
             child.kill()
         watcher.close()
-    again = Watcher(broker.port)  # retained: anyone asking later learns it is offline
+    again = Subscriber(broker.port)  # retained: anyone asking later learns it is offline
     assert again.wait(lambda m: ("offline", True) in availability(m))
     again.close()
 
@@ -131,7 +97,7 @@ def test_events_are_buffered_on_disk_while_the_broker_is_down(broker, tmp_path):
         time.sleep(0.3)
         assert len(list(spool.glob("*.json"))) == 3  # on disk, not lost
         broker.start()
-        watcher = Watcher(broker.port)  # subscribed before the sorter's reconnect (≥ 1 s backoff)
+        watcher = Subscriber(broker.port)  # subscribed before the sorter's reconnect (≥ 1 s backoff)
         assert watcher.wait(lambda m: sum(t.startswith("sorter/verdict/") for t, _, _ in m) == 3, 30)
         ids = [json.loads(p)["item_id"] for t, p, _ in watcher.messages if t.startswith("sorter/verdict/")]
         assert ids == [1, 2, 3]
@@ -150,7 +116,7 @@ def test_a_clean_close_sends_what_is_spooled_while_connected(broker, tmp_path):
     the next start: close() lets the flusher empty the spool while the broker is there."""
     from sorter.outputs import MqttOutput
 
-    watcher = Watcher(broker.port)
+    watcher = Subscriber(broker.port)
     out = MqttOutput("127.0.0.1", broker.port, "sorter", tmp_path / "spool", keepalive=5)
     try:
         assert out.connected.wait(10)

@@ -74,24 +74,21 @@ def test_the_log_format_flag_outranks_the_config_file(tmp_path):
     assert re.search(r"^\S+ \S+ INFO sorter", done.stderr, re.M)
 
 
-def test_watch_and_config_check_say_in_one_line_that_watch_fires_no_outputs(tmp_path):
+def test_watch_fires_the_configured_command_output_per_routed_item(tmp_path):
     marks = tmp_path / "fired"
-    cfg = _watch_config(tmp_path, f'[outputs.command]\nargv = ["touch", "{marks}"]\n')
+    marks.mkdir()
+    touch = f'touch "{marks}/$SORTER_IDEMPOTENCY_KEY"'
+    cfg = _watch_config(tmp_path, f'[outputs.command]\nargv = ["sh", "-c", \'{touch}\']\nverdicts = ["fresh"]\n')
     drop(tmp_path / "in", "a.jpg", jpeg("red"))
+    drop(tmp_path / "in", "b.jpg", jpeg("blue"))
     done = _run(["watch", "--once", "--config", str(cfg)], tmp_path)
     assert done.returncode == 0, done.stderr
-    warnings = [json.loads(line) for line in done.stderr.splitlines()[:-1]
-                if json.loads(line)["level"] == "WARNING"]
-    assert [w["message"] for w in warnings] == [
-        "[outputs] (command) is fired by `sorter camera` only: `sorter watch` fires no outputs yet"]
-    assert not marks.exists()  # what the warning says
+    assert not [line for line in done.stderr.splitlines()[:-1] if json.loads(line)["level"] == "WARNING"]
+    assert "command sh: sent 1, failed 0" in done.stderr.splitlines()[-1]
+    fresh = [r for r in rows(tmp_path / "from-config.db") if r["verdict"] == "fresh"]
+    assert [p.name for p in marks.iterdir()] == [f"{fresh[0]['id']}-{fresh[0]['sha256'][:16]}"]
     checked = _run(["config", "check", "--config", str(cfg)], tmp_path)
-    assert checked.returncode == 0 and checked.stdout == f"ok: {cfg}\n"
-    assert checked.stderr == ("warning: [outputs] (command) is fired by `sorter camera` only: "
-                              "`sorter watch` fires no outputs yet\n")
-    plain = _run(["config", "check", "--config", str(_write_config(tmp_path / "plain.toml", "batch_size = 4\n"))],
-                 tmp_path)
-    assert plain.returncode == 0 and plain.stderr == ""
+    assert checked.returncode == 0 and checked.stdout == f"ok: {cfg}\n" and checked.stderr == ""
 
 
 def test_db_stats_opens_the_config_db_not_the_working_folder_one(tmp_path, monkeypatch):
@@ -151,6 +148,7 @@ KEY_READ_IN = {
     "retry_seconds": "sorter/watch.py", "max_file_bytes": "sorter/watch.py",
     "camera.*": "sorter/camera.py",
     "outputs.retries": "sorter/camera.py", "outputs.retry_seconds": "sorter/camera.py",
+    "outputs.resend_seconds": "sorter/watch.py",
     "outputs.command.*": "sorter/outputs.py", "outputs.webhook.*": "sorter/outputs.py",
     "outputs.mqtt.*": "sorter/outputs.py", "outputs.gpio.*": "sorter/outputs.py",
     "outputs.serial.*": "sorter/outputs.py",

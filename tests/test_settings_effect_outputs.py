@@ -38,6 +38,7 @@ from tests.watch_helpers import MODEL, SORTER, wait_for
 KEYS_SHOWN: dict[str, str] = {
     "outputs.retries": "test_outputs_retries",
     "outputs.retry_seconds": "test_outputs_retry_seconds",
+    "outputs.resend_seconds": "test_outputs_resend_seconds",
     "outputs.command.argv": "test_outputs_command_argv",
     "outputs.command.timeout_seconds": "test_outputs_command_timeout_seconds",
     "outputs.command.pass_env": "test_outputs_command_pass_env",
@@ -670,3 +671,41 @@ def test_sorter_camera_fires_the_outputs_of_its_config_file(tmp_path, ptys):
     assert [line.split()[:2] for line in read_lines(master)] == [["fresh", "freshred"], ["rotten", "rottenblue"]]
     assert [t for t, _ in sub.verdicts()] == ["line7/verdict/fresh", "line7/verdict/rotten"]
     assert "line7-cam" in [cid for cid, _, _ in broker.connections()]
+
+
+# ---- [outputs] resend_seconds: `sorter watch` sends failed deliveries again while it runs ----
+
+def _resent_within(tmp: Path, resend_seconds: float, wait: float) -> int:
+    """A webhook down for the first try and up after it: how many events reach it within `wait` s."""
+    from sorter.watch import Watcher
+    from tests.watch_helpers import drop, jpeg
+
+    port = free_port()
+    cfg = Settings(stable_seconds=0.2, threads=1, outputs={
+        "retries": 0, "resend_seconds": resend_seconds,
+        "webhook": {"url": f"http://127.0.0.1:{port}/hook", "verdicts": ["rotten"]}})
+    clf = Classifier(MODEL, num_threads=1)
+    (tmp / "in").mkdir(parents=True)
+    drop(tmp / "in", "b.jpg", jpeg("blue"))
+    watcher = Watcher(tmp / "in", tmp / "out", tmp / "db.sqlite", clf, rules_for(clf), cfg)
+    stop = threading.Event()
+    runner = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+    runner.start()
+    hook = None
+    try:
+        assert wait_for(lambda: watcher.dispatcher is not None and
+                        next(iter(watcher.dispatcher.stats().values()))["failed"] == 1, 15)
+        hook = Hook(port)
+        wait_for(lambda: len(hook.received) == 1, wait)
+        return len(hook.received)
+    finally:
+        stop.set()
+        runner.join(15)
+        if hook is not None:
+            hook.close()
+
+
+def test_outputs_resend_seconds(tmp_path):
+    """0.3 s: the failed delivery goes out again within 3 s of the receiver's return; 60 s: not yet."""
+    assert _resent_within(tmp_path / "quick", 0.3, 3.0) == 1
+    assert _resent_within(tmp_path / "slow", 60.0, 2.0) == 0

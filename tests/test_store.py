@@ -24,7 +24,8 @@ def test_migrations_create_schema_once_with_wal(tmp_path):
     applied = list(db.query("SELECT name FROM _sqlite_migrations"))
     assert applied == [{"name": "m001_items"}, {"name": "m002_camera_events"}, {"name": "m003_audits"},
                        {"name": "m004_items_ood_score"}, {"name": "m005_items_keep_p"},
-                       {"name": "m006_audit_draws"}, {"name": "m007_audit_controls"}]
+                       {"name": "m006_audit_draws"}, {"name": "m007_audit_controls"},
+                       {"name": "m008_deliveries"}]
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert set(db["items"].columns_dict) == set(store.ITEM_COLUMNS)
     indexed = {tuple(i.columns) for i in db["items"].indexes}
