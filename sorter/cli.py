@@ -727,8 +727,9 @@ def fleet_report(broker: str | None = typer.Option(None, "--broker",
                                                     help="Exit 1 when a drift flag is raised (fleet or any line)."),
                  config: Path | None = ConfigOpt) -> None:
     """The nightly report across lines: every line's published report merged, plus the live hourly counters."""
-    from sorter.config import ConfigError, load_settings, reveal
+    from sorter.config import ConfigError, load_settings
     from sorter.fleet import build_fleet_report, check_day, listen, write_report
+    from sorter.secrets import reveal
 
     try:
         settings = load_settings(config)

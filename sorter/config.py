@@ -8,12 +8,22 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
+from sorter.outputs.registry import types as output_types
 from sorter.redact import mask_url
+from sorter.secrets import read_secret
 from sorter.verdict import VERDICTS
 
 DEFAULT_CONFIG = Path("/etc/sorter/sorter.toml")
@@ -28,14 +38,6 @@ def _check_roi(value: str | None) -> str | None:
         parts = value.split(",")
         if len(parts) != 4 or not all(p.strip().isdigit() for p in parts) or min(map(int, parts[2:])) < 1:
             raise ValueError("must be x,y,w,h in pixels with w,h >= 1")
-    return value
-
-
-def _check_verdicts(value: list[str]) -> list[str]:
-    """An output's `verdicts`: names it can fire on (a typo would never fire)."""
-    wrong = [v for v in value if v not in VERDICTS]
-    if wrong:
-        raise ValueError(f"not a verdict: {', '.join(map(repr, wrong))} (verdicts are {', '.join(VERDICTS)})")
     return value
 
 
@@ -93,109 +95,33 @@ class CameraSettings(BaseModel):
     _keep = field_validator("keep_share")(_check_keep_share)
 
 
-class CommandOutput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    argv: list[str] = Field(min_length=1)
-    timeout_seconds: float = Field(default=5.0, gt=0)
-    # variables of the daemon's environment the command may see (beyond PATH, HOME, LANG, TZ, …)
-    pass_env: list[str] = Field(default_factory=list)
-    verdicts: list[str] = Field(default_factory=lambda: ["fresh", "rotten", "uncertain"])
-    _verdicts = field_validator("verdicts")(_check_verdicts)
-
-
-def reveal(secret: SecretStr | None) -> str | None:
-    """The plain value, only at the point of use (a connection), never for printing."""
-    return secret.get_secret_value() if secret else None
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def _read_secret(model: M, key: str) -> M:
-    """`<key>_file` fills `<key>` from a file (systemd credentials, Docker secrets): never in the TOML."""
-    path = getattr(model, f"{key}_file")
-    if path is None:
-        return model
-    try:
-        secret = Path(path).read_text().strip()
-    except OSError as exc:
-        raise ValueError(f"{key}_file {path}: {exc.strerror}") from exc
-    current = getattr(model, key)
-    if current is not None and current.get_secret_value() != secret:  # re-validation passes both
-        raise ValueError(f"set {key} or {key}_file, not both")
-    setattr(model, key, SecretStr(secret))
-    return model
-
-
-class WebhookOutput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    url: str = Field(pattern=r"^https?://")
-    token: SecretStr | None = None
-    token_file: Path | None = None
-    timeout_seconds: float = Field(default=2.0, gt=0)
-    verdicts: list[str] = Field(default_factory=lambda: ["fresh", "rotten", "uncertain"])
-    _verdicts = field_validator("verdicts")(_check_verdicts)
-
-    @model_validator(mode="after")
-    def _token(self) -> WebhookOutput:
-        _read_secret(self, "token")
-        try:
-            netloc = urlsplit(self.url).netloc
-            urlsplit(self.url).port  # noqa: B018 - raises on a port that is not a number
-        except ValueError as exc:
-            raise ValueError(f"url {mask_url(self.url)}: {exc}") from exc
-        if "@" in netloc and self.token is not None:
-            raise ValueError("url has user:password@ (sent as basic auth) and a token is set: give one of them")
-        return self
-
-
-class MqttOutput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    host: str = "127.0.0.1"
-    port: int = Field(default=1883, ge=1, le=65535)
-    topic: str = "sorter"
-    client_id: str | None = None
-    username: str | None = None
-    password: SecretStr | None = None
-    password_file: Path | None = None
-    keepalive: int = Field(default=30, ge=5)
-    spool: Path = Path("mqtt-spool")
-    verdicts: list[str] = Field(default_factory=lambda: ["fresh", "rotten", "uncertain"])
-    _verdicts = field_validator("verdicts")(_check_verdicts)
-
-    @model_validator(mode="after")
-    def _password(self) -> MqttOutput:
-        return _read_secret(self, "password")
-
-
-class GpioOutput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    pin: int | str
-    pulse_ms: int = Field(default=200, ge=1)
-    verdicts: list[str] = Field(default_factory=lambda: ["rotten"])
-    _verdicts = field_validator("verdicts")(_check_verdicts)
-
-
-class SerialOutput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    port: str
-    baud: int = Field(default=9600, ge=50)
-    verdicts: list[str] = Field(default_factory=lambda: ["fresh", "rotten", "uncertain"])
-    _verdicts = field_validator("verdicts")(_check_verdicts)
-
-
-class OutputSettings(BaseModel):
+class _OutputCommon(BaseModel):
     """Where decisions go; every configured output fires, each retried on its own."""
 
     model_config = ConfigDict(extra="forbid")
     retries: int = Field(default=3, ge=0, le=100)
     retry_seconds: float = Field(default=0.5, gt=0)
-    resend_seconds: float = Field(default=60.0, gt=0)  # watch: how often deliveries that failed go out again
-    command: CommandOutput | None = None
-    webhook: WebhookOutput | None = None
-    mqtt: MqttOutput | None = None
-    gpio: GpioOutput | None = None
-    serial: SerialOutput | None = None
+    resend_seconds: float = Field(default=60.0, gt=0)  # how often deliveries that failed go out again
+
+
+def _output_settings() -> type[BaseModel]:
+    """[outputs]: the shared keys, `[outputs.<type>]` (one of a type) for every module of sorter.outputs,
+    and `[[outputs.targets]]`, any number of any type told apart by `type` (a discriminated union)."""
+    found = output_types()
+    configs = tuple(m.Config for m in found.values())
+    target = Annotated[Union[configs], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
+    fields: dict[str, Any] = {name: (m.Config | None, None) for name, m in found.items()}
+    fields["targets"] = (list[target], Field(default_factory=list))
+    return create_model("OutputSettings", __base__=_OutputCommon, **fields)
+
+
+if TYPE_CHECKING:
+    class OutputSettings(_OutputCommon):
+        targets: list[Any] = []
+
+        def __getattr__(self, name: str) -> Any: ...
+else:
+    OutputSettings = _output_settings()
 
 
 class ReportSettings(BaseModel):
@@ -240,7 +166,7 @@ class FleetSettings(BaseModel):
 
     @model_validator(mode="after")
     def _password(self) -> FleetSettings:
-        return _read_secret(self, "password")
+        return read_secret(self, "password")
 
 
 class Settings(BaseModel):
@@ -445,6 +371,7 @@ def public_dump(settings: Settings) -> dict[str, Any]:
     data = settings.model_dump(mode="json")
     if data["camera"]["device"]:
         data["camera"]["device"] = mask_url(data["camera"]["device"])
-    if data["outputs"]["webhook"]:
-        data["outputs"]["webhook"]["url"] = mask_url(data["outputs"]["webhook"]["url"])
+    for output in [data["outputs"].get(name) for name in output_types()] + data["outputs"]["targets"]:
+        if output and isinstance(output.get("url"), str):
+            output["url"] = mask_url(output["url"])
     return data

@@ -25,8 +25,9 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sorter.config import FleetSettings, reveal
+from sorter.config import FleetSettings
 from sorter.outputs import MqttOutput
+from sorter.secrets import reveal
 
 if TYPE_CHECKING:
     from sorter.report import ReportOptions
