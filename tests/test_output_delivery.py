@@ -113,21 +113,29 @@ def test_a_receiver_down_during_the_run_gets_every_item_once_after_a_restart(tmp
         [("sent", 3, None)] * 4
 
 
-def test_an_event_sent_but_not_recorded_goes_again_with_the_same_key(tmp_path):
-    """A daemon killed between the receiver's 2xx and the writer's commit: the row still says pending."""
+def _rotten_then_restart(tmp: Path, *changes: str) -> Hook:
+    """One rotten item through `watch --once` to a live receiver, the database changed as a stop at the
+    wrong moment would leave it (`changes`), then a restart; the receiver."""
     hook = Hook()
     webhook = {"webhook": {"url": hook.url(), "verdicts": ["rotten"]}}
     try:
-        (tmp_path / "in").mkdir()
-        drop(tmp_path / "in", "b.jpg", jpeg("blue"))
-        _once(tmp_path, webhook)
-        conn = sqlite3.connect(tmp_path / "db.sqlite")
-        conn.execute("UPDATE deliveries SET state = 'pending', delivered_at = NULL")
+        (tmp / "in").mkdir()
+        drop(tmp / "in", "b.jpg", jpeg("blue"))
+        _once(tmp, webhook)
+        conn = sqlite3.connect(tmp / "db.sqlite")
+        for sql in changes:
+            conn.execute(sql)
         conn.commit()
         conn.close()
-        _once(tmp_path, webhook)
+        _once(tmp, webhook)
     finally:
         hook.close()
+    return hook
+
+
+def test_an_event_sent_but_not_recorded_goes_again_with_the_same_key(tmp_path):
+    """A daemon killed between the receiver's 2xx and the writer's commit: the row still says pending."""
+    hook = _rotten_then_restart(tmp_path, "UPDATE deliveries SET state = 'pending', delivered_at = NULL")
     keys = [b["idempotency_key"] for b, _ in hook.received]
     assert len(keys) == 2 and keys[0] == keys[1]  # at least once: the repeat carries the key to drop it by
     assert [r["state"] for r in _deliveries(tmp_path / "db.sqlite")] == ["sent"]
@@ -172,20 +180,8 @@ def test_a_dry_run_fires_nothing_and_owes_nothing(tmp_path):
 
 
 def test_an_item_that_vanished_before_its_move_is_cancelled_not_fired(tmp_path):
-    hook = Hook()
-    webhook = {"webhook": {"url": hook.url(), "verdicts": ["rotten"]}}
-    try:
-        (tmp_path / "in").mkdir()
-        drop(tmp_path / "in", "b.jpg", jpeg("blue"))
-        _once(tmp_path, webhook)
-        conn = sqlite3.connect(tmp_path / "db.sqlite")  # as a restart finds one whose file vanished
-        conn.execute("UPDATE items SET destination = NULL, error = 'vanished-before-move'")
-        conn.execute("UPDATE deliveries SET state = 'pending'")
-        conn.commit()
-        conn.close()
-        _once(tmp_path, webhook)
-    finally:
-        hook.close()
+    hook = _rotten_then_restart(tmp_path, "UPDATE items SET destination = NULL, error = 'vanished-before-move'",
+                                "UPDATE deliveries SET state = 'pending'")  # as a restart finds one whose file vanished
     assert len(hook.received) == 1
     assert [(r["state"], r["last_error"]) for r in _deliveries(tmp_path / "db.sqlite")] == \
         [("cancelled", "the item was not routed")]
