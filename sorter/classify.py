@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sorter.card import ModelCard
 from sorter.config import ConfigError, Settings
+from sorter.files import RefusedFile, read_guarded
 from sorter.imaging import ImageError, decode, is_image_name
 from sorter.model import Classifier
 from sorter.verdict import VerdictRules
@@ -81,9 +82,12 @@ def unknown_threshold(card: ModelCard, settings: Settings) -> float | None:
 
 
 def classify_files(files: list[Path], classifier: Classifier, rules: VerdictRules,
-                   batch_size: int = 8, max_pixels: int | None = None) -> Iterator[FileResult]:
-    """Decode and score in batches; an unreadable file yields an error result and the rest go on."""
+                   batch_size: int = 8, max_pixels: int | None = None,
+                   max_bytes: int | None = None) -> Iterator[FileResult]:
+    """Decode and score in batches; an unreadable, oversized or symlinked file yields an error result
+    (`sorter.files.read_guarded`, the rules `sorter watch` reads by) and the rest go on."""
     size = classifier.input_size
+    limit = max_bytes or Settings.model_fields["max_file_bytes"].default
     for start in range(0, len(files), batch_size):
         results: list[FileResult] = []
         images = []
@@ -91,8 +95,8 @@ def classify_files(files: list[Path], classifier: Classifier, rules: VerdictRule
             result = FileResult(str(path))
             try:
                 kwargs = {"max_pixels": max_pixels} if max_pixels else {}
-                images.append(decode(path.read_bytes(), size, **kwargs))
-            except ImageError as exc:
+                images.append(decode(read_guarded(path, limit), size, **kwargs))
+            except (ImageError, RefusedFile) as exc:
                 result.error = str(exc)
             except OSError as exc:
                 result.error = f"unreadable: {exc.strerror or exc}"

@@ -139,7 +139,8 @@ def classify(paths: list[Path] = typer.Argument(..., help="Image files or folder
     failed = 0
     with Progress(console=err, disable=silent or len(files) < 20, transient=True) as progress:
         task = progress.add_task("classifying", total=len(files))
-        for result in classify_files(files, clf, rules, settings.batch_size, settings.max_pixels):
+        for result in classify_files(files, clf, rules, settings.batch_size, settings.max_pixels,
+                                     settings.max_file_bytes):
             progress.advance(task)
             failed += result.error is not None
             if as_json:

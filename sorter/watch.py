@@ -32,6 +32,7 @@ from watchdog.observers import Observer
 from sorter import memory, store, threads
 from sorter.config import Settings
 from sorter.delivery import Ledger, Planned, event_of
+from sorter.files import read_at_most
 from sorter.imaging import ImageError, decode, is_image_name, one_image_per_thread
 from sorter.metrics import Telemetry
 from sorter.model import Classifier, warm_up_all
@@ -315,25 +316,6 @@ def within(incoming: Path, path: Path, recursive: bool, out: Path | None) -> boo
     except ValueError:
         return False
     return not any(part.startswith(".") for part in parts[:-1])
-
-
-def read_at_most(path: Path, limit: int, expected: int) -> tuple[bytes, os.stat_result]:
-    """Up to `limit` + 1 bytes through one descriptor that never follows a symlink, and that
-    descriptor's stat after reading (which file was read, and its size once read). Plain os.read:
-    a buffered file object adds fstat, isatty and seek calls (and GIL hand-offs) to every file."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        chunks, total = [], 0
-        while total <= limit:
-            want = min(limit + 1 - total, max(expected + 1, 1 << 16))
-            chunk = os.read(fd, want)
-            chunks.append(chunk)
-            total += len(chunk)
-            if len(chunk) < want:  # a regular file reads short only at its end: no extra call for EOF
-                break
-        return b"".join(chunks), os.fstat(fd)
-    finally:
-        os.close(fd)
 
 
 class Unsettled(Exception):

@@ -36,6 +36,28 @@ def test_json_lines_for_a_folder_with_a_broken_file(tmp_path, colour_jpeg):
     assert result.exit_code == 1
 
 
+def test_classify_reads_files_as_watch_does_no_symlink_nothing_over_max_file_bytes(tmp_path, colour_jpeg):
+    """A link to a file outside the folder and a file over max_file_bytes are refused with watch's reasons,
+    the good file is classified (the old code followed the link and read any size into memory)."""
+    good = colour_jpeg(tmp_path / "in" / "a_red.jpg", "red")
+    secret = colour_jpeg(tmp_path / "elsewhere" / "secret.jpg", "blue")
+    (tmp_path / "in" / "link.jpg").symlink_to(secret)
+    big = tmp_path / "in" / "big.jpg"
+    big.write_bytes(good.read_bytes() + b"\0" * 5000)
+    config = tmp_path / "sorter.toml"
+    config.write_text(f"max_file_bytes = {good.stat().st_size + 100}\n")
+    result = CliRunner().invoke(app, ["classify", str(tmp_path / "in"), str(tmp_path / "in" / "link.jpg"),
+                                      "--model", str(COLOR_INT8), "--json", "--config", str(config)])
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    by_name = [(r["path"].rsplit("/", 1)[1], r.get("verdict"), r.get("error")) for r in rows]
+    assert sorted(by_name) == [
+        ("a_red.jpg", "fresh", None),
+        ("big.jpg", None, f"too-large: {big.stat().st_size:,} bytes (max_file_bytes {good.stat().st_size + 100:,})"),
+        ("link.jpg", None, "symlink: not followed (name the file it points to)"),
+        ("link.jpg", None, "symlink: not followed (name the file it points to)")]
+    assert result.exit_code == 1
+
+
 def test_all_good_files_exit_zero_and_print_a_table(tmp_path, colour_jpeg):
     red = colour_jpeg(tmp_path / "red.jpg", "red")
     result = CliRunner().invoke(app, ["classify", str(red), "--model", str(COLOR_INT8)])

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from sorter import store, threads, watch
+from sorter.files import read_at_most
 from tests.watch_helpers import (
     EXPECTED,
     Running,
@@ -302,9 +303,9 @@ def test_bad_inputs_are_rejected_with_reasons_and_the_daemon_goes_on(tmp_path):
 def test_a_file_that_grows_past_the_limit_while_read_is_cut_off(tmp_path):
     path = tmp_path / "growing.jpg"
     path.write_bytes(b"x" * 5_000)
-    assert watch.read_at_most(path, 10_000, expected=100)[0] == b"x" * 5_000  # a stale size still reads it all
+    assert read_at_most(path, 10_000, expected=100)[0] == b"x" * 5_000  # a stale size still reads it all
     path.write_bytes(b"x" * 50_000)
-    assert len(watch.read_at_most(path, 10_000, expected=5_000)[0]) == 10_001  # one byte over: too large
+    assert len(read_at_most(path, 10_000, expected=5_000)[0]) == 10_001  # one byte over: too large
     item = watch.load(path, (32, 32), make_watcher(tmp_path, max_file_bytes=60_000).settings)
     assert item.error.startswith("not-an-image")  # read whole, then refused for what it is
     item = watch.load(path, (32, 32), make_watcher(tmp_path, max_file_bytes=10_000).settings)
