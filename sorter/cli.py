@@ -8,24 +8,22 @@ import platform
 import sqlite3
 import sys
 from pathlib import Path
-from typing import NoReturn, Protocol
+from typing import Protocol
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.measure import Measurement
 from rich.table import Table
 
 from sorter import __version__
 from sorter.cli_dataset import dataset_app
 from sorter.cli_labelstudio import register as register_labelstudio
+from sorter.console import card_or_none, cell, err, fail, print_table, report_import, warn
 
 # Help texts print as written: Rich markup would eat bracketed words (`[auditor]`, `[time]`).
 # Every Typer here passes PLAIN_HELP (tests/test_cli_markup.py checks each command's help).
 PLAIN_HELP = None
 app = typer.Typer(help="Edge-device batch sorter for produce.", no_args_is_help=True,
                   pretty_exceptions_enable=False, rich_markup_mode=PLAIN_HELP)
-err = Console(stderr=True)
 ModelOpt = typer.Option(None, "--model", "-m",
                         help="Model bundle (.tflite with its .card.json); default: the shipped one.")
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML configuration file.")
@@ -35,37 +33,6 @@ class Closer(Protocol):
     """What a command starts beside its daemon (metrics server, fleet publisher) and closes after it."""
 
     def close(self) -> object: ...
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """One line on stderr and a non-zero exit: the user sees what happened, not a traceback."""
-    from sorter.redact import mask_text
-
-    message = mask_text(message)  # an error may quote a camera or webhook URL: never its password
-    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def warn(message: str) -> None:
-    """One yellow warning line on stderr; the message prints as written (paths may hold [brackets])."""
-    err.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
-
-
-def cell(value: object) -> str:
-    """A table cell as written: Rich reads cells as markup, and a path or label may hold [brackets]."""
-    return escape(str(value))
-
-
-def print_table(table: Table) -> None:
-    """Whole cells, always. On a terminal a long path folds inside its column; in a pipe or a CI log
-    the table is as wide as its widest row, so each path stays whole on one line (grep finds it)."""
-    console = Console()
-    for column in table.columns:
-        column.overflow = "fold"
-    if not console.is_terminal:
-        console.width = max(console.width, Measurement.get(console, console.options.update_width(10**6),
-                                                           table).maximum)
-    console.print(table)
 
 
 def _version(value: bool) -> None:
@@ -430,31 +397,6 @@ AuditDbOpt = typer.Option(None, "--db", help="Results database; default: config 
 PartialOpt = typer.Option(False, "--partial", help="Import the valid rows even when others are wrong.")
 
 
-def _card_or_none(model: Path | None, required: bool):
-    """The model card (labels, rotten labels, test-set figures); audits cannot go without one."""
-    from sorter.card import load_card
-    from sorter.model import resolve_model
-
-    try:
-        return load_card(resolve_model(model))
-    except (OSError, ValueError) as exc:
-        if required:
-            fail(f"{exc} (the card's labels are needed: pass --model)")
-        warn(f"no model card ({exc}); no drift against test-set figures")
-        return None
-
-
-def _report_import(result) -> None:
-    for line in result.errors:
-        err.print(line, highlight=False, markup=False, soft_wrap=True)
-    verb = "imported" if result.written else "nothing imported"
-    typer.echo(f"{verb}: {result.inserted} new, {result.updated} changed, {result.unchanged} unchanged, "
-               f"{result.skipped} skipped, {len(result.errors)} errors")
-    if result.controls is not None:  # answers on photos of known label (`audit sample --control-data`)
-        typer.echo(result.controls.line())
-    raise typer.Exit(1 if result.errors else 0)
-
-
 @audit_app.command("import")
 def audit_import(file: Path = typer.Argument(..., help="CSV: sha256 or file/path, true_label, [auditor], [time]."),
                  db: Path | None = AuditDbOpt, model: Path | None = ModelOpt, config: Path | None = ConfigOpt,
@@ -465,10 +407,10 @@ def audit_import(file: Path = typer.Argument(..., help="CSV: sha256 or file/path
 
     try:
         settings = load_settings(config, model=model, db=db)
-        result = import_csv(settings.db, file, _card_or_none(settings.model, True).labels, partial)
+        result = import_csv(settings.db, file, card_or_none(settings.model, True).labels, partial)
     except (ConfigError, AuditError, OSError) as exc:
         fail(str(exc))
-    _report_import(result)
+    report_import(result)
 
 
 @audit_app.command("folder")
@@ -482,10 +424,10 @@ def audit_folder(folder: Path = typer.Argument(..., help="AUDIT_DIR with one sub
 
     try:
         settings = load_settings(config, model=model, db=db)
-        result = import_folder(settings.db, folder, _card_or_none(settings.model, True).labels, auditor, partial)
+        result = import_folder(settings.db, folder, card_or_none(settings.model, True).labels, auditor, partial)
     except (ConfigError, AuditError, OSError) as exc:
         fail(str(exc))
-    _report_import(result)
+    report_import(result)
 
 
 @audit_app.command("sample")
@@ -516,7 +458,7 @@ def audit_sample(n: int = typer.Option(50, "--n", min=1, help="How many items to
     try:
         settings = load_settings(config, model=model, db=db)
         lo, hi = window(since)
-        card = _card_or_none(settings.model, control_data is not None)
+        card = card_or_none(settings.model, control_data is not None)
         spec = None if control_data is None else ControlSpec(
             control_data, default_count(n) if controls is None else controls, resolve_model(settings.model))
         result = sample(settings.db, out, n, lo.isoformat(timespec="milliseconds"),
@@ -566,7 +508,7 @@ def report(out: Path = typer.Option(..., "--out", "-o", help="Folder for report.
     try:
         settings = load_settings(config, model=model, db=db)
         lo, hi = window(since, start, end)
-        written = generate(settings.db, out, lo, hi, _card_or_none(settings.model, False),
+        written = generate(settings.db, out, lo, hi, card_or_none(settings.model, False),
                            _report_options(settings, margin), dated, keep,
                            previous, settings.report.max_thumbnails)
     except (ConfigError, ValueError, OSError) as exc:

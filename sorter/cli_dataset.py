@@ -1,13 +1,12 @@
-"""`sorter dataset build`: the line's audited photos as a training data set (thin CLI over sorter.dataset).
-
-Helpers from sorter.cli are imported inside the command, since sorter.cli imports this module to register it.
-"""
+"""`sorter dataset build`: the line's audited photos as a training data set (thin CLI over sorter.dataset)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+
+from sorter.console import cell, err, fail, print_table
 
 dataset_app = typer.Typer(help="Turn audited items into training data (class folders with a manifest).",
                           no_args_is_help=True, rich_markup_mode=None)
@@ -26,7 +25,6 @@ def dataset_build(out: Path = typer.Option(..., "--out", "-o", help="Folder for 
                   config: Path | None = typer.Option(None, "--config", "-c", help="TOML configuration file.")) -> None:
     """Audited items → OUT/<true label>/ (hard links where possible), one photo per content hash; the latest
     audit wins when auditors disagree. Prints a table per label and one line per photo left out."""
-    from sorter.cli import fail
     from sorter.config import ConfigError, load_settings
     from sorter.dataset import build_dataset
     from sorter.store import parse_age
@@ -45,7 +43,6 @@ def _summary(ds) -> None:
     """Per label: audited photos, pseudo-labelled ones, audited ones the model got wrong; then what was left out."""
     from rich.table import Table
 
-    from sorter.cli import cell, err, print_table
 
     table = Table("label", "audited", "pseudo", "model disagreed")
     rows: dict[str, list[int]] = {}

@@ -1,7 +1,6 @@
 """`sorter audit export-labelstudio` / `audit import-labelstudio`: thin commands over sorter.labelstudio.
 
-`register(audit_app)` adds them to the `audit` group; helpers from sorter.cli are imported inside the
-commands, since sorter.cli imports this module.
+`register(audit_app)` adds them to the `audit` group.
 """
 
 from __future__ import annotations
@@ -9,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+
+from sorter.console import card_or_none, err, fail, report_import
 
 ROOT_ENV = ["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", "LOCAL_FILES_DOCUMENT_ROOT"]  # Label Studio's own names
 
@@ -32,13 +33,12 @@ def export_labelstudio(sample_dir: Path = typer.Argument(..., help="A folder mad
 
     Writes SAMPLE_DIR/labelstudio-tasks.json (local-files image URLs, the model's label as a pre-annotation,
     each photo's sha256) and SAMPLE_DIR/labelstudio-config.xml (Image + Choices with the card's labels)."""
-    from sorter.cli import _card_or_none, err, fail
     from sorter.config import ConfigError, load_settings
     from sorter.labelstudio import LabelStudioError, export_sample
 
     try:
         settings = load_settings(config, model=model, db=db)
-        result = export_sample(settings.db, sample_dir, document_root, _card_or_none(settings.model, True).labels)
+        result = export_sample(settings.db, sample_dir, document_root, card_or_none(settings.model, True).labels)
     except (ConfigError, LabelStudioError, OSError) as exc:
         fail(str(exc))
     for line in result.errors:
@@ -66,16 +66,15 @@ def import_labelstudio(export: Path = typer.Argument(..., help="Label Studio's J
     """Import a Label Studio JSON export as audits, matched by content hash.
 
     One audit per item and annotator; skipped, empty and superseded annotations are listed, one line each."""
-    from sorter.cli import _card_or_none, _report_import, err, fail
     from sorter.config import ConfigError, load_settings
     from sorter.labelstudio import LabelStudioError, import_export
 
     try:
         settings = load_settings(config, model=model, db=db)
-        result = import_export(settings.db, export, _card_or_none(settings.model, True).labels, document_root,
+        result = import_export(settings.db, export, card_or_none(settings.model, True).labels, document_root,
                                partial)
     except (ConfigError, LabelStudioError, OSError) as exc:
         fail(str(exc))
     for line in result.notes:
         err.print(line, highlight=False, markup=False, soft_wrap=True)
-    _report_import(result)
+    report_import(result)

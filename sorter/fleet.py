@@ -105,7 +105,7 @@ class FleetPublisher:
         self.out.connected.wait(timeout)
         infos = self.push_counters()
         while self.out.spool.pending() and time.monotonic() < deadline:
-            self.out._wake.set()
+            self.out.wake()
             time.sleep(0.05)
         delivered = not self.out.spool.pending()
         for info in infos:

@@ -51,7 +51,7 @@ def _throughput(reports: Reports, lo: datetime, hi: datetime, classified: int) -
             for key in ("items", *rp.HOURLY):
                 slot[key] += h.get(key, 0)  # reports from before `unknown` have no such count
     hourly = [series[h] for h in sorted(series)]
-    return {"per_hour": rp._r(classified / hours) if hours else 0.0,
+    return {"per_hour": rp.rounded(classified / hours) if hours else 0.0,
             "peak_per_hour": max((s["items"] for s in hourly), default=0), "hourly": hourly}
 
 
@@ -236,7 +236,7 @@ def merge(reports: Reports, options: rp.ReportOptions | None = None) -> dict[str
     model = _model(reports, known, rotten)
     return {
         "format": rp.FORMAT, "generated_at": now_iso(), "db": None, "model": model,
-        "window": {"from": rp._iso(lo), "to": rp._iso(hi), "hours": rp._r((hi - lo).total_seconds() / 3600)},
+        "window": {"from": rp.iso_utc(lo), "to": rp.iso_utc(hi), "hours": rp.rounded((hi - lo).total_seconds() / 3600)},
         "items": items, "by_label": rp.ranked(_sum(reports, "by_label")), "by_verdict": verdicts,
         "by_model": rp.ranked(_sum(reports, "by_model")), **rates,
         "throughput": _throughput(reports, lo, hi, n),

@@ -31,11 +31,13 @@ MAX_WRONG = 100
 _DATED = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
-def _r(value: float) -> float:
+def rounded(value: float) -> float:
+    """A figure as reports store it: six decimals (the fleet report rounds its merged figures alike)."""
     return round(float(value), 6)
 
 
-def _iso(moment: datetime) -> str:
+def iso_utc(moment: datetime) -> str:
+    """A time as reports and rows write it: UTC, milliseconds."""
     return moment.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
@@ -55,7 +57,7 @@ def window(since: str | None = None, start: str | None = None, end: str | None =
         hi = parse_time(end) if end else now
         lo = hi - store.parse_age(since or "24h")
     if hi <= lo:
-        raise ValueError(f"empty window: {_iso(lo)} .. {_iso(hi)}")
+        raise ValueError(f"empty window: {iso_utc(lo)} .. {iso_utc(hi)}")
     return lo, hi
 
 
@@ -78,7 +80,7 @@ def per_class(cm: np.ndarray, labels: list[str]) -> dict[str, dict[str, float]]:
         p = tp / col if col else 0.0
         r = tp / row if row else 0.0
         f = 2 * p * r / (p + r) if p + r else 0.0
-        out[lbl] = {"precision": _r(p), "recall": _r(r), "f1": _r(f), "support": int(row)}
+        out[lbl] = {"precision": rounded(p), "recall": rounded(r), "f1": rounded(f), "support": int(row)}
     return out
 
 
@@ -90,7 +92,7 @@ def wilson(successes: int, n: int, z: float = 1.96) -> list[float] | None:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return [_r(max(0.0, centre - half)), _r(min(1.0, centre + half))]
+    return [rounded(max(0.0, centre - half)), rounded(min(1.0, centre + half))]
 
 
 def label_order(known: list[str] | None, seen: Iterable[str]) -> list[str]:
@@ -114,11 +116,11 @@ def matrix_figures(cm: np.ndarray, labels: list[str], rotten: list[str]) -> dict
     present = [c for c in classes.values() if c["support"]]
     return {
         "n": n, "correct": correct,
-        "accuracy": _r(correct / n) if n else None,
+        "accuracy": rounded(correct / n) if n else None,
         "accuracy_ci95": wilson(correct, n),
-        "fresh_vs_rotten_accuracy": _r(same / n) if n else None,
+        "fresh_vs_rotten_accuracy": rounded(same / n) if n else None,
         "per_class": classes,
-        "macro_f1": _r(sum(c["f1"] for c in present) / len(present)) if present else None,
+        "macro_f1": rounded(sum(c["f1"] for c in present) / len(present)) if present else None,
         "confusion_matrix": {"labels": labels, "rows": "true", "columns": "predicted", "matrix": cm.tolist()},
     }
 
@@ -160,7 +162,8 @@ def version_figures(items: list[dict], audited: list[dict], rotten: list[str]) -
     weighted = weighted_figures(audited, [], rotten)
     correct = sum(1 for a in audited if a["label"] == a["true_label"])
     return {"items": len(items), **rates(verdicts, len(items)), "audited": len(audited),
-            "accuracy": _r(correct / len(audited)) if audited else None, "accuracy_ci95": wilson(correct, len(audited)),
+            "accuracy": rounded(correct / len(audited)) if audited else None,
+            "accuracy_ci95": wilson(correct, len(audited)),
             "weighted_accuracy": weighted["accuracy"], "weighted_ci95": weighted["accuracy_ci95"],
             "audits_with_p": weighted["with_p"]}
 
@@ -228,8 +231,8 @@ def rates(verdicts: dict[str, int], n: int) -> dict[str, float | None]:
     fresh, rotten or uncertain produce, so they do not dilute these rates), unknown_rate among all
     `n` classified items. One rule for a line's report and the fleet's merge."""
     produce = n - verdicts.get("unknown", 0)
-    out = {f"{v}_rate": _r(verdicts.get(v, 0) / produce) if produce else None for v in ("rotten", "uncertain")}
-    out["unknown_rate"] = _r(verdicts.get("unknown", 0) / n) if n else None
+    out = {f"{v}_rate": rounded(verdicts.get(v, 0) / produce) if produce else None for v in ("rotten", "uncertain")}
+    out["unknown_rate"] = rounded(verdicts.get("unknown", 0) / n) if n else None
     return out
 
 
@@ -250,7 +253,7 @@ def reason(error: str) -> str:
 
 def camera_figures(conn: sqlite3.Connection, lo: datetime, hi: datetime) -> dict[str, dict]:
     """Per device: seconds online inside the window, offline/reconnect events, dropped frames."""
-    start, end = _iso(lo), _iso(hi)
+    start, end = iso_utc(lo), iso_utc(hi)
     devices: dict[str, dict] = {}
     state: dict[str, tuple[bool, datetime]] = {}
     for row in conn.execute("SELECT time, device, event, detail FROM camera_events WHERE time < ? ORDER BY time, id",
@@ -280,8 +283,8 @@ def camera_figures(conn: sqlite3.Connection, lo: datetime, hi: datetime) -> dict
         fig = devices[dev]
         if online and until > since:
             fig["online_seconds"] += (until - since).total_seconds()
-        fig["online_seconds"] = _r(fig["online_seconds"])
-        fig["online_fraction"] = _r(fig["online_seconds"] / span)
+        fig["online_seconds"] = rounded(fig["online_seconds"])
+        fig["online_fraction"] = rounded(fig["online_seconds"] / span)
     return devices
 
 
@@ -293,7 +296,7 @@ def _points(fraction: float) -> str:
 
 
 def _delta(value: float | None, base: float | None) -> float | None:
-    return _r(value - base) if value is not None and base is not None else None
+    return rounded(value - base) if value is not None and base is not None else None
 
 
 def compare(current: dict, baseline: dict | None, name: str, margin: float, min_audited: int,
@@ -476,7 +479,7 @@ def build_report(db_path: Path | str, lo: datetime, hi: datetime, card: ModelCar
                  previous: dict | None = None, options: ReportOptions | None = None) -> dict[str, Any]:
     """Every figure of `report.json`, read through one read-only snapshot of the database."""
     opts = options or ReportOptions()
-    start, end = _iso(lo), _iso(hi)
+    start, end = iso_utc(lo), iso_utc(hi)
     conn = store.open_reader(db_path)
     try:
         conn.execute("BEGIN")  # one snapshot: counts and audits agree even while the daemon writes
@@ -501,7 +504,7 @@ def build_report(db_path: Path | str, lo: datetime, hi: datetime, card: ModelCar
     card_base = card_baseline(card)  # also in `model`: a fleet merge compares with the figure each line did
     return {
         "format": FORMAT, "generated_at": store.now_iso(), "db": str(db_path),
-        "window": {"from": start, "to": end, "hours": _r(hours)},
+        "window": {"from": start, "to": end, "hours": rounded(hours)},
         "model": {"name": card.name, "labels": card.labels, "rotten_labels": card.rotten_labels,
                   "card_accuracy": card.score.accuracy, "card_baseline": card_base} if card else None,
         "items": {"received": len(items), "classified": n, "duplicates": len(items) - len(firsts),
@@ -513,7 +516,7 @@ def build_report(db_path: Path | str, lo: datetime, hi: datetime, card: ModelCar
         "by_model_version": by_model_version(classified, audited, rotten),
         "model_by_day": model_by_day(classified, audited, rotten),
         **rated,
-        "throughput": {"per_hour": _r(n / hours), "peak_per_hour": max((s["items"] for s in series), default=0),
+        "throughput": {"per_hour": rounded(n / hours), "peak_per_hour": max((s["items"] for s in series), default=0),
                        "hourly": series},
         "confidence_histogram": {"bins": BINS, "by_verdict": histograms(classified)},
         "errors_by_reason": _count([reason(i["error"]) for i in firsts if i["error"]]),

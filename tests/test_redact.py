@@ -129,7 +129,7 @@ def test_pass_env_names_what_the_command_may_see(tmp_path, monkeypatch):
 def test_command_line_errors_mask_urls(capsys):
     import typer
 
-    from sorter.cli import fail
+    from sorter.console import fail
 
     with pytest.raises(typer.Exit):
         fail(f"camera rtsp://admin:{SECRET}@10.0.0.5/live: could not open")

@@ -71,7 +71,7 @@ def train(ctx: typer.Context,
     import json
     from pathlib import Path
 
-    from sorter.cli import fail
+    from sorter.console import fail
     from training.tf_quiet import import_tensorflow
 
     import_tensorflow()
@@ -110,7 +110,7 @@ def split(root: str = typer.Argument(..., help="A photo collection: ROOT/<class>
     bursts) and split by whole groups into train/val/test, for `sorter train --split-file`."""
     from pathlib import Path
 
-    from sorter.cli import fail
+    from sorter.console import fail
     from training.groups import make_split
 
     try:
@@ -140,7 +140,7 @@ def tune(data: str = typer.Argument(..., help="DATA/<class>/ or DATA/{train,val,
 
     from rich.console import Console
 
-    from sorter.cli import fail
+    from sorter.console import fail
     from training.tf_quiet import import_tensorflow
 
     import_tensorflow()
@@ -338,7 +338,7 @@ def retrain(ctx: typer.Context,
 
     from rich.console import Console
 
-    from sorter.cli import fail
+    from sorter.console import fail
     from sorter.store import parse_age
     from training.tf_quiet import import_tensorflow
 

@@ -110,6 +110,10 @@ class MqttOutput:
         self.spool.push(f"{self.topic}/verdict/{event['verdict']}", event)
         self._wake.set()
 
+    def wake(self) -> None:
+        """Send what is spooled now, not at the flusher's next wake-up (a caller about to close)."""
+        self._wake.set()
+
     def _publish(self, path: Path) -> bool:
         record = json.loads(path.read_text())
         info = self.client.publish(record["topic"], json.dumps(record["payload"]), qos=1)
