@@ -136,7 +136,7 @@ class CameraRunner:
         # what is shown and stored (rows, events, /status, outputs): the URL without its password;
         # only the capture below gets the real one (sorter.redact)
         self.device, self.clf, self.rules, self.settings = mask_url(device), classifier, rules, settings
-        self.telemetry = telemetry  # metrics hook (sorter.metrics): None = no metrics
+        self.telemetry = telemetry or Telemetry("camera")  # metrics (sorter.metrics), served or not
         self.writer, self.dispatcher, self.dry_run = writer, dispatcher, dry_run
         self.ledger = ledger  # deliveries kept in the database (sorter.delivery); None: none configured
         self.roi: Roi | None = parse_roi(settings.roi)
@@ -149,6 +149,7 @@ class CameraRunner:
                                settings.backoff_max_seconds, settings.queue_size, settings.loop,
                                on_event=self._camera_event, frozen_area=settings.frozen_area)
         self.status = CameraStatus()
+        self.telemetry.queue_depth.set_function(lambda: len(self.capture.frames))  # read at scrape time
         self.decisions: list[dict[str, Any]] = []  # the events sent, for the summary and tests
         self._open = 0  # frames left in the current item's window (motion/line triggers)
         self._last_image: np.ndarray | None = None
@@ -159,8 +160,7 @@ class CameraRunner:
 
     def _camera_event(self, event: str, detail: str) -> None:
         self.status.state = "online" if event in ("online", "reconnect") else "offline"
-        if self.telemetry is not None:
-            self.telemetry.camera_event(event)
+        self.telemetry.camera_event(event)
         detail = mask_text(detail)  # an open error may quote the URL
         self.writer.submit(lambda db: store.record_camera_event(db, self.device, event, detail))
 
@@ -172,8 +172,7 @@ class CameraRunner:
     def _vote(self, image: np.ndarray) -> Decision | None:
         started = time.monotonic()
         pred = self.clf.predict(resize_rgb(image, self.clf.input_size)[None])[0]
-        if self.telemetry is not None:
-            self.telemetry.latency.observe(time.monotonic() - started)
+        self.telemetry.latency.observe(time.monotonic() - started)
         self.status.classified += 1
         self._last_image, self._last_scores, self._last_ood = image, pred.scores, pred.ood_score
         judged = self.rules.decide(pred)
@@ -239,8 +238,7 @@ class CameraRunner:
             except OSError as exc:
                 log.error("snapshot for item %d failed: %s", item_id, exc)
         self.status.decisions[decision.verdict] += 1
-        if self.telemetry is not None:
-            self.telemetry.item(decision.verdict, decision.label, error)
+        self.telemetry.item(decision.verdict, decision.label, error)
         self.status.no_consensus += not decision.consensus
         event = {**(planned.event if planned else self._event(item_id, row)), "snapshot": snapshot,
                  "votes": f"{decision.agreeing}/{decision.frames}"}
@@ -271,9 +269,7 @@ class CameraRunner:
         if self.ledger is not None:
             self.ledger.tick()
         dropped = self.capture.frames.dropped
-        if self.telemetry is not None:
-            self.telemetry.dropped_total(dropped)
-            self.telemetry.queue_depth.set(len(self.capture.frames))
+        self.telemetry.dropped_total(dropped)
         if dropped > self._drops_reported and now - self._ticks["drops"] >= DROPS_REPORT_S:
             detail = f"{dropped - self._drops_reported} frame(s) dropped (total {dropped}): inference is slower"
             self.writer.submit(lambda db: store.record_camera_event(db, self.device, "dropped", detail))
@@ -304,8 +300,7 @@ class CameraRunner:
                         self.act(decision, frame)
                 except Exception as exc:  # one bad frame or a full disk must not stop the line
                     self.status.errors += 1
-                    if self.telemetry is not None:
-                        self.telemetry.errors.labels(reason=type(exc).__name__).inc()
+                    self.telemetry.errors.labels(reason=type(exc).__name__).inc()
                     log.exception("frame %d could not be processed", frame.seq)
             # the file ended mid-item, or a pulsed/moving item was in view at shutdown; an interval
             # window cut short by a stop is no item (each restart would record a spurious one)
@@ -344,9 +339,8 @@ def serve(device: str, classifier: Classifier, rules: VerdictRules, settings: Se
                           rng=rng, ledger=ledger)
     if ledger is not None:  # what an earlier run owed its outputs goes out first
         ledger.resume()
-    if telemetry is not None:
-        telemetry.camera_online = False  # until the capture reports "online"
-        telemetry.set_ready()
+    runner.telemetry.camera_online = False  # until the capture reports "online"
+    runner.telemetry.set_ready()
     line = runner.trigger if isinstance(runner.trigger, LineTrigger) else None
     control = ControlServer(cam.control_port, line, runner.snapshot).start() if cam.control_port is not None else None
     if line is not None and cam.stdin_trigger:

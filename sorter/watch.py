@@ -648,7 +648,7 @@ class Watcher:
                  rules: VerdictRules, settings: Settings, dry_run: bool = False,
                  telemetry: Telemetry | None = None, interpreters: int = 1):
         self.incoming, self.out = incoming.resolve(), out.resolve()
-        self.telemetry = telemetry  # metrics hook (sorter.metrics): None = no metrics
+        self.telemetry = telemetry or Telemetry("watch")  # metrics (sorter.metrics), served or not
         self.clf, self.rules, self.settings = classifier, rules, settings
         self.clfs = [classifier] + [classifier.replica() for _ in range(interpreters - 1)]
         self._nice = settings.background_nice or None  # helpers fit around the interpreters (sorter.threads)
@@ -668,6 +668,7 @@ class Watcher:
         # decode → inference in chunks of up to batch_size items: one hand-off (and one thread wake-up)
         # per chunk instead of per image, which on a 2-core box is CPU the interpreters get back
         self.decoded: queue.Queue[list[Item]] = queue.Queue(maxsize=2)
+        self.telemetry.queue_depth.set_function(lambda: sum(len(chunk) for chunk in list(self.decoded.queue)))
         self.router = Router(self.out, self.writer, classifier, self.intake, settings, dry_run,
                              retrack=self.stability.track, incoming=self.incoming, ledger=self.ledger)
         self.recursive = settings.recursive
@@ -772,8 +773,7 @@ class Watcher:
             batch, taken, ended = self._queued_behind(first)
             try:
                 settled = self.router.route(batch)
-                if self.telemetry is not None:  # counted once settled: a retried item is not counted twice
-                    self.telemetry.batch(settled)
+                self.telemetry.batch(settled)  # counted once settled: a retried item is not counted twice
             except Exception:  # never lose the thread: the rows stay as intents and recover() finishes them
                 log.exception("routing failed for a batch of %d", len(batch))
             finally:
@@ -792,9 +792,7 @@ class Watcher:
                 item.error = item.error or f"inference-failed: {exc}"
         for item in batch:
             item.image = None  # pixels are done with; only the verdict travels on
-        if self.telemetry is not None:  # only the latency here: counting waits for the routing thread
-            self.telemetry.latency.observe(time.monotonic() - started)
-            self.telemetry.queue_depth.set(sum(len(chunk) for chunk in list(self.decoded.queue)))
+        self.telemetry.latency.observe(time.monotonic() - started)  # counting waits for the routing thread
         self.classified.put(batch)
 
     def _infer_loop(self, clf: Classifier, stop: threading.Event) -> None:
@@ -831,8 +829,7 @@ class Watcher:
                      for i, clf in enumerate(self.clfs)]
         scan(self.incoming, self.intake, self.stability, self.recursive, self.out)
         self.ready.set()
-        if self.telemetry is not None:
-            self.telemetry.set_ready()
+        self.telemetry.set_ready()
         try:
             while not stop.wait(TICK_S):
                 self._tick()

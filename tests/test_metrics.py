@@ -115,3 +115,26 @@ def test_watch_command_serves_the_endpoint_until_sigterm(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
+
+
+def test_queue_depth_is_read_when_scraped_and_a_watcher_without_metrics_still_counts(tmp_path):
+    """The gauge asks the queue at scrape time (nothing pushes it per batch); a watcher given no telemetry
+    gets its own (a null check less in every stage), and it counts."""
+    from prometheus_client import generate_latest
+
+    from sorter.watch import Item
+
+    (tmp_path / "in").mkdir()
+    clf = Classifier(MODEL, num_threads=1)
+    watcher = Watcher(tmp_path / "in", tmp_path / "out", tmp_path / "db", clf, rules_for(clf), settings())
+    try:
+        depth = lambda: [m.samples[0].value for m in text_string_to_metric_families(  # noqa: E731
+            generate_latest(watcher.telemetry.registry).decode()) if m.name == "sorter_queue_depth"]
+        assert depth() == [0.0]
+        watcher.decoded.put([Item(tmp_path / "in" / f"{i}.jpg") for i in range(3)])
+        assert depth() == [3.0]
+        watcher.telemetry.batch([Item(tmp_path / "in" / "a.jpg", verdict="rotten", label="rottenblue")])
+        assert watcher.telemetry.registry.get_sample_value(
+            "sorter_items_total", {"verdict": "rotten", "label": "rottenblue"}) == 1
+    finally:
+        watcher.writer.close()
