@@ -180,7 +180,7 @@ class CameraRunner:
 
     def _starts_item(self, frame: Frame, image: np.ndarray) -> bool | None:
         """Does this frame open an item's window? None: the interval trigger skips the frame."""
-        if isinstance(self.trigger, IntervalTrigger):
+        if self.trigger.paced:
             if not self.trigger.fire(image, frame.clock):
                 return None
             if self._open:
@@ -188,7 +188,7 @@ class CameraRunner:
             new = self.gate.changed(image)  # the same scene as the last decision is not a new item
             self.status.unchanged += not new
             return new
-        if self._open == 0 or isinstance(self.trigger, MotionTrigger):  # motion tracks every frame
+        if self._open == 0 or self.trigger.tracks:
             return self.trigger.fire(frame.image, frame.clock)
         return False
 
@@ -304,7 +304,7 @@ class CameraRunner:
                     log.exception("frame %d could not be processed", frame.seq)
             # the file ended mid-item, or a pulsed/moving item was in view at shutdown; an interval
             # window cut short by a stop is no item (each restart would record a spurious one)
-            ended = self.capture.ended.is_set() or not isinstance(self.trigger, IntervalTrigger)
+            ended = self.capture.ended.is_set() or self.trigger.stop_ends_item
             if self._open and ended and last is not None and (decision := self.voter.close()) is not None:
                 self.act(decision, last)
         finally:

@@ -54,6 +54,13 @@ def crop(image: np.ndarray, roi: Roi | None) -> np.ndarray:
 
 
 class Trigger(Protocol):
+    """What starts an item, and how the item's window of frames runs: each trigger says so itself, so the
+    camera loop never asks which trigger it has."""
+
+    paced: bool  # fire() picks the frames to classify (a clock); else it opens a window that takes every frame
+    tracks: bool  # fire() sees every frame, inside an open window too (motion follows the scene)
+    stop_ends_item: bool  # a window still open at a stop is an item (in view); a paced one cut short is none
+
     def fire(self, image: np.ndarray, now: float) -> bool:
         """Does this fresh frame start (or, for interval, is it) something to classify?"""
         ...
@@ -61,6 +68,8 @@ class Trigger(Protocol):
 
 class IntervalTrigger:
     """Every `interval_ms` of stream time: a steady sample for a continuous belt."""
+
+    paced, tracks, stop_ends_item = True, False, False
 
     def __init__(self, interval_ms: int):
         self.interval = interval_ms / 1000
@@ -76,6 +85,8 @@ class IntervalTrigger:
 class MotionTrigger:
     """Fires once when the changed fraction of the (ROI) picture rises past `threshold`: an item
     arrived. It re-arms only after the scene settles below the threshold again."""
+
+    paced, tracks, stop_ends_item = False, True, True
 
     def __init__(self, threshold: float = 0.02, pixel_delta: int = 25, roi: Roi | None = None):
         self.threshold, self.pixel_delta, self.roi = threshold, pixel_delta, roi
@@ -148,6 +159,8 @@ class LineTrigger:
     At most `max_pending` pulses wait for their window: more items than that between the sensor
     and the camera is a stuck belt or a flood (500 POSTs were 500 decisions), so further pulses
     are refused and counted (one log line when the queue fills), not queued without bound."""
+
+    paced, tracks, stop_ends_item = False, False, True
 
     def __init__(self, max_pending: int = 8) -> None:
         self.max_pending = max_pending
