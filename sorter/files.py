@@ -35,16 +35,26 @@ def read_at_most(path: Path, limit: int, expected: int) -> tuple[bytes, os.stat_
         os.close(fd)
 
 
+def refusal(st: os.stat_result, limit: int) -> str | None:
+    """Why a file (its lstat) is not read, or None: a symlink, not a regular file, over `limit` bytes."""
+    if stat.S_ISLNK(st.st_mode):
+        return "symlink: not followed"
+    if not stat.S_ISREG(st.st_mode):
+        return "not-a-regular-file"
+    if st.st_size > limit:
+        return f"too-large: {st.st_size:,} bytes"
+    return None
+
+
+HINTS = {"symlink": " (name the file it points to)", "too-large": " (max_file_bytes {limit:,})"}
+
+
 def read_guarded(path: Path, limit: int) -> bytes:
     """The whole file when it is a regular file (not a symlink) of at most `limit` bytes; RefusedFile
-    with the reason otherwise (FileNotFoundError when it is gone)."""
+    with the reason (and what to do about it) otherwise (FileNotFoundError when it is gone)."""
     st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        raise RefusedFile("symlink: not followed (name the file it points to)")
-    if not stat.S_ISREG(st.st_mode):
-        raise RefusedFile("not-a-regular-file")
-    if st.st_size > limit:
-        raise RefusedFile(f"too-large: {st.st_size:,} bytes (max_file_bytes {limit:,})")
+    if (reason := refusal(st, limit)) is not None:
+        raise RefusedFile(reason + HINTS.get(reason.split(":")[0], "").format(limit=limit))
     try:
         data, _ = read_at_most(path, limit, st.st_size)
     except OSError as exc:

@@ -17,7 +17,6 @@ import hashlib
 import logging
 import os
 import queue
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from watchdog.observers import Observer
 from sorter import memory, store, threads
 from sorter.config import Settings
 from sorter.delivery import Ledger, Planned, event_of
-from sorter.files import read_at_most
+from sorter.files import read_at_most, refusal
 from sorter.imaging import ImageError, decode, is_image_name, one_image_per_thread
 from sorter.metrics import Telemetry
 from sorter.model import Classifier, warm_up_all
@@ -330,14 +329,8 @@ def load(path: Path, size: tuple[int, int], settings: Settings) -> Item | None:
         st = os.lstat(path)
     except FileNotFoundError:
         return None
-    if stat.S_ISLNK(st.st_mode):
-        item.error = "symlink: not followed"
-        return item
-    if not stat.S_ISREG(st.st_mode):
-        item.error = "not-a-regular-file"
-        return item
-    if st.st_size > settings.max_file_bytes:
-        item.error = f"too-large: {st.st_size:,} bytes"
+    if (reason := refusal(st, settings.max_file_bytes)) is not None:
+        item.error = reason
         return item
     try:
         data, after = read_at_most(path, settings.max_file_bytes, st.st_size)
