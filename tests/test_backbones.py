@@ -137,3 +137,48 @@ def test_names_and_sizes():
         build_backbone("mobilenet")
     with pytest.raises(ValueError, match="efficientnet-lite0"):
         default_input_size("efficientnet-lite4")
+
+
+def tiny_builder(row, weights, size):
+    """A builder a test row names: a one-layer backbone, enough to show the table alone decides."""
+    import keras
+
+    pixels = keras.Input((size, size, 3), name="pixels")
+    return keras.Model(pixels, keras.layers.Conv2D(4, 3, name=f"{row.name}_conv")(pixels), name=row.name)
+
+
+def test_a_new_backbone_is_one_table_row(monkeypatch):
+    """Adding a row is all it takes: build_backbone, the default size, the config check and the
+    CLI help all read the same table."""
+    from training import backbone_table
+    from training.train import TrainConfig
+
+    row = backbone_table.Backbone("tiny-net", "tests.test_backbones:tiny_builder", 40, "none needed")
+    monkeypatch.setitem(backbone_table.BACKBONES, row.name, row)
+    model = build_backbone("tiny-net", weights="none")
+    assert model.input_shape == (None, 40, 40, 3) and model.get_layer("tiny-net_conv").filters == 4
+    assert default_input_size("tiny-net") == 40
+    TrainConfig(backbone="tiny-net").check()  # no error: the table knows it
+    assert "tiny-net (40 px)" in backbone_table.backbone_help()
+    with pytest.raises(ValueError, match="tiny-net"):
+        backbone_table.backbone("tiny-nett")
+
+
+def test_cli_help_lists_every_backbone_without_keras():
+    """The --backbone help comes from the table, and reading the table loads no TensorFlow."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from training.backbone_table import BACKBONES, backbone_help; "
+            "print(backbone_help()); print('keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    from training.backbone_table import BACKBONES
+
+    assert out[1] == "False"
+    assert all(f"{name} (" in out[0] for name in BACKBONES)
+    sorter = Path(sys.executable).parent / "sorter"
+    shown = subprocess.run([str(sorter), "train", "--help"], capture_output=True, text=True,
+                           env={**os.environ, "COLUMNS": "300"}).stdout
+    assert all(f"{row.name} ({row.input_size} px)" in shown for row in BACKBONES.values())

