@@ -31,10 +31,12 @@ from sorter.config import DEFAULT_KEEP_SHARE, CameraSettings, ConfigError, Setti
 from sorter.control import ControlServer
 from sorter.delivery import Ledger, Planned, event_of
 from sorter.imaging import resize_rgb
+from sorter.item_row import ItemRow
 from sorter.metrics import Telemetry
 from sorter.model import Classifier, warm_up_all
 from sorter.outputs import Dispatcher, build_outputs
 from sorter.redact import mask_text, mask_url
+from sorter.states import ItemState
 from sorter.triggers import (
     Decision,
     IntervalTrigger,
@@ -220,13 +222,12 @@ class CameraRunner:
         """Record the decision (with a snapshot when its verdict's keep draw says so), then hand it to the outputs."""
         when = datetime.fromtimestamp(frame.wall, UTC)
         error = None if decision.consensus else f"no-consensus: {decision.agreeing}/{decision.frames}"
-        row = {"sha256": None, "source_path": f"{self.device}#{frame.seq}", "label": decision.label,
-               "confidence": decision.confidence, "verdict": decision.verdict, "scores": self._last_scores,
-               "ood_score": self._last_ood, "keep_p": self.snapshots.share(decision.verdict),
-               "model_id": self.clf.model_id, "model_sha256": self.clf.sha256, "source": "camera",
-               "received_at": when.isoformat(timespec="milliseconds"), "routed_at": store.now_iso(),
-               "state": "dry-run" if self.dry_run else "done",
-               "error": error}
+        row = ItemRow(state=ItemState.DRY_RUN if self.dry_run else ItemState.DONE, source="camera",
+                      received_at=when.isoformat(timespec="milliseconds"), source_path=f"{self.device}#{frame.seq}",
+                      label=decision.label, confidence=decision.confidence, verdict=decision.verdict,
+                      scores=self._last_scores, ood_score=self._last_ood,
+                      keep_p=self.snapshots.share(decision.verdict), model_id=self.clf.model_id,
+                      model_sha256=self.clf.sha256, routed_at=store.now_iso(), error=error).values()
         item_id, planned = self.writer.call(lambda db: self._record(db, row))
         snapshot = None
         if self._last_image is not None and self.snapshots.keeps(decision.verdict):

@@ -11,7 +11,7 @@ from sorter.config import ConfigError, Settings
 from sorter.files import RefusedFile, read_guarded
 from sorter.imaging import ImageError, decode, is_image_name
 from sorter.model import Classifier
-from sorter.verdict import VerdictRules
+from sorter.verdict import Verdict, VerdictRules
 
 
 @dataclass
@@ -19,7 +19,7 @@ class FileResult:
     path: str
     label: str | None = None
     confidence: float | None = None
-    verdict: str | None = None
+    verdict: Verdict | None = None
     scores: dict[str, float] | None = None
     ood_score: float | None = None  # logits models: the OOD score (energy or feature distance) `unknown` is decided on
     error: str | None = None

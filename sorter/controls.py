@@ -30,6 +30,7 @@ from sqlite_utils import Database
 from sorter import store
 from sorter.card import ControlFigures, sha256_file
 from sorter.imaging import is_image_name
+from sorter.verdict import Verdict
 
 CONTROL_SHARE = 0.1  # of the drawn items: enough to see a swapped auditor, few enough to cost little time
 MIN_CONTROLS = 5
@@ -62,7 +63,7 @@ class Placed:
     shown_id: int
     predicted: str | None = None
     confidence: float | None = None
-    verdict: str | None = None
+    verdict: Verdict | None = None
 
 
 def read_folder(folder: Path, labels: list[str]) -> list[ControlPhoto]:

@@ -24,6 +24,7 @@ from sqlite_utils import Database
 
 from sorter import store
 from sorter.outputs import Dispatcher
+from sorter.states import DeliveryState
 
 log = logging.getLogger("sorter.delivery")
 
@@ -85,7 +86,7 @@ class Ledger:
     def tick(self) -> None:
         """From the daemon's loop: every `resend_seconds`, the deliveries that failed go out again."""
         if time.monotonic() >= self._resend_at:
-            self.resume(("failed",))
+            self.resume((DeliveryState.FAILED,))
 
     def _outcome(self, output: str, event: dict[str, Any], ok: bool, attempts: int, error: str | None) -> None:
         item_id = event["item_id"]
@@ -102,7 +103,7 @@ class Ledger:
         except RuntimeError:  # the writer has closed: the row stays pending, the next start sends it again
             log.warning("could not record that %s %s item %s", output, "sent" if ok else "failed", item_id)
 
-    def resume(self, states: tuple[str, ...] = ("pending", "failed")) -> int:
+    def resume(self, states: tuple[DeliveryState, ...] = (DeliveryState.PENDING, DeliveryState.FAILED)) -> int:
         """Send again what the database says is owed (at start: pending and failed; later: failed), to
         the outputs configured now; rows of items that were never routed are cancelled. The count sent."""
         self._resend_at = time.monotonic() + self.resend_seconds

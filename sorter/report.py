@@ -23,6 +23,7 @@ import numpy as np
 from sorter import store
 from sorter.card import ModelCard
 from sorter.redact import mask_url
+from sorter.states import ItemState
 from sorter.weighting import combined_p, weighted_figures
 
 FORMAT = "sorter-report/1"
@@ -509,7 +510,7 @@ def build_report(db_path: Path | str, lo: datetime, hi: datetime, card: ModelCar
                   "card_accuracy": card.score.accuracy, "card_baseline": card_base} if card else None,
         "items": {"received": len(items), "classified": n, "duplicates": len(items) - len(firsts),
                   "errors": sum(1 for i in firsts if i["error"]),
-                  "dry_run": sum(1 for i in firsts if i["state"] == "dry-run")},
+                  "dry_run": sum(1 for i in firsts if i["state"] == ItemState.DRY_RUN)},
         "by_label": _count([i["label"] for i in classified]),
         "by_verdict": verdicts,
         "by_model": _count([i["model_id"] for i in classified]),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sorter.card import sha256_file
+from sorter.verdict import Verdict
 
 DUPLICATES = "duplicates"
 REJECTED = "rejected"
@@ -85,7 +86,7 @@ def _fit(stem: str, rest: str) -> str:
     return stem.encode("utf-8")[: max(room, 1)].decode("utf-8", "ignore") + rest
 
 
-def target_dir(out: Path, verdict: str | None, label: str | None, error: str | None,
+def target_dir(out: Path, verdict: Verdict | None, label: str | None, error: str | None,
                duplicate: bool) -> Path:
     """OUT/duplicates, OUT/rejected, OUT/uncertain or OUT/<verdict>/<label> (fresh, rotten, and unknown,
     filed under its top class so a person sees what the model took it for)."""

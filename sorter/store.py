@@ -24,6 +24,8 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from sorter import threads
+from sorter.states import CameraEvent, DeliveryState, ItemState, sql_in
+from sorter.verdict import Verdict
 
 BUSY_TIMEOUT_MS = 10_000
 T = TypeVar("T")
@@ -36,9 +38,7 @@ _M001_COLUMNS = {  # the items table as m001 made it: a migration's schema never
     "state": str,
 }
 ITEM_COLUMNS = {**_M001_COLUMNS, "ood_score": float, "keep_p": float}  # after every migration
-# A row is `intent` until its file reached `destination`, then `done`; `held` = recorded but the
-# file could not be moved (left in INCOMING, retried later); `dry-run` rows never moved anything.
-STATES = ("intent", "done", "held", "dry-run")
+# An item's `state` is a sorter.states.ItemState; m009 makes SQLite refuse any other word.
 
 
 @migrations()
@@ -139,19 +139,44 @@ def m008_deliveries(db: Database) -> None:
     db.execute("CREATE INDEX deliveries_open ON deliveries(state) WHERE state IN ('pending', 'failed')")
 
 
+@migrations()
+def m009_check_constraints(db: Database) -> None:
+    """Item states, verdicts, delivery states and camera events become CHECK constraints built from
+    their enums (sorter.states, sorter.verdict), so no writer, tool or hand-typed UPDATE can store a
+    word the code does not know. SQLite cannot add a CHECK to a table: each is rebuilt."""
+    add_checks(db, "items", {"items_state": sql_in("state", ItemState),
+                             "items_verdict": sql_in("verdict", Verdict, nullable=True)})
+    add_checks(db, "deliveries", {"deliveries_state": sql_in("state", DeliveryState)})
+    add_checks(db, "camera_events", {"camera_events_event": sql_in("event", CameraEvent)})
+    add_checks(db, "audit_controls", {"audit_controls_verdict": sql_in("verdict", Verdict, nullable=True)})
+
+
+def add_checks(db: Database, table: str, checks: dict[str, str]) -> None:
+    """SQLite's documented table rebuild (sqlite.org/lang_altertable.html, "other kinds of table schema
+    changes"): a new table with the old definition plus the named CHECKs, rows copied with their ids, the
+    old one dropped, the new one renamed, the indexes made again. Inside the migration's transaction, so
+    a row that breaks a check rolls all of it back (the backup taken before migrating is untouched)."""
+    schema = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", [table]).fetchone()[0]
+    indexes = [sql for (sql,) in db.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL", [table])]
+    body = schema[schema.index("(") + 1:schema.rindex(")")].rstrip()
+    constraints = ",\n   ".join(f"CONSTRAINT {name} CHECK ({expr})" for name, expr in checks.items())
+    db.execute(f"CREATE TABLE [{table}_checked] ({body},\n   {constraints}\n)")
+    db.execute(f"INSERT INTO [{table}_checked] SELECT * FROM [{table}]")
+    db.execute(f"DROP TABLE [{table}]")
+    db.execute(f"ALTER TABLE [{table}_checked] RENAME TO [{table}]")
+    for sql in indexes:
+        db.execute(sql)
+
+
 def has_table(conn: sqlite3.Connection, name: str) -> bool:
     """Readers may meet a database made before a migration (read-only: they cannot apply it)."""
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [name]).fetchone() is not None
 
 
-CAMERA_EVENTS = ("online", "offline", "reconnect", "dropped")
-
-
-def record_camera_event(db: Database, device: str, event: str, detail: str | None = None) -> int:
-    """One row of camera history (runs on the writer thread)."""
-    if event not in CAMERA_EVENTS:
-        raise ValueError(f"unknown camera event {event!r}")
-    return _pk(db.table("camera_events").insert({"time": now_iso(), "device": device, "event": event,
+def record_camera_event(db: Database, device: str, event: CameraEvent | str, detail: str | None = None) -> int:
+    """One row of camera history (runs on the writer thread); an unknown event is a ValueError."""
+    return _pk(db.table("camera_events").insert({"time": now_iso(), "device": device, "event": CameraEvent(event),
                                                  "detail": detail}).last_pk)
 
 
@@ -346,7 +371,7 @@ def write_intents(db: Database, rows: list[dict], firsts: dict[str, dict] | None
             cursor = db.conn.execute(_insert_sql(tuple(row)), [_encoded(v) for v in row.values()])
             new_id = int(cursor.lastrowid or 0)  # always set after an INSERT
             ids.append(new_id)
-            if row.get("sha256") and row["duplicate_of"] is None and row.get("state") != "dry-run":
+            if row.get("sha256") and row["duplicate_of"] is None and row.get("state") != ItemState.DRY_RUN:
                 first_ids[row["sha256"]] = new_id
     return ids
 

@@ -16,6 +16,8 @@ from typing import IO, Protocol
 import cv2
 import numpy as np
 
+from sorter.verdict import Verdict
+
 log = logging.getLogger("sorter.camera")
 
 
@@ -223,13 +225,13 @@ def gpio_edge(trigger: LineTrigger, pin: int | str):
     return button
 
 
-ABSTAIN = ("uncertain", "unknown")  # verdicts whose frames agree whatever label they carry
+ABSTAIN = (Verdict.UNCERTAIN, Verdict.UNKNOWN)  # verdicts whose frames agree whatever label they carry
 
 
 @dataclass(frozen=True)
 class Vote:
     label: str
-    verdict: str
+    verdict: Verdict
     confidence: float
 
     @property
@@ -242,7 +244,7 @@ class Vote:
 @dataclass(frozen=True)
 class Decision:
     label: str | None
-    verdict: str
+    verdict: Verdict
     confidence: float
     agreeing: int
     frames: int
@@ -278,8 +280,8 @@ class Voter:
             return None
         counts = collections.Counter(v.label for v in self._votes)
         label, agreeing = counts.most_common(1)[0]
-        unknown = sum(v.verdict == "unknown" for v in self._votes)
-        verdict = "unknown" if 2 * unknown > len(self._votes) else "uncertain"
+        unknown = sum(v.verdict == Verdict.UNKNOWN for v in self._votes)
+        verdict = Verdict.UNKNOWN if 2 * unknown > len(self._votes) else Verdict.UNCERTAIN
         decision = Decision(label, verdict, round(sum(v.confidence for v in self._votes) / len(self._votes), 6),
                             agreeing, len(self._votes), False)
         self._votes.clear()

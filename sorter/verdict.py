@@ -17,10 +17,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from enum import StrEnum
+from typing import Protocol
 
-Verdict = Literal["fresh", "rotten", "uncertain", "unknown"]
-VERDICTS: tuple[Verdict, ...] = ("fresh", "rotten", "uncertain", "unknown")
+
+class Verdict(StrEnum):
+    """What the sorter does with an item (a str: stored, logged and compared as its value)."""
+
+    FRESH = "fresh"  # passes
+    ROTTEN = "rotten"  # to the reject chute
+    UNCERTAIN = "uncertain"  # the model cannot tell: kept for a person
+    UNKNOWN = "unknown"  # not produce the model knows (energy below the OOD threshold)
+
+
+VERDICTS: tuple[Verdict, ...] = tuple(Verdict)
 LEGACY_MIN_CONFIDENCE = 0.5  # the top-1 rule's floor when no one set one
 DIGITS = 6  # scores are stored rounded to this: P(rotten) is summed from them, so a replay agrees
 
@@ -85,7 +95,7 @@ class VerdictRules:
 
     def decide(self, pred: Scored) -> Judgement:
         if self.unknown_below is not None and pred.ood_score is not None and pred.ood_score < self.unknown_below:
-            return Judgement(pred.label, "unknown", pred.confidence)  # the top class, kept for the record
+            return Judgement(pred.label, Verdict.UNKNOWN, pred.confidence)  # the top class, kept for the record
         if not self.by_p_rotten:
             return self._top1(pred)
         return self._by_p_rotten(pred)
@@ -94,23 +104,24 @@ class VerdictRules:
         """Below the label's own threshold an item is `uncertain`: kept for a person, not routed."""
         floor = self.threshold(pred.label)
         if floor is not None and pred.confidence < floor:
-            return Judgement(pred.label, "uncertain", pred.confidence)
-        return Judgement(pred.label, "rotten" if pred.label in self.rotten_labels else "fresh", pred.confidence)
+            return Judgement(pred.label, Verdict.UNCERTAIN, pred.confidence)
+        rotten = pred.label in self.rotten_labels
+        return Judgement(pred.label, Verdict.ROTTEN if rotten else Verdict.FRESH, pred.confidence)
 
     def _by_p_rotten(self, pred: Scored) -> Judgement:
         p = self.p_rotten(pred.scores)
         verdict: Verdict
         if self.rotten_at is not None and p >= self.rotten_at:
-            verdict, side = "rotten", [lbl for lbl in pred.scores if lbl in self.rotten_labels]
+            verdict, side = Verdict.ROTTEN, [lbl for lbl in pred.scores if lbl in self.rotten_labels]
         elif self.fresh_at is not None and p <= self.fresh_at:
-            verdict, side = "fresh", [lbl for lbl in pred.scores if lbl not in self.rotten_labels]
+            verdict, side = Verdict.FRESH, [lbl for lbl in pred.scores if lbl not in self.rotten_labels]
         else:
-            verdict, side = "uncertain", []
+            verdict, side = Verdict.UNCERTAIN, []
         if not side:  # between the thresholds, or a side with no labels (all rotten, or none)
-            return Judgement(pred.label, "uncertain", pred.confidence)
+            return Judgement(pred.label, Verdict.UNCERTAIN, pred.confidence)
         label = max(side, key=lambda lbl: pred.scores[lbl])  # ties: the first in the card's order
         confidence = pred.scores[label]
         floor = self.threshold(label)
         if floor is not None and confidence < floor:
-            return Judgement(pred.label, "uncertain", pred.confidence)
+            return Judgement(pred.label, Verdict.UNCERTAIN, pred.confidence)
         return Judgement(label, verdict, confidence)

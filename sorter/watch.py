@@ -33,11 +33,13 @@ from sorter.config import Settings
 from sorter.delivery import Ledger, Planned, event_of
 from sorter.files import read_at_most, refusal
 from sorter.imaging import ImageError, decode, is_image_name, one_image_per_thread
+from sorter.item_row import ItemRow
 from sorter.metrics import Telemetry
 from sorter.model import Classifier, warm_up_all
 from sorter.outputs import Dispatcher, build_outputs
 from sorter.route import Changed, Identity, finish, free_name, from_text, move, path_text, stored_at, target_dir
-from sorter.verdict import VerdictRules
+from sorter.states import ItemState
+from sorter.verdict import Verdict, VerdictRules
 
 log = logging.getLogger("sorter.watch")
 TICK_S = 0.1
@@ -68,7 +70,7 @@ class Item:
     error: str | None = None
     label: str | None = None
     confidence: float | None = None
-    verdict: str | None = None
+    verdict: Verdict | None = None
     scores: dict[str, float] | None = None
     ood_score: float | None = None  # the OOD score (logits models: energy or feature distance) `unknown` was decided on
     identity: Identity | None = None  # the file that was read: only that file is moved
@@ -407,15 +409,12 @@ class Router:
         self._finished: list[dict] = []  # outcomes of the last batch's moves, not yet committed
 
     def _row(self, item: Item, dst: Path, reuse: dict | None) -> dict:
-        row = {"sha256": item.sha256, "source_path": path_text(item.path), "destination": path_text(dst),
-               "label": item.label, "confidence": item.confidence, "verdict": item.verdict,
-               "scores": item.scores, "ood_score": item.ood_score, "model_id": self.clf.model_id,
-               "model_sha256": self.clf.sha256, "error": item.error, "state": "dry-run" if self.dry_run else "intent"}
-        if reuse:
-            row["id"] = reuse["id"]
-        else:
-            row.update(source=self.source, received_at=item.received_at)
-        return row
+        row = ItemRow(state=ItemState.DRY_RUN if self.dry_run else ItemState.INTENT, source=self.source,
+                      received_at=item.received_at, source_path=path_text(item.path), sha256=item.sha256,
+                      destination=path_text(dst), label=item.label, confidence=item.confidence,
+                      verdict=item.verdict, scores=item.scores, ood_score=item.ood_score,
+                      model_id=self.clf.model_id, model_sha256=self.clf.sha256, error=item.error)
+        return row.retry_values(reuse["id"]) if reuse else row.values()
 
     def plan(self, db: Database, batch: list[Item], firsts: dict[str, dict]) -> list[dict]:
         """Decide duplicate-or-not and a free destination name for each item, as intent rows."""
@@ -493,7 +492,7 @@ class Router:
                 continue
             outcome = self._move(item, dst, item_id)
             self._finished.append(outcome)
-            if outcome.get("state") == "done":
+            if outcome.get("state") == ItemState.DONE:
                 settled.append(item)
                 if item_id in owed and outcome.get("destination") and self.ledger is not None:
                     self.ledger.fire([owed[item_id]])
@@ -529,18 +528,18 @@ class Router:
                 continue
             except FileNotFoundError:
                 log.warning("vanished %s before it could be moved", item.path.name)
-                return {**done, "state": "done", "destination": None, "error": "vanished-before-move"}
+                return {**done, "state": ItemState.DONE, "destination": None, "error": "vanished-before-move"}
             except OSError as exc:
                 reason = f"move-failed: {errno.errorcode.get(exc.errno or 0, 'OSError')} {exc.strerror}"
                 log.error("held %s in place (%s); retry in ≥%.0f s", item.path.name, reason,
                           self.settings.retry_seconds)
                 self.intake.hold(item.path, self.settings.retry_seconds, reason)
                 self.summary.held += 1
-                return {**done, "state": "held", "destination": None, "routed_at": None,
+                return {**done, "state": ItemState.HELD, "destination": None, "routed_at": None,
                         "error": reason}
             self.intake.release(item.path)
             self._log(item, dst, "routed")
-            return {**done, "state": "done", "destination": path_text(dst)}
+            return {**done, "state": ItemState.DONE, "destination": path_text(dst)}
         raise FileExistsError(f"could not find a free name for {item.path.name}")
 
     def _log(self, item: Item, dst: Path, verb: str) -> None:
@@ -565,7 +564,7 @@ def recover(out: Path, writer: store.Writer) -> int:
     updates: list[dict] = []
     for row in rows:
         src, dst = from_text(row["source_path"]), stored_at(out, row["destination"])
-        update = {"id": row["id"], "state": "done", "routed_at": store.now_iso()}
+        update = {"id": row["id"], "state": ItemState.DONE, "routed_at": store.now_iso()}
         try:
             try:
                 outcome = finish(src, dst, row["sha256"])
@@ -575,7 +574,7 @@ def recover(out: Path, writer: store.Writer) -> int:
                 outcome = "moved"
         except OSError as exc:
             log.error("recovery of %s failed (%s); left in place", path_text(src.name), exc.strerror)
-            update.update(state="held", error=f"move-failed: {exc.strerror}", destination=None)
+            update.update(state=ItemState.HELD, error=f"move-failed: {exc.strerror}", destination=None)
             updates.append(update)
             continue
         if outcome == "replaced":

@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from sorter import store
+from sorter.states import ItemState
+from sorter.verdict import Verdict
 
 
 def _row(sha: str | None, **kw) -> dict:
@@ -25,7 +27,7 @@ def test_migrations_create_schema_once_with_wal(tmp_path):
     assert applied == [{"name": "m001_items"}, {"name": "m002_camera_events"}, {"name": "m003_audits"},
                        {"name": "m004_items_ood_score"}, {"name": "m005_items_keep_p"},
                        {"name": "m006_audit_draws"}, {"name": "m007_audit_controls"},
-                       {"name": "m008_deliveries"}]
+                       {"name": "m008_deliveries"}, {"name": "m009_check_constraints"}]
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert set(db["items"].columns_dict) == set(store.ITEM_COLUMNS)
     indexed = {tuple(i.columns) for i in db["items"].indexes}
@@ -124,3 +126,66 @@ def test_parse_age(text, seconds):
 def test_parse_age_rejects_garbage():
     with pytest.raises(ValueError):
         store.parse_age("ninety days")
+
+
+def _before_m009(path) -> sqlite3.Connection:
+    """A database as a release before m009 left it, with a row in every table m009 rebuilds."""
+    from sqlite_utils import Database
+
+    db = Database(sqlite3.connect(str(path), isolation_level=None))
+    store.migrations.apply(db, stop_before="m009_check_constraints")
+    first = db["items"].insert(_row("aa", verdict="rotten", label="rottenapples", keep_p=0.5)).last_pk
+    db["items"].insert(_row("aa", duplicate_of=first, state="done"))
+    db["items"].insert(_row(None, state="held", error="move-failed: No space left on device"))
+    db["audits"].insert({"item_id": first, "true_label": "freshapples", "auditor": "ana", "audited_at": "t"})
+    db["deliveries"].insert({"item_id": first, "output": "webhook", "key": "k", "event": "{}", "state": "failed",
+                             "attempts": 3, "created_at": "t"})
+    db["camera_events"].insert({"time": "t", "device": "cam0", "event": "offline"})
+    return db.conn
+
+
+def test_m009_refuses_words_the_code_does_not_know(tmp_path):
+    db = store.open_writer(tmp_path / "a.db")
+    db["items"].insert(_row("ok", state=ItemState.HELD, verdict=Verdict.UNKNOWN))
+    for table, row, constraint in (
+            ("items", _row("s", state="finished"), "items_state"),
+            ("items", _row("v", verdict="mouldy"), "items_verdict"),
+            ("deliveries", {"item_id": 1, "output": "o", "key": "k", "event": "{}", "state": "lost",
+                            "created_at": "t"}, "deliveries_state"),
+            ("camera_events", {"time": "t", "device": "d", "event": "exploded"}, "camera_events_event")):
+        with pytest.raises(sqlite3.IntegrityError, match=constraint):
+            db[table].insert(row)
+    with pytest.raises(sqlite3.IntegrityError, match="items_state"):
+        db.execute("UPDATE items SET state = 'gone'")
+    assert db.execute("SELECT state, verdict FROM items").fetchall() == [("held", "unknown")]
+    with pytest.raises(ValueError, match="exploded"):
+        store.record_camera_event(db, "cam0", "exploded")
+
+
+def test_m009_on_an_existing_database_keeps_every_row_id_and_index(tmp_path):
+    path = tmp_path / "line.db"
+    conn = _before_m009(path)
+    tables = ("items", "audits", "deliveries", "camera_events", "audit_controls")
+    before = {t: conn.execute(f"SELECT * FROM {t} ORDER BY id").fetchall() for t in tables}
+    indexes = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name").fetchall()
+    conn.close()
+    db = store.open_writer(path)
+    assert {t: db.execute(f"SELECT * FROM {t} ORDER BY id").fetchall() for t in tables} == before
+    assert db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name").fetchall() == indexes
+    assert "CONSTRAINT items_state CHECK" in db["items"].schema
+    assert (tmp_path / "line.db.bak-m009_check_constraints").is_file()
+    with pytest.raises(sqlite3.IntegrityError):  # the partial unique index came back with the table
+        db["items"].insert(_row("aa"))
+    assert db.execute("PRAGMA foreign_key_check").fetchall() == []  # audits still point at their item
+
+
+def test_the_item_row_type_is_the_schema():
+    """ItemRow names every column the migrations leave, and nothing else: a column a migration adds is
+    a field to add, or this fails."""
+    from sorter.item_row import COLUMNS, ItemRow
+
+    assert set(COLUMNS) == set(store.ITEM_COLUMNS)
+    row = ItemRow(state=ItemState.HELD, source="watch", received_at="t", sha256="ab", verdict=Verdict.ROTTEN)
+    assert set(row.values()) == set(store.ITEM_COLUMNS) - {"id"}
+    retry = row.retry_values(7)
+    assert retry["id"] == 7 and not {"source", "received_at", "duplicate_of"} & set(retry)
