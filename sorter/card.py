@@ -64,12 +64,70 @@ class InputSpec(BaseModel):
 class ExportScore(BaseModel):
     """How one export scored on the held-out test split."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
     accuracy: float | None = None
     agreement_with_float: float | None = None
     n_test: int | None = None
     macro_f1: float | None = None
     per_class: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+
+class ExportRow(BaseModel):
+    """One format's line of the export table every sibling card carries (training/export.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: str
+    path: str  # the bundle's file name, beside this card
+    size_bytes: int | None = None
+    input_dtype: str | None = None
+    accuracy: float | None = None
+    agreement_with_float: float | None = None
+    latency_ms: float | None = None
+    latency_p90_ms: float | None = None
+    predicted_classes: int | None = None
+    n_test: int | None = None
+    lost: int | None = None  # test photos the float model gets right and this export wrong
+    gained: int | None = None  # the reverse
+    problem: str | None = None  # why the accuracy gate refused it
+    note: str | None = None  # passed the gate, but worth reading (a drop within chance)
+
+
+class Gate(BaseModel):
+    """The export's accuracy gate: `model install` refuses a failed one unless accepted (and says so here)."""
+
+    model_config = ConfigDict(extra="forbid")
+    passed: bool | None = None
+    problem: str | None = None
+    accepted: str | None = None  # by whom and when: `sorter model install --accept-failed-gate`
+
+
+class Latency(BaseModel):
+    """The bundle timed through the runtime on the machine that exported it."""
+
+    model_config = ConfigDict(extra="forbid")
+    median: float
+    p90: float | None = None
+    batch: int = 1
+    threads: int | None = None
+    runs: int | None = None
+    backend: str | None = None
+    machine: str | None = None
+    processor: str | None = None
+
+
+class Converter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str  # the converter entry point
+    options: str  # its settings, as a line
+
+
+class Calibration(BaseModel):
+    """The photos an int8 export's ranges were calibrated on."""
+
+    model_config = ConfigDict(extra="forbid")
+    images: int = Field(ge=0)
+    split: str
+    sampling: str | None = None
 
 
 class SamplePrediction(BaseModel):
@@ -177,7 +235,12 @@ class FieldData(BaseModel):
 
 
 class ModelCard(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """The model's contract with the runtime. Every field is declared and an unknown one is refused: a
+    card from a newer exporter whose rule this sorter would silently ignore would sort otherwise than its
+    figures say. Figure tables (evaluation, temperature_fit, comparison, baselines) are free-form per
+    test set; what the runtime acts on is typed."""
+
+    model_config = ConfigDict(extra="forbid")
     format: str = CARD_FORMAT
     name: str
     labels: list[str] = Field(min_length=2)
@@ -195,14 +258,14 @@ class ModelCard(BaseModel):
     sample: str | None = None  # an image file beside the model (a plain name inside the bundle)
     samples: list[SamplePrediction] = Field(default_factory=list)
     # how the export was made and how it and its siblings did (training/export.py writes them)
-    converter: dict[str, Any] | None = None
+    converter: Converter | None = None
     float_accuracy: float | None = None
     baselines: dict[str, Any] | None = None
     source_run: str | None = None
-    calibration: dict[str, Any] | None = None
-    latency_ms: dict[str, Any] | None = None
-    exports: list[dict[str, Any]] | None = None
-    gate: dict[str, Any] | None = None  # {passed, problem[, accepted]}: `model install` reads it
+    calibration: Calibration | None = None
+    latency_ms: Latency | None = None
+    exports: list[ExportRow] | None = None
+    gate: Gate | None = None  # `model install` and `doctor` read it
     # how the runtime turns logits into a verdict (training/calibrate.py, training/decide.py write them)
     temperature: float = Field(default=1.0, gt=0)  # probabilities = softmax(logits / temperature)
     decision: DecisionRule | None = None
@@ -259,33 +322,25 @@ class ModelCard(BaseModel):
     def is_rotten(self, label: str) -> bool:
         return label in self.rotten_labels
 
-    def _gate(self) -> dict:
-        return self.gate or {}
-
-    def _own_export(self) -> dict:
+    def _own_export(self) -> ExportRow | None:
         """This bundle's row of the `exports` table (cards from before `gate` was recorded)."""
-        for row in self.exports or []:
-            if isinstance(row, dict) and row.get("path") == f"{self.name}.tflite":
-                return row
-        return {}
+        return next((row for row in self.exports or [] if row.path == f"{self.name}.tflite"), None)
 
     def gate_recorded(self) -> bool:
-        return bool(self._gate()) or "problem" in self._own_export()
+        return self.gate is not None or self._own_export() is not None
 
     def gate_problem(self) -> str | None:
         """Why the export's accuracy gate refused this bundle (kept with --allow-drop), or None."""
-        gate = self._gate()
-        if gate:
-            if gate.get("passed") is False or gate.get("problem"):
-                return str(gate.get("problem") or "the card records a failed gate")
+        if self.gate is not None:
+            if self.gate.passed is False or self.gate.problem:
+                return self.gate.problem or "the card records a failed gate"
             return None
-        problem = self._own_export().get("problem")
-        return str(problem) if problem else None
+        own = self._own_export()
+        return own.problem if own is not None and own.problem else None
 
     def gate_accepted(self) -> str | None:
         """Who accepted a failed gate, when: written by `sorter model install --accept-failed-gate`."""
-        accepted = self._gate().get("accepted")
-        return str(accepted) if accepted else None
+        return self.gate.accepted if self.gate is not None and self.gate.accepted else None
 
 
 def card_path(model_path: Path) -> Path:

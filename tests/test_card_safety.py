@@ -189,3 +189,27 @@ def test_an_honest_card_and_a_configured_rotten_list_pass(tmp_path):
     cfg.write_text(f"db = '{tmp_path / 'db.sqlite'}'\nthreads = 1\nrotten_labels = ['rottenblue']\n")
     result = runner.invoke(app, ["doctor", "--no-cameras", "-m", str(model), "-c", str(cfg)])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("changes, where", [
+    ({"rotten_threshold": 0.2}, "rotten_threshold"),  # a rule this sorter does not know: never ignored
+    ({"gate": {"passed": True, "waived": "by me"}}, "gate.waived"),
+    ({"latency_ms": {"median": "fast"}}, "latency_ms.median"),
+    ({"exports": [{"format": "int8"}]}, "exports.0.path"),
+], ids=["unknown-field", "unknown-gate-key", "mistyped-latency", "export-row-without-path"])
+def test_a_card_field_this_sorter_does_not_declare_is_refused(tmp_path, changes, where):
+    """Every card field is declared: an unknown or mistyped one stops the load with one line naming
+    it, instead of riding along unread (a newer exporter's rule ignored would sort otherwise)."""
+    model = bundle(tmp_path / "b", **changes)
+    with pytest.raises(ValueError, match=where.replace(".", r"\.")):
+        load_card(model)
+    installed = runner.invoke(app, ["model", "install", str(model), "--dir", str(tmp_path / "models")])
+    one_line_refusal(installed, 1, "nothing installed", where)
+
+
+def test_the_gate_is_read_typed_from_old_and_new_cards(tmp_path):
+    failed = load_card(bundle(tmp_path / "new", gate={"passed": False, "problem": "int8 lost 5 points"}))
+    assert failed.gate_recorded() and failed.gate_problem() == "int8 lost 5 points" and failed.gate_accepted() is None
+    row = {"format": "int8", "path": "color-int8.tflite", "problem": "int8 lost 6 points"}  # the card's name
+    old = load_card(bundle(tmp_path / "old", gate=None, exports=[row]))  # before `gate`: the export row says it
+    assert old.gate_recorded() and old.gate_problem() == "int8 lost 6 points"

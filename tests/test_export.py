@@ -115,7 +115,7 @@ def test_int8_card_matches_tensors(resnet):
     scale, zero = inp["quantization"]
     assert scale == pytest.approx(1.0, abs=0.02) and zero == 0
     assert out["shape"][-1] == len(card.labels)
-    assert card.calibration is not None and card.calibration["images"] == 45
+    assert card.calibration is not None and card.calibration.images == 45
 
 
 def test_float32_parity_with_keras(resnet, data):

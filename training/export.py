@@ -25,9 +25,14 @@ import numpy as np
 from rich.markup import escape
 
 from sorter.card import (
+    Calibration,
+    Converter,
+    ExportRow,
     ExportScore,
     FloatWeights,
+    Gate,
     InputSpec,
+    Latency,
     ModelCard,
     OodRule,
     card_path,
@@ -314,7 +319,7 @@ def base_card(job: ExportJob, fmt: ExportFormat, path: Path) -> ModelCard:
         backbone=str(job.run.config.get("backbone", "unknown")), model_sha256=sha256_file(path),
         file_size_bytes=path.stat().st_size, command=job.command, dataset_sha256=job.dataset_sha256,
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        converter={"path": "TFLiteConverter.from_keras_model", "options": fmt.options},
+        converter=Converter(path="TFLiteConverter.from_keras_model", options=fmt.options),
         float_accuracy=job.float_accuracy, baselines=job.run.baselines or {},
         source_run=str(job.run.run_dir or job.run.model_path), output="logits" if job.logits else "probabilities",
         # which output the runtime reads the OOD score from; the threshold is chosen once the export can run
@@ -332,8 +337,8 @@ def export_one(job: ExportJob, fmt: ExportFormat, calibration: np.ndarray | None
     path.write_bytes(content)
     card = base_card(job, fmt, path)
     if calibration is not None:
-        card.calibration = {"images": len(calibration), "split": "train + val" if job.distance else "train",
-                            "sampling": "stratified train" + (", every val photo" if job.distance else "")}
+        card.calibration = Calibration(images=len(calibration), split="train + val" if job.distance else "train",
+                                       sampling="stratified train" + (", every val photo" if job.distance else ""))
     write_card(path, card)
     try:
         clf = Classifier(path, num_threads=default_threads())
@@ -358,9 +363,9 @@ def export_one(job: ExportJob, fmt: ExportFormat, calibration: np.ndarray | None
                              n_test=m["n"], per_class=m["per_class"], macro_f1=m["macro"]["f1"])
     picked = sample_indices(job.test_y)  # recorded so `sorter doctor` can check the bundle reproduces them
     card.samples = record_samples(clf, job.test_images[picked], [job.labels[int(job.test_y[i])] for i in picked])
-    card.latency_ms = {"median": med, "p90": p90, "batch": 1, "threads": clf.num_threads,
-                       "runs": job.latency_runs, "backend": clf.backend, "machine": platform.machine(),
-                       "processor": platform.processor() or platform.machine()}
+    card.latency_ms = Latency(median=med, p90=p90, batch=1, threads=clf.num_threads, runs=job.latency_runs,
+                              backend=clf.backend, machine=platform.machine(),
+                              processor=platform.processor() or platform.machine())
     right, float_right = probs.argmax(axis=1) == job.test_y, job.float_probs.argmax(axis=1) == job.test_y
     return ExportResult(fmt.name, path, path.stat().st_size, fmt.input_dtype, m["accuracy"],
                         card.score.agreement_with_float or 0.0, med, p90, m["predicted_classes"], m["n"],
@@ -408,11 +413,11 @@ def gate(result: ExportResult, float_accuracy: float, max_drop: float, n_classes
 
 def finish_cards(results: list[ExportResult]) -> None:
     """Every card carries the whole exports table, so one bundle tells how its siblings did."""
-    table = [r.row() for r in results]
+    table = [ExportRow.model_validate(r.row()) for r in results]
     for r in results:
         if r.card is not None:
             r.card.exports = table
-            r.card.gate = {"passed": r.problem is None, "problem": r.problem}  # `model install` reads it
+            r.card.gate = Gate(passed=r.problem is None, problem=r.problem)  # `model install` reads it
             write_card(r.path, r.card)
 
 
