@@ -687,7 +687,12 @@ def fleet_report(broker: str | None = typer.Option(None, "--broker",
         heard = listen(broker, duration, topic or fleet.topic, fleet.username, reveal(fleet.password), date)
     except (ValueError, OSError) as exc:
         fail(f"{broker}: {exc}")
-    report = build_fleet_report(heard, date, _report_options(settings, margin))
+    try:
+        report = build_fleet_report(heard, date, _report_options(settings, margin))
+    except ValueError as exc:  # every line's report refused: not the report format
+        fail(str(exc))
+    for why in (report.get("refused_lines") or {}).values():
+        warn(f"{why}; left out of the fleet report")
     files = write_report(report, out, settings.report.max_thumbnails)
     total = report["live"]["total"]
     live = f"live counters: {len(report['live']['lines'])} line(s), {total['items']} items {total['by_verdict']}"

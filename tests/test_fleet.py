@@ -217,6 +217,30 @@ def test_merge_of_one_report_is_that_report(tmp_path):
     assert merged["lines"]["line-a"]["accuracy"] == 0.625 and merged["lines"]["line-a"]["audit_n"] == 8
 
 
+@pytest.mark.parametrize("breakage, where", [
+    (lambda r: r.pop("audit"), "audit: Field required"),
+    (lambda r: r["audit"]["confusion_matrix"].update(matrix="lots"), "audit.confusion_matrix.matrix"),
+    (lambda r: r["items"].update(classified="ten"), "items.classified"),
+    (lambda r: r["window"].pop("from"), "window.from"),
+], ids=["no-audit", "matrix-not-a-list", "count-not-a-number", "no-window-start"])
+def test_a_line_report_that_is_not_the_format_is_left_out_and_named(tmp_path, breakage, where):
+    """One hand-edited or foreign report on the fleet topic neither stops the merge nor enters its sums:
+    the other lines merge as if it were absent, and `refused_lines` says which line and why."""
+    opts = ReportOptions(min_audited=5)
+    good = build_report(build_db(tmp_path), LO, HI, card(0.9), options=opts)
+    bad = json.loads(json.dumps(good))
+    breakage(bad)
+    merged = merge({"line-a": good, "line-b": bad}, opts)
+    alone = merge({"line-a": good}, opts)
+    assert list(merged["lines"]) == ["line-a"] and merged["items"] == alone["items"] == good["items"]
+    assert merged["audit"]["n"] == alone["audit"]["n"] == good["audit"]["n"]
+    assert list(merged["refused_lines"]) == ["line-b"]
+    assert merged["refused_lines"]["line-b"].startswith("line-b's report is not a sorter-report/1: ")
+    assert where in merged["refused_lines"]["line-b"] and "\n" not in merged["refused_lines"]["line-b"]
+    with pytest.raises(ValueError, match="no line reports to merge: line-b's report"):
+        merge({"line-b": bad}, opts)
+
+
 def test_report_with_an_unreachable_broker_still_writes_its_files(tmp_path):
     db = build_db(tmp_path)
     cfg = tmp_path / "s.toml"

@@ -24,8 +24,10 @@ def _colour_data(root, colour_jpeg) -> None:
 
 
 def test_runtime_report_gallery_reads_true_then_predicted_and_says_so(tmp_path):
-    wrong = [{"id": 7, "destination": str(tmp_path / "gone.jpg"), "label": "freshapple",
-              "true_label": "rottenapple", "confidence": 0.91}]
+    from sorter.report_format import WrongItem
+
+    wrong = [WrongItem(id=7, destination=str(tmp_path / "gone.jpg"), label="freshapple",
+                       true_label="rottenapple", confidence=0.91)]
     html = _wrong(wrong, 4)
     assert "#7: <b>rottenapple</b> → freshapple (0.91)" in html
     assert "Each photo: true (audited) label → the model&#x27;s prediction (its confidence)" in html
