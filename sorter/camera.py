@@ -22,12 +22,11 @@ from typing import Any
 
 import cv2
 import numpy as np
-from pydantic import ValidationError
 from sqlite_utils import Database
 
 from sorter import memory, store
 from sorter.capture import Capture, Frame, check_source
-from sorter.config import DEFAULT_KEEP_SHARE, CameraSettings, ConfigError, Settings
+from sorter.config import DEFAULT_KEEP_SHARE, CameraSettings, Settings
 from sorter.control import ControlServer
 from sorter.delivery import Ledger, Planned, event_of
 from sorter.imaging import resize_rgb
@@ -358,15 +357,3 @@ def serve(device: str, classifier: Classifier, rules: VerdictRules, settings: Se
         dispatcher.close()
         writer.close()
     return runner.snapshot()
-
-
-def with_flags(settings: Settings, camera: dict[str, Any], outputs: dict[str, Any]) -> Settings:
-    """Command-line values (non-None) over the file's `camera` and `outputs` sections, re-validated."""
-    data = settings.model_dump()
-    data["camera"].update({k: v for k, v in camera.items() if v is not None})
-    data["outputs"].update({k: v for k, v in outputs.items() if v is not None})
-    try:
-        return Settings.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(problems) from exc

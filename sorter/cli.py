@@ -8,7 +8,7 @@ import platform
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import typer
 from rich.markup import escape
@@ -17,16 +17,26 @@ from rich.table import Table
 from sorter import __version__
 from sorter.cli_dataset import dataset_app
 from sorter.cli_labelstudio import register as register_labelstudio
+from sorter.cli_options import (
+    ConfigOpt,
+    DbOpt,
+    Invocation,
+    JsonOpt,
+    ModelOpt,
+    ReadOnlyDbOpt,
+    command_settings,
+    invocation,
+)
 from sorter.console import card_or_none, cell, err, fail, print_table, report_import, warn
+
+if TYPE_CHECKING:
+    from sorter.config import Flag
 
 # Help texts print as written: Rich markup would eat bracketed words (`[auditor]`, `[time]`).
 # Every Typer here passes PLAIN_HELP (tests/test_cli_markup.py checks each command's help).
 PLAIN_HELP = None
 app = typer.Typer(help="Edge-device batch sorter for produce.", no_args_is_help=True,
                   pretty_exceptions_enable=False, rich_markup_mode=PLAIN_HELP)
-ModelOpt = typer.Option(None, "--model", "-m",
-                        help="Model bundle (.tflite with its .card.json); default: the shipped one.")
-ConfigOpt = typer.Option(None, "--config", "-c", help="TOML configuration file.")
 
 
 class Closer(Protocol):
@@ -48,29 +58,34 @@ _LOG: dict[str, str | None] = {"format": None}  # --log-format; None: the config
 
 
 @app.callback()
-def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+def main(ctx: typer.Context,
+         version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                       help="Show the version and the interpreter in use."),
          log_format: str | None = typer.Option(None, "--log-format",
                                                help="Log lines on stderr: text, or json (one object per line); "
-                                                    "default: config `log_format` (SORTER_LOG_FORMAT), text.")
+                                                    "default: config `log_format` (SORTER_LOG_FORMAT), text."),
+         config: Path | None = typer.Option(None, "--config", "-c",
+                                            help="TOML configuration file for the command (its own --config "
+                                                 "wins); default: SORTER_CONFIG, else /etc/sorter/sorter.toml.")
          ) -> None:
     """Classify produce with a TFLite model, log results in SQLite and route rotten items."""
     if log_format is not None and log_format not in ("text", "json"):
         fail(f"--log-format must be text or json, not {log_format!r}")
     _LOG["format"] = log_format
+    ctx.obj = Invocation(config=config)  # a command loads its settings once, through command_settings
 
 
-def load_classifier(model: Path | None, config: Path | None = None, pooled: bool = False):
+def load_classifier(ctx: typer.Context, model: Path | None, config: Path | None = None, pooled: bool = False,
+                    *flags: Flag, uses: tuple[str, ...] | None = None):
     """Settings and a ready classifier, or one clear line and exit 2. `pooled`: the first of several
     interpreters side by side (watch), so its threads come from the inference layout."""
-    from sorter.config import ConfigError, load_settings
     from sorter.model import Classifier, ModelError, inference_layout
 
+    settings = command_settings(ctx, config, *flags, uses=uses, model=model)
     try:
-        settings = load_settings(config, model=model)
         threads = inference_layout(settings.interpreters, settings.threads)[1] if pooled else settings.threads
         return settings, Classifier(settings.model, num_threads=threads, max_batch=settings.batch_size)
-    except (ConfigError, ModelError) as exc:
+    except ModelError as exc:
         fail(str(exc))
     raise AssertionError("unreachable")
 
@@ -88,7 +103,8 @@ def decision_rules(clf, settings):
 
 
 @app.command()
-def classify(paths: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
+def classify(ctx: typer.Context,
+             paths: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
              model: Path | None = ModelOpt, config: Path | None = ConfigOpt,
              as_json: bool = typer.Option(False, "--json", help="One JSON object per line on stdout."),
              silent: bool = typer.Option(False, "--silent", help="No progress bar.")) -> None:
@@ -97,7 +113,7 @@ def classify(paths: list[Path] = typer.Argument(..., help="Image files or folder
 
     from sorter.classify import classify_files, collect
 
-    settings, clf = load_classifier(model, config)
+    settings, clf = load_classifier(ctx, model, config, uses=())
     rules = decision_rules(clf, settings)
     files = collect(paths)
     if not files:  # an empty table and exit 0 read as "all classified"
@@ -122,18 +138,18 @@ def classify(paths: list[Path] = typer.Argument(..., help="Image files or folder
 
 
 @app.command()
-def doctor(model: Path | None = ModelOpt, config: Path | None = ConfigOpt,
+def doctor(ctx: typer.Context, model: Path | None = ModelOpt, config: Path | None = ConfigOpt,
            incoming: Path | None = typer.Option(None, "--incoming", help="Folder whose free disk is checked too."),
            cameras: bool = typer.Option(True, "--cameras/--no-cameras", help="Probe local camera indices."),
-           as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+           as_json: bool = JsonOpt) -> None:
     """Check versions, interpreter and threads, the model against its card, cameras, disk and the DB;
     exit 1 if any check fails."""
-    from sorter.config import ConfigError, load_settings
+    from sorter.config import ConfigError
     from sorter.doctor import as_json as checks_json
     from sorter.doctor import run_checks
 
     try:
-        settings = load_settings(config)
+        settings = command_settings(ctx, config)
     except ConfigError as exc:
         fail(str(exc))
     checks = run_checks(settings, model, incoming, cameras)
@@ -198,7 +214,8 @@ MetricsPortOpt = typer.Option(None, "--metrics-port",
 
 
 @app.command()
-def watch(incoming: Path | None = typer.Argument(None, help="Folder to watch; files already there are processed "
+def watch(ctx: typer.Context,
+          incoming: Path | None = typer.Argument(None, help="Folder to watch; files already there are processed "
                                                            "first; default: config `incoming`."),
           out: Path | None = typer.Option(None, "--out", "-o",
                                           help="Where sorted files go (fresh/<label>, rotten/<label>, uncertain, "
@@ -216,7 +233,7 @@ def watch(incoming: Path | None = typer.Argument(None, help="Folder to watch; fi
     _setup_logging()
     if incoming is not None and not incoming.is_dir():
         fail(f"{incoming} is not a folder")
-    settings, clf = load_classifier(model, config, pooled=True)
+    settings, clf = load_classifier(ctx, model, config, True, uses=("outputs", "metrics", "fleet"))
     _setup_logging(settings)
     incoming = incoming or settings.incoming
     if incoming is None:
@@ -247,7 +264,7 @@ def watch(incoming: Path | None = typer.Argument(None, help="Folder to watch; fi
 
 
 @app.command()
-def camera(device: str | None = typer.Option(None, "--device", "-d",
+def camera(ctx: typer.Context, device: str | None = typer.Option(None, "--device", "-d",
                                               help="0 (local index), rtsp://… or http://… (MJPEG), or a video file."),
            list_: bool = typer.Option(False, "--list", help="Probe local camera indices and print what answers."),
            trigger: str | None = typer.Option(None, "--trigger", help="interval | motion | line."),
@@ -284,27 +301,21 @@ def camera(device: str | None = typer.Option(None, "--device", "-d",
         if not found:
             err.print("no local camera answered (indices 0-9)", highlight=False)
         raise typer.Exit(0 if found else 1)
-    from sorter.camera import serve, with_flags
-    from sorter.config import ConfigError
+    from sorter.camera import serve
+    from sorter.config import Flag
 
     _setup_logging()
-    settings, clf = load_classifier(model, config)
+    host, _, port = (mqtt or "").partition(":")
+    flags = [Flag(f"camera.{key}", value, f"--{name}") for key, value, name in (
+        ("device", device, "device"), ("trigger", trigger, "trigger"), ("interval_ms", interval_ms, "interval-ms"),
+        ("roi", roi, "roi"), ("votes", votes, "votes"), ("window", window, "window"),
+        ("stall_seconds", stall_seconds, "stall-seconds"), ("loop", loop, "loop"), ("stdin_trigger", stdin, "stdin"),
+        ("control_port", control_port, "control-port"), ("snapshots", snapshots, "snapshots"))]
+    flags += [Flag("outputs.webhook.url", webhook, "--webhook"),
+              Flag("outputs.mqtt.host", host or None, "--mqtt"), Flag("outputs.mqtt.port", port or None, "--mqtt"),
+              Flag("outputs.command.argv", shlex.split(run_cmd) if run_cmd else None, "--exec")]
+    settings, clf = load_classifier(ctx, model, config, False, *flags, uses=("camera", "outputs", "metrics", "fleet"))
     _setup_logging(settings)
-    outputs: dict = {}
-    if webhook:
-        outputs["webhook"] = {"url": webhook}
-    if mqtt:
-        host, _, port = mqtt.partition(":")
-        outputs["mqtt"] = {"host": host, "port": port or 1883}
-    if run_cmd:
-        outputs["command"] = {"argv": shlex.split(run_cmd)}
-    try:
-        settings = with_flags(settings, dict(device=device, trigger=trigger, interval_ms=interval_ms, roi=roi,
-                                             votes=votes, window=window, stall_seconds=stall_seconds, loop=loop,
-                                             stdin_trigger=stdin, control_port=control_port,
-                                             snapshots=snapshots), outputs)
-    except ConfigError as exc:
-        fail(str(exc))
     if settings.camera.device is None:
         fail("no camera: pass --device (or set camera.device in the config)")
     rules = decision_rules(clf, settings)
@@ -330,18 +341,17 @@ def camera(device: str | None = typer.Option(None, "--device", "-d",
 db_app = typer.Typer(help="Inspect and maintain the results database.", no_args_is_help=True,
                       rich_markup_mode=PLAIN_HELP)
 app.add_typer(db_app, name="db")
-DbOpt = typer.Option(None, "--db", help="Results database, opened read-only; default: config `db`.")
 
 
 @db_app.command("stats")
-def db_stats(db: Path | None = DbOpt, as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+def db_stats(ctx: typer.Context, db: Path | None = ReadOnlyDbOpt, as_json: bool = JsonOpt,
              config: Path | None = ConfigOpt) -> None:
     """Counts by verdict, label, error and state, and the time range covered."""
-    from sorter.config import ConfigError, load_settings
+    from sorter.config import ConfigError
     from sorter.store import stats
 
     try:
-        figures = stats(load_settings(config, db=db).db)
+        figures = stats(command_settings(ctx, config, db=db).db)
     except (FileNotFoundError, OSError, ConfigError) as exc:
         fail(str(exc))
     if as_json:
@@ -357,7 +367,7 @@ def db_stats(db: Path | None = DbOpt, as_json: bool = typer.Option(False, "--jso
 
 
 @db_app.command("prune")
-def db_prune(db: Path | None = typer.Option(None, "--db", help="Results database; default: config `db`."),
+def db_prune(ctx: typer.Context, db: Path | None = DbOpt,
              older_than: str | None = typer.Option(None, "--older-than",
                                                    help="Items only, this age (90d, 12h, 2w); without it the "
                                                         "config `retention` section prunes items, camera events "
@@ -367,11 +377,11 @@ def db_prune(db: Path | None = typer.Option(None, "--db", help="Results database
     """Delete old finished rows (and camera events, snapshots) in small batches, then VACUUM."""
     from datetime import timedelta
 
-    from sorter.config import ConfigError, load_settings
+    from sorter.config import ConfigError
     from sorter.store import apply_retention, parse_age, prune
 
     try:
-        settings = load_settings(config)
+        settings = command_settings(ctx, config)
         path = db or settings.db
         if older_than is None:
             ret = settings.retention
@@ -393,20 +403,20 @@ def db_prune(db: Path | None = typer.Option(None, "--db", help="Results database
 audit_app = typer.Typer(help="Record operator audits (ground truth) and draw samples to check.",
                         no_args_is_help=True, rich_markup_mode=PLAIN_HELP)
 app.add_typer(audit_app, name="audit")
-AuditDbOpt = typer.Option(None, "--db", help="Results database; default: config `db`.")
 PartialOpt = typer.Option(False, "--partial", help="Import the valid rows even when others are wrong.")
 
 
 @audit_app.command("import")
-def audit_import(file: Path = typer.Argument(..., help="CSV: sha256 or file/path, true_label, [auditor], [time]."),
-                 db: Path | None = AuditDbOpt, model: Path | None = ModelOpt, config: Path | None = ConfigOpt,
+def audit_import(ctx: typer.Context,
+                 file: Path = typer.Argument(..., help="CSV: sha256 or file/path, true_label, [auditor], [time]."),
+                 db: Path | None = DbOpt, model: Path | None = ModelOpt, config: Path | None = ConfigOpt,
                  partial: bool = PartialOpt) -> None:
     """Import audits from a CSV; every row is checked first, re-imports change nothing."""
     from sorter.audit import AuditError, import_csv
-    from sorter.config import ConfigError, load_settings
+    from sorter.config import ConfigError
 
     try:
-        settings = load_settings(config, model=model, db=db)
+        settings = command_settings(ctx, config, model=model, db=db)
         result = import_csv(settings.db, file, card_or_none(settings.model, True).labels, partial)
     except (ConfigError, AuditError, OSError) as exc:
         fail(str(exc))
@@ -414,16 +424,17 @@ def audit_import(file: Path = typer.Argument(..., help="CSV: sha256 or file/path
 
 
 @audit_app.command("folder")
-def audit_folder(folder: Path = typer.Argument(..., help="AUDIT_DIR with one sub-folder per true label."),
+def audit_folder(ctx: typer.Context,
+                 folder: Path = typer.Argument(..., help="AUDIT_DIR with one sub-folder per true label."),
                  auditor: str = typer.Option("", "--auditor", help="Who sorted the folder."),
-                 db: Path | None = AuditDbOpt, model: Path | None = ModelOpt, config: Path | None = ConfigOpt,
+                 db: Path | None = DbOpt, model: Path | None = ModelOpt, config: Path | None = ConfigOpt,
                  partial: bool = PartialOpt) -> None:
     """Import audits from AUDIT_DIR/<true label>/ files, matched to items by content hash."""
     from sorter.audit import AuditError, import_folder
-    from sorter.config import ConfigError, load_settings
+    from sorter.config import ConfigError
 
     try:
-        settings = load_settings(config, model=model, db=db)
+        settings = command_settings(ctx, config, model=model, db=db)
         result = import_folder(settings.db, folder, card_or_none(settings.model, True).labels, auditor, partial)
     except (ConfigError, AuditError, OSError) as exc:
         fail(str(exc))
@@ -431,7 +442,7 @@ def audit_folder(folder: Path = typer.Argument(..., help="AUDIT_DIR with one sub
 
 
 @audit_app.command("sample")
-def audit_sample(n: int = typer.Option(50, "--n", min=1, help="How many items to draw."),
+def audit_sample(ctx: typer.Context, n: int = typer.Option(50, "--n", min=1, help="How many items to draw."),
                  since: str = typer.Option("24h", "--since", help="Window ending now: 24h, 7d, …"),
                  out: Path = typer.Option(..., "--out", "-o", help="Folder for the copies and sample.csv."),
                  seed: int | None = typer.Option(None, "--seed", help="Fixed seed: the same sample again."),
@@ -442,13 +453,13 @@ def audit_sample(n: int = typer.Option(50, "--n", min=1, help="How many items to
                  controls: int | None = typer.Option(None, "--controls", min=0,
                                                      help="How many control photos (default with --control-data: "
                                                           "10 % of --n, at least 5; 0 without it)."),
-                 db: Path | None = AuditDbOpt, model: Path | None = ModelOpt,
+                 db: Path | None = DbOpt, model: Path | None = ModelOpt,
                  config: Path | None = ConfigOpt) -> None:
     """Copy a random sample (weighted to uncertain and low-confidence items) for people to check; each
     draw's probability is recorded, so the report can weight the audits back. With --control-data, photos of
     known label are shuffled in among them, named like them (recorded apart, never as items)."""
     from sorter.audit import ControlSpec, sample
-    from sorter.config import ConfigError, load_settings
+    from sorter.config import ConfigError
     from sorter.controls import default_count
     from sorter.model import ModelError, resolve_model
     from sorter.report import window
@@ -456,7 +467,7 @@ def audit_sample(n: int = typer.Option(50, "--n", min=1, help="How many items to
     if controls and control_data is None:
         fail("--controls needs --control-data (the folder of photos of known label)")
     try:
-        settings = load_settings(config, model=model, db=db)
+        settings = command_settings(ctx, config, model=model, db=db)
         lo, hi = window(since)
         card = card_or_none(settings.model, control_data is not None)
         spec = None if control_data is None else ControlSpec(
@@ -484,7 +495,8 @@ def _report_options(settings, margin: float | None):
 
 
 @app.command()
-def report(out: Path = typer.Option(..., "--out", "-o", help="Folder for report.json and report.html."),
+def report(ctx: typer.Context,
+           out: Path = typer.Option(..., "--out", "-o", help="Folder for report.json and report.html."),
            since: str | None = typer.Option(None, "--since", help="Window ending now (default 24h)."),
            start: str | None = typer.Option(None, "--from", help="Window start, ISO date/time (UTC if naive)."),
            end: str | None = typer.Option(None, "--to", help="Window end (default now)."),
@@ -500,13 +512,13 @@ def report(out: Path = typer.Option(..., "--out", "-o", help="Folder for report.
                                              "is set; an unreachable broker is a warning, not a failure."),
            model: Path | None = ModelOpt, config: Path | None = ConfigOpt) -> None:
     """Write the accuracy report (JSON + one self-contained HTML page) for a time window."""
-    from sorter.config import ConfigError, load_settings
+    from sorter.config import ConfigError
     from sorter.report import generate, window
 
     if since and start:
         fail("use --since or --from/--to, not both")
     try:
-        settings = load_settings(config, model=model, db=db)
+        settings = command_settings(ctx, config, model=model, db=db)
         lo, hi = window(since, start, end)
         written = generate(settings.db, out, lo, hi, card_or_none(settings.model, False),
                            _report_options(settings, margin), dated, keep,
@@ -582,24 +594,24 @@ app.add_typer(config_app, name="config")
 
 
 @config_app.command("check")
-def config_check(config: Path | None = ConfigOpt) -> None:
+def config_check(ctx: typer.Context, config: Path | None = ConfigOpt) -> None:
     """Validate the configuration without starting anything; each problem names its file or variable."""
-    from sorter.config import ConfigError, config_path, load_settings
+    from sorter.config import ConfigError, config_path
 
     try:
-        load_settings(config)
+        command_settings(ctx, config)
     except ConfigError as exc:
         fail(str(exc))
-    typer.echo(f"ok: {config_path(config) or 'defaults (no config file)'}")
+    typer.echo(f"ok: {config_path(config or invocation(ctx).config) or 'defaults (no config file)'}")
 
 
 @config_app.command("show")
-def config_show(config: Path | None = ConfigOpt) -> None:
+def config_show(ctx: typer.Context, config: Path | None = ConfigOpt) -> None:
     """Print the effective configuration as JSON; secrets are masked."""
-    from sorter.config import ConfigError, load_settings, public_dump
+    from sorter.config import ConfigError, public_dump
 
     try:
-        settings = load_settings(config)
+        settings = command_settings(ctx, config)
     except ConfigError as exc:
         fail(str(exc))
     typer.echo(json.dumps(public_dump(settings), indent=2))
@@ -654,7 +666,7 @@ app.add_typer(dataset_app, name="dataset")
 
 
 @fleet_app.command("report")
-def fleet_report(broker: str | None = typer.Option(None, "--broker",
+def fleet_report(ctx: typer.Context, broker: str | None = typer.Option(None, "--broker",
                                                   help="HOST:PORT of the fleet's MQTT broker; default: config "
                                                        "fleet.broker."),
                  duration: float = typer.Option(5.0, "--duration", help="Seconds to listen (retained reports and "
@@ -670,12 +682,12 @@ def fleet_report(broker: str | None = typer.Option(None, "--broker",
                                                     help="Exit 1 when a drift flag is raised (fleet or any line)."),
                  config: Path | None = ConfigOpt) -> None:
     """The nightly report across lines: every line's published report merged, plus the live hourly counters."""
-    from sorter.config import ConfigError, load_settings
+    from sorter.config import ConfigError
     from sorter.fleet import build_fleet_report, check_day, listen, write_report
     from sorter.secrets import reveal
 
     try:
-        settings = load_settings(config)
+        settings = command_settings(ctx, config)
         date = check_day(date)
     except (ConfigError, ValueError) as exc:
         fail(str(exc))

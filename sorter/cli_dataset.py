@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from sorter.cli_options import ConfigOpt, DbOpt, command_settings
 from sorter.console import cell, err, fail, print_table
 
 dataset_app = typer.Typer(help="Turn audited items into training data (class folders with a manifest).",
@@ -13,24 +14,25 @@ dataset_app = typer.Typer(help="Turn audited items into training data (class fol
 
 
 @dataset_app.command("build")
-def dataset_build(out: Path = typer.Option(..., "--out", "-o", help="Folder for OUT/<true label>/ and MANIFEST.tsv "
+def dataset_build(ctx: typer.Context,
+                  out: Path = typer.Option(..., "--out", "-o", help="Folder for OUT/<true label>/ and MANIFEST.tsv "
                                                                     "(new, empty, or an earlier build)."),
-                  db: Path | None = typer.Option(None, "--db", help="Results database; default: config `db`."),
+                  db: Path | None = DbOpt,
                   since: str | None = typer.Option(None, "--since",
                                                    help="Only items received this recently: 30d, 12h, 2w."),
                   include_unaudited_confident: float | None = typer.Option(
                       None, "--include-unaudited-confident", min=0.0, max=1.0,
                       help="Also unaudited fresh/rotten items with confidence >= P, under their model label "
                            "(pseudo_label=1)."),
-                  config: Path | None = typer.Option(None, "--config", "-c", help="TOML configuration file.")) -> None:
+                  config: Path | None = ConfigOpt) -> None:
     """Audited items → OUT/<true label>/ (hard links where possible), one photo per content hash; the latest
     audit wins when auditors disagree. Prints a table per label and one line per photo left out."""
-    from sorter.config import ConfigError, load_settings
+    from sorter.config import ConfigError
     from sorter.dataset import build_dataset
     from sorter.store import parse_age
 
     try:
-        settings = load_settings(config, db=db)
+        settings = command_settings(ctx, config, db=db)
         age = parse_age(since) if since else None
         ds = build_dataset(settings.db, out, since=age, include_unaudited_confident=include_unaudited_confident,
                            line=settings.line)

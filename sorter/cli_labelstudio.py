@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from sorter.cli_options import ConfigOpt, DbOpt, command_settings
 from sorter.console import card_or_none, err, fail, report_import
 
 ROOT_ENV = ["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", "LOCAL_FILES_DOCUMENT_ROOT"]  # Label Studio's own names
@@ -20,24 +21,25 @@ def register(audit_app: typer.Typer) -> None:
     audit_app.command("import-labelstudio")(import_labelstudio)
 
 
-def export_labelstudio(sample_dir: Path = typer.Argument(..., help="A folder made by `sorter audit sample --out`."),
+def export_labelstudio(ctx: typer.Context,
+                       sample_dir: Path = typer.Argument(..., help="A folder made by `sorter audit sample --out`."),
                        document_root: Path = typer.Option(..., "--document-root", envvar=ROOT_ENV,
                                                           help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT; "
                                                                "SAMPLE_DIR must be under it."),
-                       db: Path | None = typer.Option(None, "--db", help="Results database; default: config `db`."),
+                       db: Path | None = DbOpt,
                        model: Path | None = typer.Option(None, "--model", "-m", help="Model bundle (its card's "
                                                          "labels are the choices); default: the shipped one."),
-                       config: Path | None = typer.Option(None, "--config", "-c", help="TOML configuration file.")
+                       config: Path | None = ConfigOpt
                        ) -> None:
     """Turn an audit sample into Label Studio tasks and a labeling config.
 
     Writes SAMPLE_DIR/labelstudio-tasks.json (local-files image URLs, the model's label as a pre-annotation,
     each photo's sha256) and SAMPLE_DIR/labelstudio-config.xml (Image + Choices with the card's labels)."""
-    from sorter.config import ConfigError, load_settings
+    from sorter.config import ConfigError
     from sorter.labelstudio import LabelStudioError, export_sample
 
     try:
-        settings = load_settings(config, model=model, db=db)
+        settings = command_settings(ctx, config, model=model, db=db)
         result = export_sample(settings.db, sample_dir, document_root, card_or_none(settings.model, True).labels)
     except (ConfigError, LabelStudioError, OSError) as exc:
         fail(str(exc))
@@ -52,25 +54,26 @@ def export_labelstudio(sample_dir: Path = typer.Argument(..., help="A folder mad
                "and run `sorter audit import-labelstudio EXPORT.json`")
 
 
-def import_labelstudio(export: Path = typer.Argument(..., help="Label Studio's JSON export (a list of tasks)."),
+def import_labelstudio(ctx: typer.Context,
+                       export: Path = typer.Argument(..., help="Label Studio's JSON export (a list of tasks)."),
                        document_root: Path | None = typer.Option(None, "--document-root", envvar=ROOT_ENV,
                                                                  help="Find tasks without data.sha256 by hashing "
                                                                       "their local file under this root."),
-                       db: Path | None = typer.Option(None, "--db", help="Results database; default: config `db`."),
+                       db: Path | None = DbOpt,
                        model: Path | None = typer.Option(None, "--model", "-m", help="Model bundle (its card's "
                                                          "labels are the valid choices); default: the shipped one."),
-                       config: Path | None = typer.Option(None, "--config", "-c", help="TOML configuration file."),
+                       config: Path | None = ConfigOpt,
                        partial: bool = typer.Option(False, "--partial",
                                                     help="Import the valid annotations even when others are wrong.")
                        ) -> None:
     """Import a Label Studio JSON export as audits, matched by content hash.
 
     One audit per item and annotator; skipped, empty and superseded annotations are listed, one line each."""
-    from sorter.config import ConfigError, load_settings
+    from sorter.config import ConfigError
     from sorter.labelstudio import LabelStudioError, import_export
 
     try:
-        settings = load_settings(config, model=model, db=db)
+        settings = command_settings(ctx, config, model=model, db=db)
         result = import_export(settings.db, export, card_or_none(settings.model, True).labels, document_root,
                                partial)
     except (ConfigError, LabelStudioError, OSError) as exc:

@@ -7,6 +7,7 @@ import json
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
@@ -93,6 +94,13 @@ class CameraSettings(BaseModel):
 
     _roi = field_validator("roi", "motion_roi")(_check_roi)
     _keep = field_validator("keep_share")(_check_keep_share)
+
+    @model_validator(mode="after")
+    def _votes_fit_the_window(self) -> CameraSettings:
+        """K of N: found when the config is read (`config check`), not when the camera starts."""
+        if self.votes > self.window:
+            raise ValueError(f"votes ({self.votes}) is more than window ({self.window}): K of N needs K <= N")
+        return self
 
 
 class _OutputCommon(BaseModel):
@@ -328,8 +336,27 @@ def _walk(data: dict[str, Any], prefix: str = "") -> list[str]:
     return keys
 
 
-def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
-    """Merge the file, SORTER_* variables and non-None flags; unknown keys are errors."""
+@dataclass(frozen=True)
+class Flag:
+    """A command-line value for one settings key, dotted for a nested one (`camera.votes`); `name` is the
+    flag as typed (`--votes`), so an error says where the value came from. None: the flag was not given."""
+
+    key: str
+    value: Any
+    name: str
+
+
+SECTIONS = ("camera", "outputs", "report", "metrics", "retention", "fleet")  # the tables a config may hold
+
+
+def given_sections(settings: Settings) -> list[str]:
+    """The sections the file, the environment or a flag set (not left at their defaults)."""
+    return [name for name in SECTIONS if name in settings.model_fields_set]
+
+
+def load_settings(path: Path | None = None, *flags: Flag, **overrides: Any) -> Settings:
+    """Merge the file, SORTER_* variables and non-None flags (`flags` for nested keys, merged into their
+    section; keyword `overrides` for top-level ones), validated once; unknown keys are errors."""
     data: dict[str, Any] = {}
     origins: dict[str, str] = {"": "defaults"}
     chosen = config_path(path)
@@ -346,10 +373,11 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     for name, (keys, value) in _from_env().items():
         _put(data, keys, value)
         origins[".".join(keys)] = f"environment {name}"
-    for key, value in overrides.items():
-        if value is not None:
-            data[key] = value
-            origins[key] = f"flag --{key.replace('_', '-')}"
+    given = [Flag(key, value, f"--{key.replace('_', '-')}") for key, value in overrides.items()] + list(flags)
+    for flag in given:
+        if flag.value is not None:
+            _put(data, flag.key.split("."), flag.value)
+            origins[flag.key] = f"flag {flag.name}"
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
