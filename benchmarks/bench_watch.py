@@ -1,6 +1,7 @@
 """Benchmark `sorter watch --once` against the interpreter alone, plus decode cost, RSS and start-up.
 
 Run: python benchmarks/bench_watch.py [--model M] [--count 1000] [--src ../shared/data/fruit_dev]
+     [--against REV]   also run REV's `sorter watch` (a git worktree) in every round: new/old ratio
 Each photo is copied with a unique JPEG COM segment, so every file has distinct bytes (no
 duplicates) and identical pixels. Two sets: ≤224 px re-encodes and 1000 px upscaled copies.
 """
@@ -95,8 +96,10 @@ def alone_rates(clfs: dict[tuple[int, int], Classifier], images: np.ndarray, bat
     return {f"{n}×{t}": inference_rate(clf, images, batch, n) for (n, t), clf in clfs.items()}
 
 
-def _env(layout: tuple[int, int], batch: int) -> dict[str, str]:
-    return {**os.environ, "SORTER_INTERPRETERS": str(layout[0]), "SORTER_THREADS": str(layout[1]),
+def _env(layout: tuple[int, int], batch: int, code: Path | None = None) -> dict[str, str]:
+    """The daemon's settings; `code`: a checkout whose `sorter` package runs instead of this one's."""
+    extra = {"PYTHONPATH": str(code)} if code else {}
+    return {**os.environ, **extra, "SORTER_INTERPRETERS": str(layout[0]), "SORTER_THREADS": str(layout[1]),
             "SORTER_BATCH_SIZE": str(batch), "SORTER_STABLE_SECONDS": "0"}
 
 
@@ -112,15 +115,16 @@ def _vm_hwm_kb(pid: int) -> int:
         return 0
 
 
-def daemon_run(model: Path, work: Path, incoming: Path, layout: tuple[int, int], batch: int) -> dict[str, float]:
-    """`sorter watch --once`: wall time, steady rate (`middle_rate` of the routed lines), whole-window
-    rate (`_work_window`), peak RSS (MB)."""
+def daemon_run(model: Path, work: Path, incoming: Path, layout: tuple[int, int], batch: int,
+               code: Path | None = None) -> dict[str, float]:
+    """`sorter watch --once` (of `code`, a checkout, when given): wall time, steady rate (`middle_rate` of
+    the routed lines), whole-window rate (`_work_window`), peak RSS (MB)."""
     log = work / f"{incoming.name}.log"
     cmd = [str(SORTER), "watch", str(incoming), "--out", str(work / f"{incoming.name}-out"),
            "--db", str(work / f"{incoming.name}.db"), "--model", str(model), "--once"]
     start = time.perf_counter()
     with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, stderr=err, env=_env(layout, batch))
+        proc = subprocess.Popen(cmd, stderr=err, env=_env(layout, batch, code))
     peak_kb = 0
     while proc.poll() is None:  # VmHWM of the daemon itself (ru_maxrss would start at this process's size)
         peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
@@ -191,6 +195,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5,
                         help="Alone-then-watch rounds per set; the table gives the median (shared machines drift).")
     parser.add_argument("--keep", action="store_true", help="Keep the work folder.")
+    parser.add_argument("--against", metavar="REV", help="Also run this git revision's sorter watch each round "
+                                                          "(a worktree), and print new/old throughput.")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -204,25 +210,61 @@ def main() -> None:
     single = next(iter(alone_clfs.values()))
     work = Path(tempfile.mkdtemp(prefix="bench-watch-"))
     rows = []
+    old = worktree(args.against, work / "old") if args.against else None
+    versus: list[tuple[str, list[float]]] = []
     try:
         for label, side in (("224 px", 224), ("1000 px", 1000)):
             source = work / f"src{side}"
             data = make_set(photos, args.count, side, source)
             per_image, images = decode_cost(data, single.input_size)
-            rounds = []
+            rounds, new_over_old = [], []
             for i in range(args.rounds):  # alone, watch, alone again: drift during a round hits both alike
                 before = alone_rates(alone_clfs, images, args.batch)
                 incoming = work / f"in{side}-{i}"
                 shutil.copytree(source, incoming)  # copy2 keeps the settled (old) mtimes
-                run = daemon_run(args.model, work, incoming, layout, args.batch)
+                if old is not None:  # old and new back to back, which goes first alternating by round
+                    incoming_old = work / f"old{side}-{i}"
+                    shutil.copytree(source, incoming_old)
+                    pair = [(incoming, None), (incoming_old, old)][:: 1 if i % 2 else -1]
+                    got = {code: daemon_run(args.model, work, folder, layout, args.batch, code) for folder, code in pair}
+                    run = got[None]
+                    new_over_old.append(run["window"] / got[old]["window"])
+                else:
+                    run = daemon_run(args.model, work, incoming, layout, args.batch)
                 after = alone_rates(alone_clfs, images, args.batch)
                 rounds.append((run, {name: (before[name] + after[name]) / 2 for name in before}))
             rows.append((label, rounds, per_image))
+            versus.append((label, new_over_old))
         ready = time_to_ready(args.model, work)
     finally:
+        if old is not None:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], check=False)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print_table(args, single, layout, rows, ready)
+    if old is not None:
+        print_versus(args.against, versus)
+
+
+def worktree(rev: str, folder: Path) -> Path:
+    """A detached checkout of `rev`, whose `sorter` package the old runs import (PYTHONPATH)."""
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), rev], check=True,
+                   capture_output=True)
+    return folder
+
+
+def print_versus(rev: str, versus: list[tuple[str, list[float]]]) -> None:
+    """This checkout's whole-window throughput over REV's, round by round (each pair back to back)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"this checkout vs {rev}: watch img/s (first read → last routed), new / old")
+    for col in ("images", "median new/old (target ≥0.97)", "range", "rounds"):
+        table.add_column(col, justify="right")
+    for label, ratios in versus:
+        table.add_row(label, f"{statistics.median(ratios):.3f}", f"{min(ratios):.3f}–{max(ratios):.3f}",
+                      " ".join(f"{r:.3f}" for r in ratios))
+    Console(width=200).print(table)
 
 
 def print_table(args: argparse.Namespace, clf: Classifier, layout: tuple[int, int], rows: list,

@@ -35,6 +35,7 @@ from sorter.metrics import Telemetry
 from sorter.model import Classifier, warm_up_all
 from sorter.outputs import Dispatcher, build_outputs
 from sorter.redact import mask_text, mask_url
+from sorter.scoring import score
 from sorter.states import ItemState
 from sorter.triggers import (
     Decision,
@@ -172,12 +173,11 @@ class CameraRunner:
 
     def _vote(self, image: np.ndarray) -> Decision | None:
         started = time.monotonic()
-        pred = self.clf.predict(resize_rgb(image, self.clf.input_size)[None])[0]
+        judged = score(self.clf, self.rules, resize_rgb(image, self.clf.input_size)[None])[0]
         self.telemetry.latency.observe(time.monotonic() - started)
         self.status.classified += 1
-        self._last_image, self._last_scores, self._last_ood = image, pred.scores, pred.ood_score
-        judged = self.rules.decide(pred)
-        return self.voter.add(Vote(judged.label, judged.verdict, round(judged.confidence, 6)))
+        self._last_image, self._last_scores, self._last_ood = image, judged.scores, judged.ood_score
+        return self.voter.add(Vote(judged.label, judged.verdict, judged.confidence))
 
     def _starts_item(self, frame: Frame, image: np.ndarray) -> bool | None:
         """Does this frame open an item's window? None: the interval trigger skips the frame."""

@@ -11,6 +11,7 @@ from sorter.config import ConfigError, Settings
 from sorter.files import RefusedFile, read_guarded
 from sorter.imaging import ImageError, decode, is_image_name
 from sorter.model import Classifier
+from sorter.scoring import score
 from sorter.verdict import Verdict, VerdictRules
 
 
@@ -105,9 +106,7 @@ def classify_files(files: list[Path], classifier: Classifier, rules: VerdictRule
         if images:
             import numpy as np
 
-            for result, pred in zip(ok, classifier.predict(np.stack(images)), strict=True):
-                judged = rules.decide(pred)
-                result.label, result.verdict = judged.label, judged.verdict
-                result.confidence = round(judged.confidence, 6)
-                result.scores, result.ood_score = pred.scores, pred.ood_score
+            for result, j in zip(ok, score(classifier, rules, np.stack(images)), strict=True):
+                result.label, result.verdict, result.confidence = j.label, j.verdict, j.confidence
+                result.scores, result.ood_score = j.scores, j.ood_score
         yield from results

@@ -20,15 +20,17 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlite_utils import Database
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from sorter import memory, store, threads
+from sorter import memory, store
 from sorter.config import Settings
 from sorter.delivery import Ledger, Planned, event_of
 from sorter.files import read_at_most, refusal
@@ -38,25 +40,14 @@ from sorter.metrics import Telemetry
 from sorter.model import Classifier, warm_up_all
 from sorter.outputs import Dispatcher, build_outputs
 from sorter.route import Changed, Identity, finish, free_name, from_text, move, path_text, stored_at, target_dir
+from sorter.stages import DecodeStage, RecordStage, ScoreStage, Stage, queued
 from sorter.states import ItemState
 from sorter.verdict import Verdict, VerdictRules
 
 log = logging.getLogger("sorter.watch")
 TICK_S = 0.1
 MAX_RETRY_S = 3600.0
-CLASSIFIED_BATCHES = 8  # scored batches waiting for the routing thread
 OPEN_GRACE_S = 60.0
-
-
-def queued(q: queue.Queue, limit: int) -> list:
-    """Up to `limit` entries already waiting in `q`, without waiting for more."""
-    out: list = []
-    while len(out) < limit:
-        try:
-            out.append(q.get_nowait())
-        except queue.Empty:
-            break
-    return out
 
 
 @dataclass
@@ -358,18 +349,6 @@ def load(path: Path, size: tuple[int, int], settings: Settings) -> Item | None:
     return item
 
 
-def classify(items: list[Item], classifier: Classifier, rules: VerdictRules) -> None:
-    """Score the decodable items of a batch in one call; fill label, confidence, verdict, scores."""
-    ok = [i for i in items if i.image is not None]
-    if not ok:
-        return
-    preds = classifier.predict(np.stack([i.image for i in ok if i.image is not None]))
-    for item, pred in zip(ok, preds, strict=True):
-        judged = rules.decide(pred)
-        item.label, item.confidence, item.verdict = judged.label, round(judged.confidence, 6), judged.verdict
-        item.scores, item.ood_score = pred.scores, pred.ood_score
-
-
 @dataclass
 class Summary:
     routed: int = 0
@@ -633,8 +612,43 @@ def scan(incoming: Path, intake: Intake, stability: Stability, recursive: bool =
     return len(found)
 
 
+class FolderSource:
+    """Where watch's items come from: the backlog scanned at start (oldest first), then watchdog's events,
+    each path offered once it has settled (`Stability`) to the deduplicating `Intake` the decoders take
+    from. `--once` runs the scan alone."""
+
+    def __init__(self, incoming: Path, out: Path, settings: Settings, follow: bool):
+        self.incoming, self.out, self.recursive, self.follow = incoming, out, settings.recursive, follow
+        self.intake = Intake(settings.temp_suffixes)
+        self.stability = Stability(settings.stable_seconds)
+        self._observer: Any = None
+
+    def start(self) -> None:
+        if self.follow:  # before the scan, so nothing written meanwhile is missed
+            self._observer = Observer()
+            events = Events(self.incoming, self.intake, self.stability, self.recursive, self.out)
+            self._observer.schedule(events, str(self.incoming), recursive=self.recursive)
+            self._observer.start()
+            log.info("ready: watching %s -> %s", self.incoming, self.out)
+        scan(self.incoming, self.intake, self.stability, self.recursive, self.out)
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join()
+
+    def tick(self) -> None:
+        """Offer what settled or whose hold ran out since the last tick."""
+        for path in self.stability.due() + self.intake.due_holds():
+            self.intake.offer(path)
+
+    def idle(self) -> bool:
+        return self.intake.idle() and self.stability.empty()
+
+
 class Watcher:
-    """The daemon's moving parts; `run` blocks until `stop` is set (or the backlog is done)."""
+    """The daemon: a folder source and the shared stages (sorter.stages), wired once; `run` blocks until
+    `stop` is set (or, with `once`, the backlog is done)."""
 
     def __init__(self, incoming: Path, out: Path, db: Path, classifier: Classifier,
                  rules: VerdictRules, settings: Settings, dry_run: bool = False,
@@ -643,32 +657,28 @@ class Watcher:
         self.telemetry = telemetry or Telemetry("watch")  # metrics (sorter.metrics), served or not
         self.clf, self.rules, self.settings = classifier, rules, settings
         self.clfs = [classifier] + [classifier.replica() for _ in range(interpreters - 1)]
-        self._nice = settings.background_nice or None  # helpers fit around the interpreters (sorter.threads)
+        nice = settings.background_nice or None  # helpers fit around the interpreters (sorter.threads)
         outputs = settings.outputs  # built first: a bad output fails before any thread starts
         self.dispatcher = None if dry_run else Dispatcher(build_outputs(outputs), outputs.retries,
                                                           outputs.retry_seconds)
         try:
-            self.writer = store.Writer(db, nice=self._nice)
+            self.writer = store.Writer(db, nice=nice)
         except Exception:
             if self.dispatcher is not None:
                 self.dispatcher.close()
             raise
         self.ledger = Ledger(self.writer, self.dispatcher, outputs.resend_seconds) \
             if self.dispatcher and self.dispatcher.lanes else None
-        self.intake = Intake(settings.temp_suffixes)
-        self.stability = Stability(settings.stable_seconds)
-        # decode → inference in chunks of up to batch_size items: one hand-off (and one thread wake-up)
-        # per chunk instead of per image, which on a 2-core box is CPU the interpreters get back
-        self.decoded: queue.Queue[list[Item]] = queue.Queue(maxsize=2)
-        self.telemetry.queue_depth.set_function(lambda: sum(len(chunk) for chunk in list(self.decoded.queue)))
+        self.source = FolderSource(self.incoming, self.out, settings, follow=True)
+        self.intake, self.stability = self.source.intake, self.source.stability
         self.router = Router(self.out, self.writer, classifier, self.intake, settings, dry_run,
                              retrack=self.stability.track, incoming=self.incoming, ledger=self.ledger)
-        self.recursive = settings.recursive
-        # inference → routing: deep enough to absorb a slow commit (fsync), shallow enough that routing
-        # (background work, sorter.threads) cannot fall far behind inference; what queues up is routed
-        # in one transaction. (64 batches let routing lag half a 1,000-photo backlog: 2-3 % slower overall.)
-        self.classified: queue.Queue[list[Item] | None] = queue.Queue(maxsize=CLASSIFIED_BATCHES)
-        self._halt = threading.Event()
+        self.decode = DecodeStage(lambda wait: self.intake.take_many(settings.batch_size, wait), self._load,
+                                  settings.decode_workers, nice)
+        self.record = RecordStage(self.router, self.telemetry, nice)
+        self.score = ScoreStage(self.decode.queue, self.clfs, rules, settings.batch_size, settings.batch_ms,
+                                self.record.put, self.telemetry)
+        self.telemetry.queue_depth.set_function(self.decode.depth)
         self.ready = threading.Event()  # set once the observer runs and the backlog is queued
 
     def _load(self, path: Path) -> Item | None:
@@ -686,165 +696,41 @@ class Watcher:
             self.intake.done(path)
         return item
 
-    def _decode_loop(self) -> None:
-        while not self._halt.is_set():
-            paths = self.intake.take_many(self.settings.batch_size, TICK_S)
-            chunk = [item for path in paths if (item := self._load(path)) is not None]
-            while chunk and not self._halt.is_set():
-                try:
-                    self.decoded.put(chunk, timeout=TICK_S)
-                    break
-                except queue.Full:
-                    continue
-
-    def _gather(self, stop: threading.Event, carry: list[Item]) -> list[Item]:
-        """Chunks until batch_size items or batch_ms after the first; what overflows the batch is left
-        in `carry` (the worker's own) to start the next one. Items stay pending in the intake until
-        routed, so `--once` never mistakes a carried item for an idle pipeline."""
-        batch, carry[:] = carry[:], []
-        size = self.settings.batch_size
-        deadline = time.monotonic() + self.settings.batch_ms / 1000 if batch else None
-        while len(batch) < size and not stop.is_set():
-            wait = TICK_S if deadline is None else deadline - time.monotonic()
-            if wait <= 0:
-                break
-            try:
-                batch.extend(self.decoded.get(timeout=wait))
-            except queue.Empty:
-                if deadline is None:
-                    continue
-                break
-            if deadline is None:
-                deadline = time.monotonic() + self.settings.batch_ms / 1000
-        carry[:] = batch[size:]
-        return batch[:size]
-
-    def _tick(self) -> None:
-        for path in self.stability.due() + self.intake.due_holds():
-            self.intake.offer(path)
-
     def _idle(self) -> bool:
-        return (self.intake.idle() and self.stability.empty() and self.decoded.empty()
-                and self.classified.unfinished_tasks == 0)
+        return self.source.idle() and self.decode.queue.empty() and not self.record.busy()
 
-    def _flush(self) -> bool:
-        """Commit the last batch's moves now; on failure they stay queued (the next batch's commit
-        carries them, and a restart's recover() would mark them done). True if nothing is left."""
-        try:
-            self.router.flush()
-        except Exception:
-            log.exception("could not record the last batch's moves; the next commit carries them")
-            return False
-        return True
-
-    def _next_classified(self) -> list[Item] | None:
-        """The next batch; when none comes within TICK_S the last moves are committed on their own.
-        Under load they ride on the next batch's commit instead: one commit (fsync) per batch, not
-        two. After a failed commit it waits for the next batch, which retries them: no retry loop."""
-        retry_alone = True
-        while True:
-            wait = TICK_S if retry_alone and self.router.has_outcomes() else None
-            try:
-                return self.classified.get(timeout=wait)
-            except queue.Empty:
-                retry_alone = self._flush()
-
-    def _queued_behind(self, batch: list[Item]) -> tuple[list[Item], int, bool]:
-        """`batch` plus the batches already queued behind it (a queue's worth at most), to route in one
-        transaction (one fsync): a routing thread that fell behind catches up instead of falling further
-        behind. Returns the items, how many batches they are, and whether the end marker was met."""
-        behind = queued(self.classified, CLASSIFIED_BATCHES - 1)
-        ended = None in behind
-        behind = behind[: behind.index(None)] if ended else behind
-        return [*batch, *(item for more in behind for item in more)], 1 + len(behind), ended
-
-    def _route_loop(self) -> None:
-        """Routing (intent → move → done) on its own thread, so the next batch's inference overlaps it."""
-        ended = False
-        while not ended and (first := self._next_classified()) is not None:
-            batch, taken, ended = self._queued_behind(first)
-            try:
-                settled = self.router.route(batch)
-                self.telemetry.batch(settled)  # counted once settled: a retried item is not counted twice
-            except Exception:  # never lose the thread: the rows stay as intents and recover() finishes them
-                log.exception("routing failed for a batch of %d", len(batch))
-            finally:
-                for _ in range(taken):
-                    self.classified.task_done()
-        self._flush()
-        self.classified.task_done()
-
-    def _process(self, batch: list[Item], clf: Classifier) -> None:
-        started = time.monotonic()
-        try:
-            classify(batch, clf, self.rules)
-        except Exception as exc:  # a model failure rejects the batch, it does not kill the daemon
-            log.exception("inference failed for a batch of %d", len(batch))
-            for item in batch:
-                item.error = item.error or f"inference-failed: {exc}"
-        for item in batch:
-            item.image = None  # pixels are done with; only the verdict travels on
-        self.telemetry.latency.observe(time.monotonic() - started)  # counting waits for the routing thread
-        self.classified.put(batch)
-
-    def _infer_loop(self, clf: Classifier, stop: threading.Event) -> None:
-        """One interpreter's worker: gather a batch, score it, hand it to routing; on stop, the
-        batch in flight is still finished."""
-        carry: list[Item] = []
-        while not stop.is_set():
-            batch = self._gather(stop, carry)
-            if batch:
-                self._process(batch, clf)
-        if carry:  # gathered before the stop: finish it too
-            self._process(carry, clf)
+    def _close_outputs(self) -> None:
+        """Queued events go out (bounded) and their outcomes are written, before the database closes."""
+        if self.dispatcher is not None:
+            self.dispatcher.close()
+            self.router.summary.outputs = self.dispatcher.stats()
 
     def run(self, stop: threading.Event, once: bool = False) -> Summary:
-        """Recover, start watching, scan the backlog, then process until stopped (or idle if once)."""
+        """Recover, start the source and the stages, then process until stopped (or idle if once).
+        The stages start in flow order on one ExitStack and stop in reverse: scoring finishes its
+        batches, routing drains what was scored, then the source, the decoders, the outputs, the DB."""
         self.router.summary.recovered = recover(self.out, self.writer)
         if self.ledger is not None:  # what an earlier run owed its outputs goes out before anything new
             self.ledger.resume()
         one_image_per_thread()
         memory.recycle_buffers()
         warm_up_all(self.clfs, self.settings.batch_size)  # the first batch runs at full speed
-        observer = None
-        if not once:
-            observer = Observer()
-            events = Events(self.incoming, self.intake, self.stability, self.recursive, self.out)
-            observer.schedule(events, str(self.incoming), recursive=self.recursive)
-            observer.start()
-            log.info("ready: watching %s -> %s", self.incoming, self.out)
-        workers = [threads.start(self._decode_loop, f"decode-{i}", nice=self._nice)
-                   for i in range(self.settings.decode_workers)]
-        router = threads.start(self._route_loop, "route", nice=self._nice)
-        halt_inference = threading.Event()
-        inferrers = [threads.start(self._infer_loop, f"infer-{i}", clf, halt_inference)
-                     for i, clf in enumerate(self.clfs)]
-        scan(self.incoming, self.intake, self.stability, self.recursive, self.out)
-        self.ready.set()
-        self.telemetry.set_ready()
-        try:
+        self.source.follow = not once
+        with ExitStack() as running:
+            running.callback(self.writer.close)
+            running.callback(self._close_outputs)
+            stages: tuple[Stage, ...] = (self.decode, self.source, self.record, self.score)
+            for stage in stages:
+                stage.start()
+                running.callback(stage.stop)
+            self.ready.set()
+            self.telemetry.set_ready()
             while not stop.wait(TICK_S):
-                self._tick()
+                self.source.tick()
                 if self.ledger is not None:
                     self.ledger.tick()
                 if once and self._idle():
                     break
-        finally:
-            halt_inference.set()  # each worker finishes its batch in flight
-            for thread in inferrers:
-                thread.join()
-            self.classified.put(None)  # drain: every classified batch is routed before exit
-            router.join()
-            self._halt.set()
-            if observer is not None:
-                observer.stop()
-                observer.join()
-            for worker in workers:
-                worker.join()
-            if self.dispatcher is not None:  # queued events go out (bounded); their outcomes are written
-                self.dispatcher.close()
-                self.router.summary.outputs = self.dispatcher.stats()
-            self.writer.close()
         self.router.summary.left = self._left()
         return self.router.summary
 
@@ -854,7 +740,7 @@ class Watcher:
         if self.router.dry_run:
             return {}
         reasons: dict[str, int] = {}
-        for _, path in backlog(self.incoming, self.recursive, self.out):
+        for _, path in backlog(self.incoming, self.source.recursive, self.out):
             if ignored(path.name, self.settings.temp_suffixes):
                 continue
             why = self.intake.why(path) or "not processed before the stop"

@@ -131,7 +131,7 @@ def test_queue_depth_is_read_when_scraped_and_a_watcher_without_metrics_still_co
         depth = lambda: [m.samples[0].value for m in text_string_to_metric_families(  # noqa: E731
             generate_latest(watcher.telemetry.registry).decode()) if m.name == "sorter_queue_depth"]
         assert depth() == [0.0]
-        watcher.decoded.put([Item(tmp_path / "in" / f"{i}.jpg") for i in range(3)])
+        watcher.decode.queue.put([Item(tmp_path / "in" / f"{i}.jpg") for i in range(3)])
         assert depth() == [3.0]
         watcher.telemetry.batch([Item(tmp_path / "in" / "a.jpg", verdict="rotten", label="rottenblue")])
         assert watcher.telemetry.registry.get_sample_value(

@@ -22,7 +22,8 @@ def _config(tmp: Path, text: str) -> Path:
 
 
 def test_a_flag_for_a_nested_key_merges_into_its_section_and_an_error_names_the_flag(tmp_path):
-    cfg = _config(tmp_path, '[camera]\nvotes = 2\nwindow = 4\n[outputs.webhook]\nurl = "http://a/x"\ntimeout_seconds = 7\n')
+    cfg = _config(tmp_path, '[camera]\nvotes = 2\nwindow = 4\n'
+                            '[outputs.webhook]\nurl = "http://a/x"\ntimeout_seconds = 7\n')
     settings = load_settings(cfg, Flag("camera.votes", 3, "--votes"), Flag("outputs.webhook.url", "http://b/y",
                                                                            "--webhook"))
     assert (settings.camera.votes, settings.camera.window) == (3, 4)  # the file's window kept

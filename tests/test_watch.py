@@ -19,6 +19,7 @@ import pytest
 
 from sorter import store, threads, watch
 from sorter.files import read_at_most
+from sorter.stages import score_items
 from tests.watch_helpers import (
     EXPECTED,
     Running,
@@ -99,7 +100,7 @@ def test_outcomes_ride_on_the_next_commit_and_a_crash_before_it_recovers(tmp_pat
         paths.append(tmp_path / "in" / f"{color}{i}.jpg")
         paths[-1].write_bytes(jpeg(color, tag=str(i)))
     batch = [watch.load(p, w.clf.input_size, w.settings) for p in paths]
-    watch.classify(batch, w.clf, w.rules)
+    score_items(batch, w.clf, w.rules)
     w.router.route(batch)
     moved = files_under(tmp_path / "out")
     assert len(moved) == 3 and not list((tmp_path / "in").iterdir())
@@ -121,7 +122,7 @@ def _classified_batches(tmp: Path, w: watch.Watcher, count: int) -> list[list[wa
             path = tmp / "in" / f"{color}{b}-{i}.jpg"
             path.write_bytes(jpeg(color, tag=f"{b}-{i}"))
             batch.append(watch.load(path, w.clf.input_size, w.settings))
-        watch.classify(batch, w.clf, w.rules)
+        score_items(batch, w.clf, w.rules)
         batches.append(batch)
     return batches
 
@@ -140,12 +141,12 @@ def _commits(w: watch.Watcher) -> list[str]:
 
 @contextmanager
 def _routing(w: watch.Watcher) -> Iterator[None]:
-    """The watcher's routing thread alone, fed by the test through `w.classified`."""
-    router = threads.start(w._route_loop, "route")
+    """The watcher's routing thread alone, fed by the test through `w.record.queue`."""
+    router = threads.start(w.record.loop, "route")
     try:
         yield
     finally:
-        w.classified.put(None)
+        w.record.queue.put(None)
         router.join(5)
         w.writer.close()
 
@@ -159,8 +160,8 @@ def test_under_load_outcomes_ride_on_the_next_batch_and_alone_they_commit_after_
     commits = _commits(w)
     with _routing(w):
         for batch in _classified_batches(tmp_path, w, 4):
-            w.classified.put(batch)
-            w.classified.join()  # routed, and the queue empty, before the next one comes
+            w.record.queue.put(batch)
+            w.record.queue.join()  # routed, and the queue empty, before the next one comes
         assert len(commits) == 4 and _states(tmp_path) == ["done"] * 6 + ["intent"] * 2
         assert wait_for(lambda: _states(tmp_path) == ["done"] * 8, timeout=5)
         assert len(commits) == 5
@@ -173,9 +174,9 @@ def test_batches_queued_behind_a_slow_router_are_routed_in_one_transaction(tmp_p
     w = make_watcher(tmp_path)
     commits = _commits(w)
     for batch in _classified_batches(tmp_path, w, 3):
-        w.classified.put(batch)
+        w.record.queue.put(batch)
     with _routing(w):
-        w.classified.join()
+        w.record.queue.join()
         assert len(commits) == 1 and _states(tmp_path) == ["intent"] * 6
         assert len(files_under(tmp_path / "out")) == 6 and not list((tmp_path / "in").iterdir())
         assert wait_for(lambda: _states(tmp_path) == ["done"] * 6, timeout=5) and len(commits) == 2
@@ -197,14 +198,14 @@ def test_a_failed_lone_commit_waits_for_the_next_batch_instead_of_looping(tmp_pa
     monkeypatch.setattr(store, "mark_done", failing_once)
     first, second = _classified_batches(tmp_path, w, 2)
     with _routing(w):
-        w.classified.put(first)
-        w.classified.join()
+        w.record.queue.put(first)
+        w.record.queue.join()
         assert wait_for(lambda: calls == [0, 2], timeout=5)  # the batch's own commit, then the failed lone one
         time.sleep(10 * watch.TICK_S)
         assert calls == [0, 2] and _states(tmp_path) == ["intent"] * 2
         assert len([r for r in caplog.records if "could not record" in r.getMessage()]) == 1
-        w.classified.put(second)
-        w.classified.join()
+        w.record.queue.put(second)
+        w.record.queue.join()
         assert calls[2] == 2 and _states(tmp_path) == ["done"] * 2 + ["intent"] * 2  # carried
         assert wait_for(lambda: _states(tmp_path) == ["done"] * 4, timeout=5)
 
@@ -508,14 +509,14 @@ def test_chunks_fill_batches_exactly_and_the_overflow_starts_the_next(tmp_path):
     size), and what overflows is carried into the next batch, not dropped."""
     w = make_watcher(tmp_path, batch_size=8, batch_ms=20)
     items = [watch.Item(tmp_path / f"{i}.jpg") for i in range(13)]
-    w.decoded.put(items[:5])
-    w.decoded.put(items[5:])
+    w.decode.queue.put(items[:5])
+    w.decode.queue.put(items[5:])
     stop, carry = watch.threading.Event(), []
-    first = w._gather(stop, carry)
+    first = w.score.gather(stop, carry)
     assert first == items[:8] and carry == items[8:]
     timer = watch.threading.Timer(2.0, stop.set)  # were the carry lost, this gather would wait for a stop
     timer.start()
-    second = w._gather(stop, carry)  # nothing more arrives: the carried five go after batch_ms
+    second = w.score.gather(stop, carry)  # nothing more arrives: the carried five go after batch_ms
     timer.cancel()
     assert second == items[8:] and carry == [] and not stop.is_set()
     w.writer.close()

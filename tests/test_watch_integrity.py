@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from sorter import store, watch
 from sorter.route import display_name
+from sorter.stages import score_items
 from tests.watch_helpers import MODEL, Running, files_under, jpeg, make_watcher, rows, wait_until
 
 RED = "fresh/freshred"
@@ -83,7 +84,7 @@ def test_recovery_forgets_a_row_whose_file_was_replaced_before_its_move(tmp_path
 
 def _loaded(w: watch.Watcher, path: Path) -> watch.Item:
     item = watch.load(path, w.clf.input_size, w.settings)
-    watch.classify([item], w.clf, w.rules)
+    score_items([item], w.clf, w.rules)
     return item
 
 
