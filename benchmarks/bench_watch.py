@@ -226,7 +226,8 @@ def main() -> None:
                     incoming_old = work / f"old{side}-{i}"
                     shutil.copytree(source, incoming_old)
                     pair = [(incoming, None), (incoming_old, old)][:: 1 if i % 2 else -1]
-                    got = {code: daemon_run(args.model, work, folder, layout, args.batch, code) for folder, code in pair}
+                    got = {code: daemon_run(args.model, work, folder, layout, args.batch, code)
+                           for folder, code in pair}
                     run = got[None]
                     new_over_old.append(run["window"] / got[old]["window"])
                 else:
