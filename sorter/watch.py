@@ -19,11 +19,10 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from sqlite_utils import Database
@@ -372,17 +371,28 @@ class Summary:
         return text
 
 
+class FileOutcomes(Protocol):
+    """What the router tells the source about each file of a batch, so retry state stays with the source."""
+
+    def finished(self, path: Path) -> None: ...  # no longer in flight (routed, held, or to be read again)
+
+    def moved(self, path: Path) -> None: ...  # reached OUT: any earlier hold is over
+
+    def retry_later(self, path: Path, reason: str) -> None: ...  # left in INCOMING: offer again after a backoff
+
+    def changed(self, path: Path) -> None: ...  # not the bytes that were scored: read again once it settles
+
+
 class Router:
     """Records and moves classified batches: intents → moves → done, all through the writer."""
 
-    def __init__(self, out: Path, writer: store.Writer, classifier: Classifier, intake: Intake,
+    def __init__(self, out: Path, writer: store.Writer, classifier: Classifier, files: FileOutcomes,
                  settings: Settings, dry_run: bool, source: str = "watch",
-                 retrack: Callable[[Path], object] | None = None, incoming: Path | None = None,
+                 incoming: Path | None = None,
                  ledger: Ledger | None = None):
-        self.out, self.writer, self.clf, self.intake = out, writer, classifier, intake
+        self.out, self.writer, self.clf, self.files = out, writer, classifier, files
         self.ledger = ledger  # the configured outputs (None: none, or a dry run)
         self.settings, self.dry_run, self.source = settings, dry_run, source
-        self.retrack = retrack or (lambda path: None)  # a file that changed waits to settle again
         self.incoming = incoming  # log lines name a file by its path under INCOMING
         self.summary = Summary()
         self._finished: list[dict] = []  # outcomes of the last batch's moves, not yet committed
@@ -459,8 +469,8 @@ class Router:
                       len(batch), exc, self.settings.retry_seconds)
             log.debug("batch not recorded", exc_info=True)
             for item in batch:
-                self.intake.hold(item.path, self.settings.retry_seconds, reason)
-                self.intake.done(item.path)
+                self.files.retry_later(item.path, reason)
+                self.files.finished(item.path)
             return []
         settled = []
         for item, row, item_id in zip(batch, rows, ids, strict=True):
@@ -476,7 +486,7 @@ class Router:
                 if item_id in owed and outcome.get("destination") and self.ledger is not None:
                     self.ledger.fire([owed[item_id]])
         for item in batch:
-            self.intake.done(item.path)
+            self.files.finished(item.path)
         return settled
 
     def has_outcomes(self) -> bool:
@@ -499,8 +509,7 @@ class Router:
                 move(item.path, dst, item.identity)
             except Changed as exc:  # not the bytes the row describes: forget the row, read the file again
                 log.info("%s %s; read again once it settles", path_text(item.path.name), exc.strerror)
-                self.intake.release(item.path)
-                self.retrack(item.path)
+                self.files.changed(item.path)
                 return {"id": item_id, "forget": True}
             except FileExistsError:  # another process took the name since we planned it
                 dst = free_name(dst.parent, item.path.name, item.sha256)
@@ -512,11 +521,11 @@ class Router:
                 reason = f"move-failed: {errno.errorcode.get(exc.errno or 0, 'OSError')} {exc.strerror}"
                 log.error("held %s in place (%s); retry in ≥%.0f s", item.path.name, reason,
                           self.settings.retry_seconds)
-                self.intake.hold(item.path, self.settings.retry_seconds, reason)
+                self.files.retry_later(item.path, reason)
                 self.summary.held += 1
                 return {**done, "state": ItemState.HELD, "destination": None, "routed_at": None,
                         "error": reason}
-            self.intake.release(item.path)
+            self.files.moved(item.path)
             self._log(item, dst, "routed")
             return {**done, "state": ItemState.DONE, "destination": path_text(dst)}
         raise FileExistsError(f"could not find a free name for {item.path.name}")
@@ -615,10 +624,12 @@ def scan(incoming: Path, intake: Intake, stability: Stability, recursive: bool =
 class FolderSource:
     """Where watch's items come from: the backlog scanned at start (oldest first), then watchdog's events,
     each path offered once it has settled (`Stability`) to the deduplicating `Intake` the decoders take
-    from. `--once` runs the scan alone."""
+    from. `--once` runs the scan alone. The router tells it what became of each file (`FileOutcomes`);
+    the retry and settle state is the source's alone."""
 
     def __init__(self, incoming: Path, out: Path, settings: Settings, follow: bool):
         self.incoming, self.out, self.recursive, self.follow = incoming, out, settings.recursive, follow
+        self.retry_seconds = settings.retry_seconds
         self.intake = Intake(settings.temp_suffixes)
         self.stability = Stability(settings.stable_seconds)
         self._observer: Any = None
@@ -644,6 +655,20 @@ class FolderSource:
 
     def idle(self) -> bool:
         return self.intake.idle() and self.stability.empty()
+
+    # FileOutcomes: what the router says became of a file
+    def finished(self, path: Path) -> None:
+        self.intake.done(path)
+
+    def moved(self, path: Path) -> None:
+        self.intake.release(path)
+
+    def retry_later(self, path: Path, reason: str) -> None:
+        self.intake.hold(path, self.retry_seconds, reason)
+
+    def changed(self, path: Path) -> None:
+        self.intake.release(path)
+        self.stability.track(path)
 
 
 class Watcher:
@@ -671,8 +696,8 @@ class Watcher:
             if self.dispatcher and self.dispatcher.lanes else None
         self.source = FolderSource(self.incoming, self.out, settings, follow=True)
         self.intake, self.stability = self.source.intake, self.source.stability
-        self.router = Router(self.out, self.writer, classifier, self.intake, settings, dry_run,
-                             retrack=self.stability.track, incoming=self.incoming, ledger=self.ledger)
+        self.router = Router(self.out, self.writer, classifier, self.source, settings, dry_run,
+                             incoming=self.incoming, ledger=self.ledger)
         self.decode = DecodeStage(lambda wait: self.intake.take_many(settings.batch_size, wait), self._load,
                                   settings.decode_workers, nice)
         self.record = RecordStage(self.router, self.telemetry, nice)
