@@ -1,0 +1,199 @@
+"""The results database against its size: bytes per row (by table and index), and the commands that read it.
+
+    python benchmarks/bench_db.py [--sizes 1000000,5000000,20000000] [--runs 3] [--work DIR] [--keep]
+
+Each database is built through the project's own migrations (`store.open_writer`), then filled with rows
+shaped like a line's: 10 items a second for 16 hours a day (576,000 a day, `--per-day`) ending now, so the
+last 24 h hold a full day whatever the size (90 days of retention are ~52 M rows), six labels, verdicts
+60 % fresh, 25 % rotten, 12 % uncertain, 3 % unknown, scores for every label, one model, paths under a
+camera's dated folders, 0.5 % audited. Rows go in by plain INSERTs in big transactions (synchronous off while
+building: this measures the database that results, not the daemon's write path). Then, per size, `runs` times each:
+
+    sorter db stats                                  seconds, peak RSS of the command
+    sorter report --since 24h --no-publish           seconds, peak RSS
+    sorter audit sample --n 50 --since 24h           seconds, peak RSS
+
+and the file's bytes per row, split over the items table, each of its indexes and the rest (SQLite's
+`dbstat`). One table at the end, sizes side by side; the figures issue 18 sets targets for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from sorter import store  # noqa: E402
+
+SORTER = Path(sys.executable).parent / "sorter"
+LABELS = ["freshapples", "freshbanana", "freshoranges", "rottenapples", "rottenbanana", "rottenoranges"]
+VERDICTS = [("fresh", 0.60), ("rotten", 0.25), ("uncertain", 0.12), ("unknown", 0.03)]
+PER_DAY = 576_000  # 10 items/s for 16 h
+CHUNK = 50_000
+MODEL_SHA = hashlib.sha256(b"fruit-lite1-int8").hexdigest()
+
+
+def _verdict(rng: random.Random) -> str:
+    x, acc = rng.random(), 0.0
+    for verdict, share in VERDICTS:
+        acc += share
+        if x < acc:
+            return verdict
+    return VERDICTS[-1][0]
+
+
+def _row(i: int, n: int, end: datetime, rng: random.Random, per_day: int) -> tuple:
+    """One item as `sorter watch` writes it (routed, done), the i-th of n arriving at per_day items a day."""
+    when = end - timedelta(days=(n - i) / per_day)
+    verdict = _verdict(rng)
+    side = LABELS[3:] if verdict == "rotten" else LABELS[:3]
+    label = rng.choice(side if verdict in ("fresh", "rotten") else LABELS)
+    raw = [rng.random() for _ in LABELS]
+    raw[LABELS.index(label)] += 3
+    total = sum(raw)
+    scores = json.dumps({lbl: round(v / total, 6) for lbl, v in zip(LABELS, raw, strict=True)})
+    name = f"IMG_{i:08d}.jpg"
+    folder = "unknown" if verdict == "unknown" else verdict
+    stamp = when.isoformat(timespec="milliseconds")
+    routed = (when + timedelta(milliseconds=40)).isoformat(timespec="milliseconds")
+    return (hashlib.sha256(i.to_bytes(8, "little")).hexdigest(), f"/srv/incoming/cam1/{when:%Y-%m-%d}/{name}",
+            f"/srv/sorted/{folder}/{label}/{name}", label, round(max(raw) / total, 6), verdict, scores,
+            "fruit-lite1-int8", MODEL_SHA, "watch", stamp, routed, "done", round(rng.uniform(-2, 9), 4))
+
+
+INSERT = ("INSERT INTO items (sha256, source_path, destination, label, confidence, verdict, scores, model_id, "
+          "model_sha256, source, received_at, routed_at, state, ood_score) "
+          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def build(path: Path, n: int, per_day: int = PER_DAY, seed: int = 0) -> float:
+    """A database of `n` items (0.5 % audited) made through the migrations; seconds it took."""
+    started = time.perf_counter()
+    store.open_writer(path).close()  # the schema, exactly as a line has it
+    rng = random.Random(seed)
+    end = datetime.now(UTC)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous=OFF")
+    for start in range(0, n, CHUNK):
+        conn.execute("BEGIN")
+        conn.executemany(INSERT, (_row(i, n, end, rng, per_day) for i in range(start, min(n, start + CHUNK))))
+        conn.execute("COMMIT")
+    audited = rng.sample(range(1, n + 1), max(1, n // 200))
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO audits (item_id, sha256, true_label, auditor, audited_at, origin) "
+                     "SELECT id, sha256, label, 'ana', routed_at, 'bench' FROM items WHERE id = ?",
+                     ((i,) for i in audited))
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return time.perf_counter() - started
+
+
+def bytes_per_row(path: Path) -> dict[str, float]:
+    """The file's bytes per item: all of it, the items table, each of its indexes, everything else."""
+    conn = sqlite3.connect(path)
+    try:
+        n = conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        pages = dict(conn.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name").fetchall())
+        indexes = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' "
+                                              "AND tbl_name = 'items'")]
+    finally:
+        conn.close()
+    out = {"file": path.stat().st_size / n, "items table": pages.get("items", 0) / n}
+    out.update({f"index {name}": pages.get(name, 0) / n for name in sorted(indexes)})
+    shown = {"items", *indexes}
+    out["everything else"] = sum(v for k, v in pages.items() if k not in shown) / n
+    return out
+
+
+def timed(args: list[str], cwd: Path) -> tuple[float, float]:
+    """Seconds and peak RSS (MB) of one `sorter ARGS` run (the child's own, from wait4)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([str(SORTER), *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        why = proc.stderr.read().decode()[-1500:] if proc.stderr else ""
+        raise SystemExit(f"sorter {' '.join(args)} failed: {why}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def operations(db: Path, work: Path) -> dict[str, list[tuple[float, float]]]:
+    """Each command's (seconds, MB) per run."""
+    commands = {
+        "db stats": ["db", "stats", "--db", str(db), "--json"],
+        "report --since 24h": ["report", "--db", str(db), "--since", "24h", "--out", str(work / "report"),
+                               "--no-publish"],
+        "audit sample --n 50 --since 24h": ["audit", "sample", "--db", str(db), "--n", "50", "--since", "24h",
+                                            "--out", str(work / "sample")],
+    }
+    return {name: [timed(cmd, work) for _ in range(RUNS)] for name, cmd in commands.items()}
+
+
+RUNS = 3
+
+
+def main() -> None:
+    global RUNS
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000000,5000000,20000000", help="Item rows per database.")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--per-day", type=int, default=PER_DAY, help="Items a day (the last 24 h hold this many).")
+    parser.add_argument("--work", type=Path, default=None, help="Where the databases go (big: ~800 B a row).")
+    parser.add_argument("--keep", action="store_true", help="Keep the databases.")
+    args = parser.parse_args()
+    RUNS = args.runs
+    sizes = [int(s) for s in args.sizes.split(",")]
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-db-"))
+    work.mkdir(parents=True, exist_ok=True)
+    results = {}
+    try:
+        for n in sizes:
+            db = work / f"items-{n}.db"
+            db.unlink(missing_ok=True)
+            built = build(db, n, args.per_day)
+            results[n] = (built, bytes_per_row(db), operations(db, work))
+            if not args.keep:
+                db.unlink()
+    finally:
+        if not args.keep and args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print_table(sizes, results, args.per_day)
+
+
+def print_table(sizes: list[int], results: dict, per_day: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"results database against its size, {per_day:,} items a day "
+                        f"(median of {RUNS} runs; min-max)")
+    table.add_column("figure")
+    for n in sizes:
+        table.add_column(f"{n:,} rows", justify="right")
+    for key in results[sizes[0]][1]:
+        table.add_row(f"bytes/row: {key}", *(f"{results[n][1].get(key, 0):.0f}" for n in sizes))
+    for op in results[sizes[0]][2]:
+        runs = {n: results[n][2][op] for n in sizes}
+        table.add_row(f"{op}: seconds", *(f"{statistics.median(s for s, _ in runs[n]):.2f} "
+                                          f"({min(s for s, _ in runs[n]):.2f}-{max(s for s, _ in runs[n]):.2f})"
+                                          for n in sizes))
+        table.add_row(f"{op}: peak RSS MB", *(f"{max(m for _, m in runs[n]):.0f}" for n in sizes))
+    table.add_row("build seconds (not a target)", *(f"{results[n][0]:.0f}" for n in sizes))
+    Console(width=200).print(table)
+
+
+if __name__ == "__main__":
+    main()
