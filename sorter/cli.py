@@ -144,14 +144,10 @@ def doctor(ctx: typer.Context, model: Path | None = ModelOpt, config: Path | Non
            as_json: bool = JsonOpt) -> None:
     """Check versions, interpreter and threads, the model against its card, cameras, disk and the DB;
     exit 1 if any check fails."""
-    from sorter.config import ConfigError
     from sorter.doctor import as_json as checks_json
     from sorter.doctor import run_checks
 
-    try:
-        settings = command_settings(ctx, config)
-    except ConfigError as exc:
-        fail(str(exc))
+    settings = command_settings(ctx, config)
     checks = run_checks(settings, model, incoming, cameras)
     report = checks_json(checks)
     if as_json:
@@ -347,12 +343,11 @@ app.add_typer(db_app, name="db")
 def db_stats(ctx: typer.Context, db: Path | None = ReadOnlyDbOpt, as_json: bool = JsonOpt,
              config: Path | None = ConfigOpt) -> None:
     """Counts by verdict, label, error and state, and the time range covered."""
-    from sorter.config import ConfigError
     from sorter.store import stats
 
     try:
         figures = stats(command_settings(ctx, config, db=db).db)
-    except (FileNotFoundError, OSError, ConfigError) as exc:
+    except (FileNotFoundError, OSError) as exc:
         fail(str(exc))
     if as_json:
         typer.echo(json.dumps(figures, indent=2))
@@ -377,7 +372,6 @@ def db_prune(ctx: typer.Context, db: Path | None = DbOpt,
     """Delete old finished rows (and camera events, snapshots) in small batches, then VACUUM."""
     from datetime import timedelta
 
-    from sorter.config import ConfigError
     from sorter.store import apply_retention, parse_age, prune
 
     try:
@@ -393,7 +387,7 @@ def db_prune(ctx: typer.Context, db: Path | None = DbOpt,
                        + (" and vacuumed" if res.vacuumed else ""))
             return
         result = prune(path, parse_age(older_than), dry_run=dry_run)
-    except (ValueError, FileNotFoundError, ConfigError) as exc:
+    except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     verb = "would delete" if dry_run else "deleted"
     typer.echo(f"{verb} {result.matched if dry_run else result.deleted} rows"
@@ -413,12 +407,11 @@ def audit_import(ctx: typer.Context,
                  partial: bool = PartialOpt) -> None:
     """Import audits from a CSV; every row is checked first, re-imports change nothing."""
     from sorter.audit import AuditError, import_csv
-    from sorter.config import ConfigError
 
     try:
         settings = command_settings(ctx, config, model=model, db=db)
         result = import_csv(settings.db, file, card_or_none(settings.model, True).labels, partial)
-    except (ConfigError, AuditError, OSError) as exc:
+    except (AuditError, OSError) as exc:
         fail(str(exc))
     report_import(result)
 
@@ -431,12 +424,11 @@ def audit_folder(ctx: typer.Context,
                  partial: bool = PartialOpt) -> None:
     """Import audits from AUDIT_DIR/<true label>/ files, matched to items by content hash."""
     from sorter.audit import AuditError, import_folder
-    from sorter.config import ConfigError
 
     try:
         settings = command_settings(ctx, config, model=model, db=db)
         result = import_folder(settings.db, folder, card_or_none(settings.model, True).labels, auditor, partial)
-    except (ConfigError, AuditError, OSError) as exc:
+    except (AuditError, OSError) as exc:
         fail(str(exc))
     report_import(result)
 
@@ -459,7 +451,6 @@ def audit_sample(ctx: typer.Context, n: int = typer.Option(50, "--n", min=1, hel
     draw's probability is recorded, so the report can weight the audits back. With --control-data, photos of
     known label are shuffled in among them, named like them (recorded apart, never as items)."""
     from sorter.audit import ControlSpec, sample
-    from sorter.config import ConfigError
     from sorter.controls import default_count
     from sorter.model import ModelError, resolve_model
     from sorter.report import window
@@ -474,7 +465,7 @@ def audit_sample(ctx: typer.Context, n: int = typer.Option(50, "--n", min=1, hel
             control_data, default_count(n) if controls is None else controls, resolve_model(settings.model))
         result = sample(settings.db, out, n, lo.isoformat(timespec="milliseconds"),
                         hi.isoformat(timespec="milliseconds"), card.labels if card else [], seed, spec)
-    except (ConfigError, ModelError, ValueError, OSError) as exc:
+    except (ModelError, ValueError, OSError) as exc:
         fail(str(exc))
     shown = f" and {result.controls} control photos of known label" if result.controls else ""
     typer.echo(f"drew {result.drawn} of {result.candidates} unaudited items {result.by_verdict}{shown} into {out} "
@@ -512,7 +503,6 @@ def report(ctx: typer.Context,
                                              "is set; an unreachable broker is a warning, not a failure."),
            model: Path | None = ModelOpt, config: Path | None = ConfigOpt) -> None:
     """Write the accuracy report (JSON + one self-contained HTML page) for a time window."""
-    from sorter.config import ConfigError
     from sorter.report import generate, window
 
     if since and start:
@@ -523,7 +513,7 @@ def report(ctx: typer.Context,
         written = generate(settings.db, out, lo, hi, card_or_none(settings.model, False),
                            _report_options(settings, margin), dated, keep,
                            previous, settings.report.max_thumbnails)
-    except (ConfigError, ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:
         fail(str(exc))
     r = written.report
     typer.echo(f"{written.folder}: {_window_figures(r)}, pruned {len(written.pruned)}")
@@ -596,24 +586,18 @@ app.add_typer(config_app, name="config")
 @config_app.command("check")
 def config_check(ctx: typer.Context, config: Path | None = ConfigOpt) -> None:
     """Validate the configuration without starting anything; each problem names its file or variable."""
-    from sorter.config import ConfigError, config_path
+    from sorter.config import config_path
 
-    try:
-        command_settings(ctx, config)
-    except ConfigError as exc:
-        fail(str(exc))
+    command_settings(ctx, config)
     typer.echo(f"ok: {config_path(config or invocation(ctx).config) or 'defaults (no config file)'}")
 
 
 @config_app.command("show")
 def config_show(ctx: typer.Context, config: Path | None = ConfigOpt) -> None:
     """Print the effective configuration as JSON; secrets are masked."""
-    from sorter.config import ConfigError, public_dump
+    from sorter.config import public_dump
 
-    try:
-        settings = command_settings(ctx, config)
-    except ConfigError as exc:
-        fail(str(exc))
+    settings = command_settings(ctx, config)
     typer.echo(json.dumps(public_dump(settings), indent=2))
 
 
@@ -682,14 +666,13 @@ def fleet_report(ctx: typer.Context, broker: str | None = typer.Option(None, "--
                                                     help="Exit 1 when a drift flag is raised (fleet or any line)."),
                  config: Path | None = ConfigOpt) -> None:
     """The nightly report across lines: every line's published report merged, plus the live hourly counters."""
-    from sorter.config import ConfigError
     from sorter.fleet import build_fleet_report, check_day, listen, write_report
     from sorter.secrets import reveal
 
+    settings = command_settings(ctx, config)
     try:
-        settings = command_settings(ctx, config)
         date = check_day(date)
-    except (ConfigError, ValueError) as exc:
+    except ValueError as exc:
         fail(str(exc))
     fleet = settings.fleet
     broker = broker or fleet.broker

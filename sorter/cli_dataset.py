@@ -27,7 +27,6 @@ def dataset_build(ctx: typer.Context,
                   config: Path | None = ConfigOpt) -> None:
     """Audited items → OUT/<true label>/ (hard links where possible), one photo per content hash; the latest
     audit wins when auditors disagree. Prints a table per label and one line per photo left out."""
-    from sorter.config import ConfigError
     from sorter.dataset import build_dataset
     from sorter.store import parse_age
 
@@ -36,7 +35,7 @@ def dataset_build(ctx: typer.Context,
         age = parse_age(since) if since else None
         ds = build_dataset(settings.db, out, since=age, include_unaudited_confident=include_unaudited_confident,
                            line=settings.line)
-    except (ConfigError, ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:
         fail(str(exc))
     _summary(ds)
 

@@ -35,13 +35,12 @@ def export_labelstudio(ctx: typer.Context,
 
     Writes SAMPLE_DIR/labelstudio-tasks.json (local-files image URLs, the model's label as a pre-annotation,
     each photo's sha256) and SAMPLE_DIR/labelstudio-config.xml (Image + Choices with the card's labels)."""
-    from sorter.config import ConfigError
     from sorter.labelstudio import LabelStudioError, export_sample
 
     try:
         settings = command_settings(ctx, config, model=model, db=db)
         result = export_sample(settings.db, sample_dir, document_root, card_or_none(settings.model, True).labels)
-    except (ConfigError, LabelStudioError, OSError) as exc:
+    except (LabelStudioError, OSError) as exc:
         fail(str(exc))
     for line in result.errors:
         err.print(line, highlight=False, markup=False, soft_wrap=True)
@@ -69,14 +68,13 @@ def import_labelstudio(ctx: typer.Context,
     """Import a Label Studio JSON export as audits, matched by content hash.
 
     One audit per item and annotator; skipped, empty and superseded annotations are listed, one line each."""
-    from sorter.config import ConfigError
     from sorter.labelstudio import LabelStudioError, import_export
 
     try:
         settings = command_settings(ctx, config, model=model, db=db)
         result = import_export(settings.db, export, card_or_none(settings.model, True).labels, document_root,
                                partial)
-    except (ConfigError, LabelStudioError, OSError) as exc:
+    except (LabelStudioError, OSError) as exc:
         fail(str(exc))
     for line in result.notes:
         err.print(line, highlight=False, markup=False, soft_wrap=True)
