@@ -15,6 +15,7 @@ import random
 import sqlite3
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -331,29 +332,28 @@ def serve(device: str, classifier: Classifier, rules: VerdictRules, settings: Se
     check_source(device)  # before anything starts: a mistyped video path is an error, exit non-zero
     memory.recycle_buffers()
     warm_up_all([classifier], 1)  # the first item is scored at full speed
-    writer = store.Writer(db)
-    dispatcher = Dispatcher([] if dry_run else build_outputs(settings.outputs), settings.outputs.retries,
-                            settings.outputs.retry_seconds, dry_run=dry_run)
-    ledger = Ledger(writer, dispatcher, settings.outputs.resend_seconds) if dispatcher.lanes and not dry_run else None
-    runner = CameraRunner(device, classifier, rules, cam, writer, dispatcher, dry_run=dry_run, telemetry=telemetry,
-                          rng=rng, ledger=ledger)
-    if ledger is not None:  # what an earlier run owed its outputs goes out first
-        ledger.resume()
-    runner.telemetry.camera_online = False  # until the capture reports "online"
-    runner.telemetry.set_ready()
-    line = runner.trigger if isinstance(runner.trigger, LineTrigger) else None
-    control = ControlServer(cam.control_port, line, runner.snapshot).start() if cam.control_port is not None else None
-    if line is not None and cam.stdin_trigger:
-        follow_stdin(line)
-    button = gpio_edge(line, cam.gpio_trigger_pin) if line is not None and cam.gpio_trigger_pin is not None else None
-    log.info("ready: camera %s, trigger %s, %d/%d votes%s", runner.device, cam.trigger, cam.votes, cam.window,
-             " (dry-run)" if dry_run else "")
-    try:
+    with ExitStack() as running:  # whatever fails, what was started is closed, in reverse order
+        writer = store.Writer(db)
+        running.callback(writer.close)  # last: the outputs' outcomes are written before it closes
+        dispatcher = Dispatcher([] if dry_run else build_outputs(settings.outputs), settings.outputs.retries,
+                                settings.outputs.retry_seconds, dry_run=dry_run)
+        running.callback(dispatcher.close)
+        ledger = Ledger(writer, dispatcher, settings.outputs.resend_seconds) if dispatcher.lanes and not dry_run \
+            else None
+        runner = CameraRunner(device, classifier, rules, cam, writer, dispatcher, dry_run=dry_run,
+                              telemetry=telemetry, rng=rng, ledger=ledger)
+        if ledger is not None:  # what an earlier run owed its outputs goes out first
+            ledger.resume()
+        runner.telemetry.camera_online = False  # until the capture reports "online"
+        runner.telemetry.set_ready()
+        line = runner.trigger if isinstance(runner.trigger, LineTrigger) else None
+        if cam.control_port is not None:
+            running.callback(ControlServer(cam.control_port, line, runner.snapshot).start().close)
+        if line is not None and cam.stdin_trigger:
+            follow_stdin(line)
+        if line is not None and cam.gpio_trigger_pin is not None:
+            running.callback(gpio_edge(line, cam.gpio_trigger_pin).close)
+        log.info("ready: camera %s, trigger %s, %d/%d votes%s", runner.device, cam.trigger, cam.votes, cam.window,
+                 " (dry-run)" if dry_run else "")
         runner.run(stop, max_decisions)
-    finally:
-        for closer in (control, button):
-            if closer is not None:
-                closer.close()
-        dispatcher.close()
-        writer.close()
     return runner.snapshot()

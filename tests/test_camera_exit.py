@@ -99,3 +99,29 @@ def test_a_reader_that_outlives_the_bound_is_named_and_not_awaited(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "reader capture-1 still blocked in OpenCV" in lines[0], lines
     assert wait_for(lambda: readers() == [], 10)  # (let it finish before the next test)
+
+
+def test_a_control_port_in_use_leaves_no_database_or_output_thread_behind(tmp_path, color_model):
+    """serve() opens the database and the outputs before the control port: when the port is taken by
+    another program, what was already started is closed again, in reverse order, not left running
+    (one ExitStack, issue 17; before, the writer and the dispatcher's threads were left behind)."""
+    import socket
+
+    from sorter.camera import serve
+    from sorter.classify import rules_for
+    from sorter.config import Settings
+    from sorter.model import Classifier
+
+    video = write_video(tmp_path / "belt.avi", ["red"] * 3)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = Settings.model_validate({
+            "outputs": {"jsonl": {"path": str(tmp_path / "events.jsonl")}},
+            "camera": {"snapshots": str(tmp_path / "snaps"), "control_port": taken.getsockname()[1]}})
+        clf = Classifier(color_model, num_threads=1)
+        before = set(threading.enumerate())
+        with pytest.raises(Exception):  # noqa: B017  (the server's own error, whatever its type)
+            serve(str(video), clf, rules_for(clf), settings, tmp_path / "s.db", threading.Event())
+    assert wait_for(lambda: not [t for t in set(threading.enumerate()) - before if t.is_alive()], 5), \
+        [t.name for t in set(threading.enumerate()) - before]
