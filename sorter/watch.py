@@ -39,12 +39,11 @@ from sorter.metrics import Telemetry
 from sorter.model import Classifier, warm_up_all
 from sorter.outputs import Dispatcher, build_outputs
 from sorter.route import Changed, Identity, finish, free_name, from_text, move, path_text, stored_at, target_dir
-from sorter.stages import DecodeStage, RecordStage, ScoreStage, Stage, queued
+from sorter.stages import TICK_S, DecodeStage, RecordStage, ScoreStage, Stage, queued
 from sorter.states import ItemState
 from sorter.verdict import Verdict, VerdictRules
 
 log = logging.getLogger("sorter.watch")
-TICK_S = 0.1
 MAX_RETRY_S = 3600.0
 OPEN_GRACE_S = 60.0
 
