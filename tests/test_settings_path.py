@@ -29,11 +29,13 @@ def test_a_flag_for_a_nested_key_merges_into_its_section_and_an_error_names_the_
     assert (settings.camera.votes, settings.camera.window) == (3, 4)  # the file's window kept
     assert settings.outputs.webhook is not None and settings.outputs.webhook.timeout_seconds == 7
     assert settings.outputs.webhook.url == "http://b/y"
-    result = runner.invoke(app, ["camera", "-d", "0", "-m", str(MODEL), "--votes", "0", "--config", str(cfg)])
+    db = ["--db", str(tmp_path / "never.db")]  # a camera run that got past its settings must not write here
+    result = runner.invoke(app, ["camera", "-d", "0", "-m", str(MODEL), "--votes", "0", "--config", str(cfg), *db])
     assert result.exit_code == 2
     assert result.stderr.startswith("error: flag --votes: camera.votes: Input should be greater than or equal to 1")
-    result = runner.invoke(app, ["camera", "-d", "0", "-m", str(MODEL), "--votes", "9", "--config", str(cfg)])
+    result = runner.invoke(app, ["camera", "-d", "0", "-m", str(MODEL), "--votes", "9", "--config", str(cfg), *db])
     assert result.exit_code == 2 and "votes (9) is more than window (4)" in result.stderr, result.stderr
+    assert not (tmp_path / "never.db").exists()  # refused before anything opened
 
 
 def test_the_config_may_come_before_the_command_and_the_commands_own_wins(tmp_path):
