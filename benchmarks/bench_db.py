@@ -1,6 +1,6 @@
 """The results database against its size: bytes per row (by table and index), and the commands that read it.
 
-    python benchmarks/bench_db.py [--sizes 1000000,5000000,20000000] [--runs 3] [--work DIR] [--keep]
+    python benchmarks/bench_db.py [--sizes 1000000,5000000,20000000] [--runs 3] [--work DIR] [--keep] [--against REV]
 
 Each database is built through the project's own migrations (`store.open_writer`), then filled with rows
 shaped like a line's: 10 items a second for 16 hours a day (576,000 a day, `--per-day`) ending now, so the
@@ -55,7 +55,20 @@ def _verdict(rng: random.Random) -> str:
     return VERDICTS[-1][0]
 
 
-def _row(i: int, n: int, end: datetime, rng: random.Random, per_day: int) -> tuple:
+IMAGES = 1000  # image files per (verdict folder, label): rows share them, so `audit sample` finds real files
+
+
+def make_images(root: Path) -> Path:
+    """OUT's folders with IMAGES small JPEG-named files each; every row's destination is one of them."""
+    for folder in ("fresh", "rotten", "uncertain", "unknown"):
+        for label in LABELS:
+            (root / folder / label).mkdir(parents=True, exist_ok=True)
+            for k in range(IMAGES):
+                (root / folder / label / f"IMG_{k:08d}.jpg").write_bytes(b"\xff\xd8\xff\xd9")
+    return root
+
+
+def _row(i: int, n: int, end: datetime, rng: random.Random, per_day: int, out: Path) -> tuple:
     """One item as `sorter watch` writes it (routed, done), the i-th of n arriving at per_day items a day."""
     when = end - timedelta(days=(n - i) / per_day)
     verdict = _verdict(rng)
@@ -70,7 +83,7 @@ def _row(i: int, n: int, end: datetime, rng: random.Random, per_day: int) -> tup
     stamp = when.isoformat(timespec="milliseconds")
     routed = (when + timedelta(milliseconds=40)).isoformat(timespec="milliseconds")
     return (hashlib.sha256(i.to_bytes(8, "little")).hexdigest(), f"/srv/incoming/cam1/{when:%Y-%m-%d}/{name}",
-            f"/srv/sorted/{folder}/{label}/{name}", label, round(max(raw) / total, 6), verdict, scores,
+            f"{out}/{folder}/{label}/IMG_{i % IMAGES:08d}.jpg", label, round(max(raw) / total, 6), verdict, scores,
             "fruit-lite1-int8", MODEL_SHA, "watch", stamp, routed, "done", round(rng.uniform(-2, 9), 4))
 
 
@@ -79,7 +92,7 @@ INSERT = ("INSERT INTO items (sha256, source_path, destination, label, confidenc
           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
-def build(path: Path, n: int, per_day: int = PER_DAY, seed: int = 0) -> float:
+def build(path: Path, n: int, out: Path, per_day: int = PER_DAY, seed: int = 0) -> float:
     """A database of `n` items (0.5 % audited) made through the migrations; seconds it took."""
     started = time.perf_counter()
     store.open_writer(path).close()  # the schema, exactly as a line has it
@@ -89,7 +102,7 @@ def build(path: Path, n: int, per_day: int = PER_DAY, seed: int = 0) -> float:
     conn.execute("PRAGMA synchronous=OFF")
     for start in range(0, n, CHUNK):
         conn.execute("BEGIN")
-        conn.executemany(INSERT, (_row(i, n, end, rng, per_day) for i in range(start, min(n, start + CHUNK))))
+        conn.executemany(INSERT, (_row(i, n, end, rng, per_day, out) for i in range(start, min(n, start + CHUNK))))
         conn.execute("COMMIT")
     audited = rng.sample(range(1, n + 1), max(1, n // 200))
     conn.execute("BEGIN")
@@ -119,10 +132,16 @@ def bytes_per_row(path: Path) -> dict[str, float]:
     return out
 
 
-def timed(args: list[str], cwd: Path) -> tuple[float, float]:
-    """Seconds and peak RSS (MB) of one `sorter ARGS` run (the child's own, from wait4)."""
+OLD_CLI = "import sys; from sorter.cli import app; sys.argv[0] = 'sorter'; app()"
+
+
+def timed(args: list[str], cwd: Path, code: Path | None = None) -> tuple[float, float]:
+    """Seconds and peak RSS (MB) of one `sorter ARGS` run (the child's own, from wait4); with `code`, the
+    sorter package of that checkout (PYTHONPATH) runs it."""
+    command = [sys.executable, "-c", OLD_CLI, *args] if code else [str(SORTER), *args]
+    env = {**os.environ, "PYTHONPATH": str(code)} if code else None
     started = time.perf_counter()
-    proc = subprocess.Popen([str(SORTER), *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
@@ -131,8 +150,9 @@ def timed(args: list[str], cwd: Path) -> tuple[float, float]:
     return elapsed, usage.ru_maxrss / 1024
 
 
-def operations(db: Path, work: Path) -> dict[str, list[tuple[float, float]]]:
-    """Each command's (seconds, MB) per run."""
+def operations(db: Path, work: Path, old: Path | None) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """Each command's (seconds, MB) per run, this checkout's ("new") and, with `old`, that checkout's on the
+    same database, back to back and alternating which goes first."""
     commands = {
         "db stats": ["db", "stats", "--db", str(db), "--json"],
         "report --since 24h": ["report", "--db", str(db), "--since", "24h", "--out", str(work / "report"),
@@ -140,7 +160,13 @@ def operations(db: Path, work: Path) -> dict[str, list[tuple[float, float]]]:
         "audit sample --n 50 --since 24h": ["audit", "sample", "--db", str(db), "--n", "50", "--since", "24h",
                                             "--out", str(work / "sample")],
     }
-    return {name: [timed(cmd, work) for _ in range(RUNS)] for name, cmd in commands.items()}
+    out: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for name, cmd in commands.items():
+        runs = out.setdefault(name, {"new": [], **({"old": []} if old else {})})
+        for i in range(RUNS):
+            for side in (["new", "old"] if i % 2 == 0 else ["old", "new"]) if old else ["new"]:
+                runs[side].append(timed(cmd, work, old if side == "old" else None))
+    return out
 
 
 RUNS = 3
@@ -154,21 +180,30 @@ def main() -> None:
     parser.add_argument("--per-day", type=int, default=PER_DAY, help="Items a day (the last 24 h hold this many).")
     parser.add_argument("--work", type=Path, default=None, help="Where the databases go (big: ~800 B a row).")
     parser.add_argument("--keep", action="store_true", help="Keep the databases.")
+    parser.add_argument("--against", metavar="REV", help="Also run this git revision's commands on each database "
+                                                          "(a worktree): old beside new.")
     args = parser.parse_args()
     RUNS = args.runs
     sizes = [int(s) for s in args.sizes.split(",")]
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-db-"))
     work.mkdir(parents=True, exist_ok=True)
     results = {}
+    old = work / "old" if args.against else None
+    if old is not None:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), args.against], check=True,
+                       capture_output=True)
+    images = make_images(work / "sorted")
     try:
         for n in sizes:
             db = work / f"items-{n}.db"
             db.unlink(missing_ok=True)
-            built = build(db, n, args.per_day)
-            results[n] = (built, bytes_per_row(db), operations(db, work))
+            built = build(db, n, images, args.per_day)
+            results[n] = (built, bytes_per_row(db), operations(db, work, old))
             if not args.keep:
                 db.unlink()
     finally:
+        if old is not None:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], check=False)
         if not args.keep and args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     print_table(sizes, results, args.per_day)
@@ -185,12 +220,14 @@ def print_table(sizes: list[int], results: dict, per_day: int) -> None:
         table.add_column(f"{n:,} rows", justify="right")
     for key in results[sizes[0]][1]:
         table.add_row(f"bytes/row: {key}", *(f"{results[n][1].get(key, 0):.0f}" for n in sizes))
-    for op in results[sizes[0]][2]:
-        runs = {n: results[n][2][op] for n in sizes}
-        table.add_row(f"{op}: seconds", *(f"{statistics.median(s for s, _ in runs[n]):.2f} "
-                                          f"({min(s for s, _ in runs[n]):.2f}-{max(s for s, _ in runs[n]):.2f})"
-                                          for n in sizes))
-        table.add_row(f"{op}: peak RSS MB", *(f"{max(m for _, m in runs[n]):.0f}" for n in sizes))
+    for op, sides in results[sizes[0]][2].items():
+        for side in sides:
+            runs = {n: results[n][2][op][side] for n in sizes}
+            tag = f" ({side})" if len(sides) > 1 else ""
+            table.add_row(f"{op}{tag}: seconds", *(f"{statistics.median(s for s, _ in runs[n]):.2f} "
+                                                   f"({min(s for s, _ in runs[n]):.2f}-"
+                                                   f"{max(s for s, _ in runs[n]):.2f})" for n in sizes))
+            table.add_row(f"{op}{tag}: peak RSS MB", *(f"{max(m for _, m in runs[n]):.0f}" for n in sizes))
     table.add_row("build seconds (not a target)", *(f"{results[n][0]:.0f}" for n in sizes))
     Console(width=200).print(table)
 

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from sorter import controls, store
+from sorter import controls, sampling, store
 from sorter.card import sha256_file
 from sorter.imaging import is_image_name
 
@@ -30,8 +30,6 @@ SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 _ALIASES = {"sha256": "sha256", "sha": "sha256", "hash": "sha256", "file": "file", "path": "file",
             "name": "file", "filename": "file", "true_label": "label", "label": "label", "truth": "label",
             "auditor": "auditor", "time": "time", "audited_at": "time"}
-UNCERTAIN_WEIGHT = 3.0  # uncertain items are where the model needs people most
-CONFIDENCE_EDGES = (0.5, 0.8, 0.95)  # sampling strata within a verdict: lower confidence is drawn more
 
 
 @dataclass
@@ -262,27 +260,6 @@ def import_folder(db_path: Path, folder: Path, labels: list[str], auditor: str =
 
 # ---- sampling: what people should look at next ----
 
-def allocate(sizes: dict[str, int], weights: dict[str, float], n: int) -> dict[str, int]:
-    """Split n across strata by size × weight (largest remainder), each capped at its size and,
-    when n allows, at least one per stratum so rare verdicts are never left unchecked."""
-    live = {k: s for k, s in sizes.items() if s > 0}
-    n = min(n, sum(live.values()))
-    take = dict.fromkeys(live, 0)
-    if len(live) <= n:
-        take = dict.fromkeys(live, 1)
-    while sum(take.values()) < n:
-        open_ = {k: live[k] * weights.get(k, 1.0) for k in live if take[k] < live[k]}
-        left = n - sum(take.values())
-        total = sum(open_.values())
-        shares = {k: left * w / total for k, w in open_.items()}
-        whole = {k: min(int(s), live[k] - take[k]) for k, s in shares.items()}
-        if not any(whole.values()):  # hand out the remainder one by one, biggest share first
-            whole = dict.fromkeys(sorted(shares, key=lambda k: -shares[k])[:left], 1)
-        for k, extra in whole.items():
-            take[k] += extra
-    return take
-
-
 @dataclass
 class SampleResult:
     drawn: int
@@ -301,54 +278,6 @@ class ControlSpec:
     folder: Path
     n: int
     model: Path
-
-
-def sample_candidates(conn: sqlite3.Connection, start: str, end: str) -> list[dict]:
-    """Classified, first-of-their-content items in the window that no one has audited yet, with the
-    probability their image was kept (`keep_p`; NULL, a file always kept, is 1)."""
-    audited = "AND id NOT IN (SELECT item_id FROM audits)" if store.has_table(conn, "audits") else ""
-    rows = conn.execute("SELECT id, sha256, source_path, destination, label, confidence, verdict, "
-                        "COALESCE(keep_p, 1.0) AS keep_p FROM items "
-                        "WHERE received_at >= ? AND received_at < ? AND duplicate_of IS NULL AND label IS NOT NULL "
-                        f"AND error IS NULL AND destination IS NOT NULL {audited} ORDER BY id", [start, end])
-    return [dict(r) for r in rows if Path(r["destination"]).is_file()]
-
-
-def band(confidence: float | None) -> str:
-    """The confidence band an item is sampled in: `<0.5`, `0.5-0.8`, `0.8-0.95` or `>=0.95`."""
-    conf = float(confidence or 0.0)
-    edges = [0.0, *CONFIDENCE_EDGES]
-    low = max(i for i, edge in enumerate(edges) if conf >= edge)
-    if low == 0:
-        return f"<{edges[1]:g}"
-    return f">={edges[low]:g}" if low == len(edges) - 1 else f"{edges[low]:g}-{edges[low + 1]:g}"
-
-
-def stratum_weight(stratum: str) -> float:
-    """How much more a stratum's items are sampled: uncertain ×3, and lower confidence more (1.5 − the
-    band's lower edge: 1.5 below 0.5 down to 0.55 at 0.95 and above)."""
-    verdict, conf_band = stratum.split(":", 1)
-    lower = 0.0 if conf_band.startswith("<") else float(conf_band.removeprefix(">=").split("-")[0])
-    return (UNCERTAIN_WEIGHT if verdict == "uncertain" else 1.0) * (1.5 - lower)
-
-
-def draw(candidates: list[dict], n: int, seed: int | None) -> list[dict]:
-    """Stratified by verdict × confidence band (`stratum_weight`: uncertain and low-confidence items are
-    drawn more), a simple random sample within each stratum, so an item's chance of being drawn is
-    exactly its stratum's drawn/available share; each picked row gains `stratum` and `p`, that share
-    times the item's `keep_p` (the chance its image was there to draw), and `share` alone."""
-    rng = np.random.default_rng(seed)
-    strata: dict[str, list[dict]] = {}
-    for row in candidates:  # "unknown" is a verdict of its own
-        strata.setdefault(f"{row['verdict'] or 'none'}:{band(row['confidence'])}", []).append(row)
-    quota = allocate({k: len(v) for k, v in strata.items()}, {k: stratum_weight(k) for k in strata}, n)
-    picked: list[dict] = []
-    for key, rows in strata.items():
-        share = quota.get(key, 0) / len(rows)
-        idx = rng.choice(len(rows), size=quota.get(key, 0), replace=False)
-        picked += [{**rows[i], "stratum": key, "share": share, "p": share * float(rows[i].get("keep_p", 1.0))}
-                   for i in sorted(idx)]
-    return sorted(picked, key=lambda r: r["id"])
 
 
 def record_draws(db_path: Path, picked: list[dict], sample_id: str, when: str) -> None:
@@ -387,8 +316,7 @@ def sample(db_path: Path, out: Path, n: int, start: str, end: str, labels: list[
     store.open_writer(db_path).close()  # migrations first: a database from before keep_p and audit_draws
     conn = store.open_reader(db_path)
     try:
-        candidates = sample_candidates(conn, start, end)
-        picked = draw(candidates, n, seed)
+        picked, candidates = sampling.draw(conn, start, end, n, seed)
         placed, model_id, model_sha = _controls(conn, control, picked, labels, seed)
     finally:
         conn.close()
@@ -421,4 +349,4 @@ def sample(db_path: Path, out: Path, n: int, start: str, end: str, labels: list[
     by_verdict: dict[str, int] = {}
     for row in picked:
         by_verdict[row["verdict"]] = by_verdict.get(row["verdict"], 0) + 1
-    return SampleResult(len(picked), len(candidates), by_verdict, manifest, sample_id, len(placed))
+    return SampleResult(len(picked), candidates, by_verdict, manifest, sample_id, len(placed))

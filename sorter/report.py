@@ -12,7 +12,7 @@ import math
 import re
 import shutil
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from sorter import store
+from sorter import item_counts, store
 from sorter.card import ModelCard
+from sorter.item_counts import Group
 from sorter.redact import mask_url
 from sorter.states import ItemState
 from sorter.weighting import combined_p, weighted_figures
@@ -154,50 +155,92 @@ def weight_groups(rows: list[dict]) -> list[dict]:
 def model_version(row: dict) -> str:
     """`colour@1a2b3c4d5e6f`: the model's name and the start of its file's hash, which tells a retrained
     model under the same name apart."""
-    return f"{row.get('model_id') or 'unknown'}@{(row.get('model_sha256') or 'no-hash')[:12]}"
+    return version_name(row.get("model_id"), row.get("model_sha256"))
 
 
-def version_figures(items: list[dict], audited: list[dict], rotten: list[str]) -> dict[str, Any]:
-    """Volume, rates and audited accuracy (plain with its Wilson interval, and weighted 1/p) of one group."""
-    verdicts = _count([i["verdict"] for i in items])
+def version_name(model_id: str | None, sha: str | None) -> str:
+    return f"{model_id or 'unknown'}@{(sha or 'no-hash')[:12]}"
+
+
+def version_figures(verdicts: dict[str, int], audited: list[dict], rotten: list[str]) -> dict[str, Any]:
+    """Volume, rates and audited accuracy (plain with its Wilson interval, and weighted 1/p) of one group
+    whose items' verdicts are counted in `verdicts`."""
+    n = sum(verdicts.values())
     weighted = weighted_figures(audited, [], rotten)
     correct = sum(1 for a in audited if a["label"] == a["true_label"])
-    return {"items": len(items), **rates(verdicts, len(items)), "audited": len(audited),
+    return {"items": n, **rates(verdicts, n), "audited": len(audited),
             "accuracy": rounded(correct / len(audited)) if audited else None,
             "accuracy_ci95": wilson(correct, len(audited)),
             "weighted_accuracy": weighted["accuracy"], "weighted_ci95": weighted["accuracy_ci95"],
             "audits_with_p": weighted["with_p"]}
 
 
-def by_model_version(items: list[dict], audited: list[dict], rotten: list[str]) -> list[dict]:
-    """One row per model version seen in the window, in the order each first classified an item, and per
-    UTC day one row per version that ran that day: the step when a retrained model went in."""
-    def group(rows: list[dict], key) -> dict[tuple, list[dict]]:
-        out: dict[tuple, list[dict]] = {}
-        for row in rows:
-            out.setdefault(key(row), []).append(row)
-        return out
-
-    versions = group(items, lambda r: (model_version(r),))
-    checked = group(audited, lambda r: (model_version(r),))
-    out = []
-    for (version,), rows in versions.items():
-        out.append({"version": version, "model_id": rows[0]["model_id"], "model_sha256": rows[0]["model_sha256"],
-                    "first": rows[0]["received_at"], "last": rows[-1]["received_at"],
-                    **version_figures(rows, checked.get((version,), []), rotten)})
+def _verdicts_by(groups: list[Group], key: Callable[[Group], tuple]) -> dict[tuple, dict[str, int]]:
+    """Verdict counts of the groups, per key, keys in the order the groups come."""
+    out: dict[tuple, dict[str, int]] = {}
+    for g in groups:
+        counts = out.setdefault(key(g), {})
+        counts[str(g.verdict)] = counts.get(str(g.verdict), 0) + g.n
     return out
 
 
-def model_by_day(items: list[dict], audited: list[dict], rotten: list[str]) -> list[dict]:
-    """Per UTC day (received time) and model version: `version_figures`, oldest day first."""
-    days: dict[tuple[str, str], list[dict]] = {}
-    for row in items:
-        days.setdefault((row["received_at"][:10], model_version(row)), []).append(row)
-    checked: dict[tuple[str, str], list[dict]] = {}
+def _audits_by(audited: list[dict], key: Callable[[dict], tuple]) -> dict[tuple, list[dict]]:
+    out: dict[tuple, list[dict]] = {}
     for row in audited:
-        checked.setdefault((row["received_at"][:10], model_version(row)), []).append(row)
-    return [{"day": day, "version": version, **version_figures(rows, checked.get((day, version), []), rotten)}
-            for (day, version), rows in sorted(days.items())]
+        out.setdefault(key(row), []).append(row)
+    return out
+
+
+Span = tuple[str, str]  # a model version's first and last received_at in the window
+
+
+def version_spans(conn: sqlite3.Connection, groups: list[Group], lo: datetime, hi: datetime) -> dict[tuple, Span]:
+    """When each model version in the groups first and last classified an item in [lo, hi): found in its
+    first and last hour only (one indexed hour of rows each), never by reading the window."""
+    hours: dict[tuple, list[str]] = {}
+    for g in groups:
+        hours.setdefault((g.model_id, g.model_sha256), []).append(g.hour)
+    start, end = iso_utc(lo), iso_utc(hi)
+    sql = ("SELECT {} (received_at) FROM items WHERE received_at >= ? AND received_at < ? AND model_id IS ? "
+           "AND model_sha256 IS ? AND duplicate_of IS NULL AND label IS NOT NULL AND verdict IS NOT NULL")
+    def within(hour: str) -> list[str]:
+        """The window's part of that hour; all the window when a row's time is not ISO (hand-typed)."""
+        try:
+            begin = datetime.fromisoformat(hour + ":00+00:00")
+        except ValueError:
+            return [start, end]
+        return [max(start, iso_utc(begin)), min(end, iso_utc(begin + timedelta(hours=1)))]
+
+    out = {}
+    for version, seen in hours.items():
+        first, last = (conn.execute(sql.format(fn), [*within(hour), *version]).fetchone()[0] or
+                       conn.execute(sql.format(fn), [start, end, *version]).fetchone()[0]
+                       for fn, hour in (("MIN", min(seen)), ("MAX", max(seen))))
+        out[version] = (first, last)
+    return out
+
+
+def by_model_version(groups: list[Group], audited: list[dict], rotten: list[str],
+                     spans: dict[tuple, Span]) -> list[dict]:
+    """One row per model version seen in the window (classified groups), in the order each first
+    classified an item (`spans`)."""
+    versions = _verdicts_by(groups, lambda g: (g.model_id, g.model_sha256))
+    checked = _audits_by(audited, lambda r: (model_version(r),))
+    out = []
+    for (model_id, sha), verdicts in sorted(versions.items(), key=lambda kv: (spans[kv[0]][0], kv[0][0] or "")):
+        version = version_name(model_id, sha)
+        first, last = spans[(model_id, sha)]
+        out.append({"version": version, "model_id": model_id, "model_sha256": sha, "first": first, "last": last,
+                    **version_figures(verdicts, checked.get((version,), []), rotten)})
+    return out
+
+
+def model_by_day(groups: list[Group], audited: list[dict], rotten: list[str]) -> list[dict]:
+    """Per UTC day (received time) and model version: `version_figures`, oldest day first."""
+    days = _verdicts_by(groups, lambda g: (g.hour[:10], version_name(g.model_id, g.model_sha256)))
+    checked = _audits_by(audited, lambda r: (r["received_at"][:10], model_version(r)))
+    return [{"day": day, "version": version, **version_figures(verdicts, checked.get((day, version), []), rotten)}
+            for (day, version), verdicts in sorted(days.items())]
 
 
 # ---- operational figures ----
@@ -214,16 +257,16 @@ def _hours(lo: datetime, hi: datetime) -> list[str]:
 HOURLY = ("rotten", "uncertain", "unknown")  # the verdicts counted per hour beside the volume
 
 
-def hourly(items: list[dict], lo: datetime, hi: datetime) -> list[dict]:
+def hourly(groups: list[Group], lo: datetime, hi: datetime) -> list[dict]:
     """Volume, rotten, uncertain and unknown counts per UTC hour (every hour, empty ones too)."""
     series: dict[str, dict[str, Any]] = {h: {"hour": h + ":00Z", "items": 0, **dict.fromkeys(HOURLY, 0)}
                                          for h in _hours(lo, hi)}
-    for item in items:
-        slot = series.get(item["received_at"][:13])
+    for g in groups:
+        slot = series.get(g.hour)
         if slot is not None:
-            slot["items"] += 1
-            if item["verdict"] in HOURLY:
-                slot[item["verdict"]] += 1
+            slot["items"] += g.n
+            if g.verdict in HOURLY:
+                slot[g.verdict] += g.n
     return list(series.values())
 
 
@@ -237,13 +280,12 @@ def rates(verdicts: dict[str, int], n: int) -> dict[str, float | None]:
     return out
 
 
-def histograms(items: list[dict]) -> dict[str, list[int]]:
-    """Confidence counts per verdict in ten bins of 0.1 (1.0 falls in the last)."""
+def histograms(groups: list[Group]) -> dict[str, list[int]]:
+    """Confidence counts per verdict in ten bins of 0.1 (1.0 falls in the last; no confidence, the first)."""
     out: dict[str, list[int]] = {}
-    for item in items:
-        conf = float(item["confidence"] or 0.0)
-        bins = out.setdefault(item["verdict"], [0] * 10)
-        bins[min(int(conf * 10), 9)] += 1
+    for g in groups:
+        bins = out.setdefault(str(g.verdict), [0] * 10)
+        bins[(g.bin or 0) * 10 // item_counts.BINS] += g.n
     return out
 
 
@@ -430,12 +472,6 @@ class ReportOptions:
     min_audited: int = 20
 
 
-def _items(conn: sqlite3.Connection, start: str, end: str) -> list[dict]:
-    return [dict(r) for r in conn.execute(
-        "SELECT id, sha256, label, confidence, verdict, model_id, model_sha256, error, duplicate_of, state, "
-        "received_at, destination FROM items WHERE received_at >= ? AND received_at < ? ORDER BY id", [start, end])]
-
-
 def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
     """A read-only reader may meet a database from before the migration that added `column`."""
     return any(r[1] == column for r in conn.execute(f"PRAGMA table_info({table})"))
@@ -443,21 +479,22 @@ def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
 
 def _audited(conn: sqlite3.Connection, start: str, end: str) -> list[dict]:
     """Each audited, classified item in the window with its latest audit, and `p`, its recorded chance
-    of having been audited (`weighting.combined_p`; None without a recorded draw)."""
-    if not store.has_table(conn, "audits"):
+    of having been audited (`weighting.combined_p`; None without a recorded draw). Found from the audits'
+    item_id index over the window's id range (`store.window_ids`), so a day of unaudited rows is never read."""
+    ids = store.window_ids(conn, start, end)
+    if not store.has_table(conn, "audits") or ids is None:
         return []
     keep = "i.keep_p" if _has_column(conn, "items", "keep_p") else "NULL AS keep_p"
     sql = ("SELECT i.id, i.sha256, i.label, i.confidence, i.verdict, i.destination, i.model_id, i.model_sha256, "
-           f"i.received_at, {keep}, a.true_label, a.auditor "
-           "FROM items i JOIN audits a ON a.item_id = i.id WHERE i.received_at >= ? AND i.received_at < ? "
+           f"i.received_at, {keep}, a.true_label, a.auditor FROM audits a CROSS JOIN items i ON i.id = a.item_id "
+           "WHERE a.item_id BETWEEN ? AND ? AND i.received_at >= ? AND i.received_at < ? "
            "AND i.label IS NOT NULL AND i.duplicate_of IS NULL AND a.id = (SELECT b.id FROM audits b "
            "WHERE b.item_id = i.id ORDER BY b.audited_at DESC, b.id DESC LIMIT 1) ORDER BY i.id")
-    rows = [dict(r) for r in conn.execute(sql, [start, end])]
+    rows = [dict(r) for r in conn.execute(sql, [*ids, start, end])]
     shares: dict[int, list[float]] = {}
-    if store.has_table(conn, "audit_draws"):
-        for item_id, share in conn.execute("SELECT d.item_id, d.share FROM audit_draws d JOIN items i ON "
-                                           "i.id = d.item_id WHERE i.received_at >= ? AND i.received_at < ?",
-                                           [start, end]):
+    if store.has_table(conn, "audit_draws") and rows:
+        for item_id, share in conn.execute("SELECT d.item_id, d.share FROM audit_draws d WHERE d.item_id IN "
+                                           "(SELECT a.item_id FROM audits a WHERE a.item_id BETWEEN ? AND ?)", ids):
             shares.setdefault(item_id, []).append(share)
     for row in rows:
         row["p"] = combined_p(row.pop("keep_p"), shares.get(row["id"], []))
@@ -469,58 +506,55 @@ def ranked(counts: dict[str, int]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def _count(values: list) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[str(v)] = out.get(str(v), 0) + 1
-    return ranked(out)
-
-
 def build_report(db_path: Path | str, lo: datetime, hi: datetime, card: ModelCard | None = None,
                  previous: dict | None = None, options: ReportOptions | None = None) -> dict[str, Any]:
-    """Every figure of `report.json`, read through one read-only snapshot of the database."""
+    """Every figure of `report.json`, read through one read-only snapshot of the database: counts from
+    the per-hour counters and the partial hours' rows grouped in SQL (sorter.item_counts), audits row by
+    row (a small share), so the cost and the memory are the same for a quiet hour and a busy month."""
     opts = options or ReportOptions()
     start, end = iso_utc(lo), iso_utc(hi)
     conn = store.open_reader(db_path)
     try:
         conn.execute("BEGIN")  # one snapshot: counts and audits agree even while the daemon writes
-        items = _items(conn, start, end)
+        groups = [g for g in item_counts.window_groups(conn, lo, hi) if g.n]
+        classified = [g for g in groups if g.classified]
+        spans = version_spans(conn, classified, lo, hi)
         audited = _audited(conn, start, end)
         cameras = camera_figures(conn, lo, hi) if store.has_table(conn, "camera_events") else {}
         conn.execute("COMMIT")
     finally:
         conn.close()
-    firsts = [i for i in items if i["duplicate_of"] is None]
-    classified = [i for i in firsts if i["label"] is not None and i["verdict"] is not None]
-    seen = sorted({i["label"] for i in classified} | {a["true_label"] for a in audited})
+    firsts = [g for g in groups if not g.dup]
+    seen = sorted({str(g.label) for g in classified} | {a["true_label"] for a in audited})
     labels = label_order(card.labels if card else None, seen)
     rotten = rotten_of(labels, card.rotten_labels if card else None)
-    verdicts = _count([i["verdict"] for i in classified])
-    n, hours = len(classified), (hi - lo).total_seconds() / 3600
+    verdicts = item_counts.tally((g.verdict, g.n) for g in classified)
+    n, hours = sum(verdicts.values()), (hi - lo).total_seconds() / 3600
     audit = {**audit_figures(audited, labels, rotten),
              "weighted": {**weighted_figures(audited, labels, rotten), "groups": weight_groups(audited)}}
     audit["accuracy_used"] = "weighted" if uses_weighted(audit) else "unweighted"
     series = hourly(classified, lo, hi)
     rated = rates(verdicts, n)
     card_base = card_baseline(card)  # also in `model`: a fleet merge compares with the figure each line did
+    received = sum(g.n for g in groups)
     return {
         "format": FORMAT, "generated_at": store.now_iso(), "db": str(db_path),
         "window": {"from": start, "to": end, "hours": rounded(hours)},
         "model": {"name": card.name, "labels": card.labels, "rotten_labels": card.rotten_labels,
                   "card_accuracy": card.score.accuracy, "card_baseline": card_base} if card else None,
-        "items": {"received": len(items), "classified": n, "duplicates": len(items) - len(firsts),
-                  "errors": sum(1 for i in firsts if i["error"]),
-                  "dry_run": sum(1 for i in firsts if i["state"] == ItemState.DRY_RUN)},
-        "by_label": _count([i["label"] for i in classified]),
+        "items": {"received": received, "classified": n, "duplicates": received - sum(g.n for g in firsts),
+                  "errors": sum(g.n for g in firsts if g.reason),
+                  "dry_run": sum(g.n for g in firsts if g.state == ItemState.DRY_RUN)},
+        "by_label": item_counts.tally((g.label, g.n) for g in classified),
         "by_verdict": verdicts,
-        "by_model": _count([i["model_id"] for i in classified]),
-        "by_model_version": by_model_version(classified, audited, rotten),
+        "by_model": item_counts.tally((g.model_id, g.n) for g in classified),
+        "by_model_version": by_model_version(classified, audited, rotten, spans),
         "model_by_day": model_by_day(classified, audited, rotten),
         **rated,
         "throughput": {"per_hour": rounded(n / hours), "peak_per_hour": max((s["items"] for s in series), default=0),
                        "hourly": series},
         "confidence_histogram": {"bins": BINS, "by_verdict": histograms(classified)},
-        "errors_by_reason": _count([reason(i["error"]) for i in firsts if i["error"]]),
+        "errors_by_reason": item_counts.tally((g.reason, g.n) for g in firsts if g.reason),
         "camera": cameras,
         "audit": audit,
         "drift": drift(audit, rated, card_base, previous, opts.margin, opts.min_audited),

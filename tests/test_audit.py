@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sorter import store
-from sorter.audit import allocate, draw, import_csv, import_folder, sample
+from sorter import sampling, store
+from sorter.audit import import_csv, import_folder, sample
 from sorter.card import ModelCard, write_card
 from sorter.cli import app
+from sorter.sampling import allocate, stratum_weight
 from tests.conftest import write_colour_jpeg
 
 runner = CliRunner()
@@ -147,10 +148,39 @@ def test_allocate_weights_caps_and_minimum_one():
     assert allocate({"fresh": 3, "rotten": 1}, {}, 50) == {"fresh": 3, "rotten": 1}  # fewer than asked
 
 
-def test_draw_prefers_low_confidence_within_a_stratum():
-    rows = [{"id": i, "verdict": "fresh", "confidence": 0.55 if i % 2 else 0.99} for i in range(200)]
-    low = sum(r["confidence"] == 0.55 for seed in range(10) for r in draw(rows, 20, seed))
-    assert low == 10 * 13  # strata 0.5-0.8 and >=0.95 weighted 100×1.0 : 100×0.55: 13 of 20; 10 if unweighted
+def test_allocation_prefers_low_confidence_within_a_verdict():
+    sizes = {"fresh:0.5-0.8": 100, "fresh:>=0.95": 100}
+    # weighted 100×1.0 : 100×0.55: 13 of 20; 10 each if unweighted
+    assert allocate(sizes, {k: stratum_weight(k) for k in sizes}, 20) == {"fresh:0.5-0.8": 13, "fresh:>=0.95": 7}
+
+
+def test_each_item_of_a_stratum_is_drawn_equally_often_over_seeds(tmp_path):
+    """The draw happens in SQL by a seeded rank: over many seeds every item of a stratum comes up about
+    quota/size of the time (a rank that followed the id would favour the first or the last items)."""
+    db, _ = _items(tmp_path, [("freshred", "fresh", 0.97)] * 40)
+    conn = store.open_reader(db)
+    counts = dict.fromkeys(range(1, 41), 0)
+    for seed in range(400):
+        picked, candidates = sampling.draw(conn, "2026-01-10", "2026-01-11", 4, seed)
+        assert candidates == 40 and len(picked) == 4 and {r["share"] for r in picked} == {0.1}
+        for row in picked:
+            counts[row["id"]] += 1
+    conn.close()
+    assert min(counts.values()) >= 20 and max(counts.values()) <= 65  # 40 expected; ±3.9 sd
+    first_half = sum(n for i, n in counts.items() if i <= 20)
+    assert 720 <= first_half <= 880  # 800 expected
+
+
+def test_a_drawn_item_whose_image_has_gone_is_passed_over_and_the_share_says_so(tmp_path):
+    db, items = _items(tmp_path, [("freshred", "fresh", 0.97)] * 40)
+    for row in items[::2]:  # retention took every other image
+        Path(row["destination"]).unlink()
+    conn = store.open_reader(db)
+    picked, candidates = sampling.draw(conn, "2026-01-10", "2026-01-11", 30, seed=3)
+    conn.close()
+    assert candidates == 40 and len(picked) == 20  # every image that is left, no more
+    assert all(Path(r["destination"]).is_file() for r in picked)
+    assert {r["share"] for r in picked} == {1.0}  # all 20 of the 20 with an image: p = 1, not 20/40
 
 
 def test_sample_copies_files_writes_manifest_and_round_trips(tmp_path):

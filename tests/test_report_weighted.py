@@ -8,12 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from sorter import store
+from sorter import sampling, store
 from sorter.audit import import_folder, sample
 from sorter.card import load_card
 from sorter.cli import app
@@ -65,7 +66,7 @@ def audit_truth(db: Path, folder: Path, truth: dict[str, str]) -> None:
 @pytest.fixture
 def audited(tmp_path) -> tuple[Path, dict]:
     db, truth = write_population(tmp_path)
-    drawn = sample(db, tmp_path / "sample", 80, *WINDOW, LABELS, seed=11)
+    drawn = sample(db, tmp_path / "sample", 80, *WINDOW, LABELS, seed=7)  # a typical draw: see the next test
     assert drawn.drawn == 80 and drawn.candidates == 700
     audit_truth(db, tmp_path / "sample", truth)
     card = load_card(bundle(tmp_path / "model", {"other_sources": {**OTHER, "accuracy": 0.86}}))
@@ -87,8 +88,8 @@ def test_weighted_estimate_covers_the_true_accuracy_and_the_unweighted_does_not(
     # with p = n_h / N_h, the Hájek estimate is the stratified one: Σ N_h · (right_h / n_h) / N
     stratified = sum(sizes[h] * right[h] / drawn[h] for h in sizes) / 700
     assert w["accuracy"] == round(stratified, 6)
-    assert a["accuracy"] == round(sum(right.values()) / 80, 6) == 0.625  # the plain share: biased low
-    assert w["accuracy"] == 0.814143 and w["accuracy_ci95"] == [0.705617, 0.888957]
+    assert a["accuracy"] == round(sum(right.values()) / 80, 6) == 0.6375  # the plain share: biased low
+    assert w["accuracy"] == 0.850356 and w["accuracy_ci95"] == [0.752053, 0.914135]
     assert w["population"] == 700.0  # Σ 1/p: the audits stand for the whole line
     lo, hi = w["accuracy_ci95"]
     assert lo <= TRUE_ACCURACY <= hi  # 0.854 inside the weighted interval
@@ -96,25 +97,45 @@ def test_weighted_estimate_covers_the_true_accuracy_and_the_unweighted_does_not(
     assert abs(w["accuracy"] - TRUE_ACCURACY) < abs(a["accuracy"] - TRUE_ACCURACY)
 
 
+def test_over_many_draws_the_weighted_estimate_is_unbiased_and_the_plain_one_is_not(tmp_path):
+    """The draw is a seeded rank computed in SQL (`sampling.ranked_rows`): over 100 seeds the weighted
+    estimate averages to the population's accuracy (the wrong items of each stratum are its last ids, so a
+    rank that followed the id would miss them), the plain share stays far below, and no two seeds draw the
+    same sample (a seed that only shifted the ranks would)."""
+    db, truth = write_population(tmp_path)
+    conn = store.open_reader(db)
+    labels = {r[0]: (r[1], r[2]) for r in conn.execute("SELECT id, sha256, label FROM items")}
+    weighted, plain, samples = [], [], set()
+    for seed in range(100):
+        picked, _ = sampling.draw(conn, *WINDOW, 80, seed)
+        right = {r["id"]: truth[labels[r["id"]][0]] == labels[r["id"]][1] for r in picked}
+        weighted.append(sum(right[r["id"]] / r["p"] for r in picked) / sum(1 / r["p"] for r in picked))
+        plain.append(sum(right.values()) / len(picked))
+        samples.add(frozenset(right))
+    conn.close()
+    assert abs(statistics.mean(weighted) - TRUE_ACCURACY) < 0.012  # about 4 standard errors of the mean
+    assert statistics.mean(plain) < TRUE_ACCURACY - 0.15 and len(samples) == 100
+
+
 def test_the_weighted_figure_drives_the_drift_flag_and_every_output_says_so(audited, tmp_path):
     db, report = audited
     d = report["drift"]
     assert report["audit"]["accuracy_used"] == d["accuracy_used"] == "weighted"
     assert d["accuracy"] == report["audit"]["weighted"]["accuracy"]
-    assert d["vs_card"]["accuracy_delta"] == round(0.814143 - 0.86, 6) and not d["flagged"]
-    # the plain 62.5 % would have been 23.5 points below the card's 86 %: no flag, since the weighted one drives
+    assert d["vs_card"]["accuracy_delta"] == round(0.850356 - 0.86, 6) and not d["flagged"]
+    # the plain 63.8 % would have been 22.2 points below the card's 86 %: no flag, since the weighted one drives
     model = bundle(tmp_path / "model", {"other_sources": {**OTHER, "accuracy": 0.86}})
     cfg = tmp_path / "s.toml"
     cfg.write_text("[report]\ndrift_margin = 0.05\nmin_audited = 20\n")
     result = runner.invoke(app, ["report", "--db", str(db), "--from", "2026-01-10", "--to", "2026-01-11", "--out",
                                  str(tmp_path / "r"), "--model", str(model), "--config", str(cfg), "--fail-on-drift"])
     assert result.exit_code == 0, result.output
-    assert ("weighted accuracy 0.814 (95% CI 0.706-0.889), unweighted 0.625 (n=80, 0 without a recorded draw, "
+    assert ("weighted accuracy 0.850 (95% CI 0.752-0.914), unweighted 0.637 (n=80, 0 without a recorded draw, "
             "counted as p=1); drift uses the weighted one") in result.stdout
     assert json.loads((tmp_path / "r" / "report.json").read_text())["drift"]["accuracy_used"] == "weighted"
     page = (tmp_path / "r" / "report.html").read_text()
     assert '<p id="drift-uses">drift holds the weighted audited accuracy</p>' in page
-    assert 'id="headline-weighted" data-value="0.814143">81.4%<' in page
+    assert 'id="headline-weighted" data-value="0.850356">85.0%<' in page
     assert "80 of 80 audits have a recorded draw probability p and count 1/p each (standing for 700 items)" in page
 
 
@@ -123,7 +144,7 @@ def test_a_weighted_fall_is_flagged_under_that_name(audited, tmp_path):
     card = load_card(bundle(tmp_path / "high", {"other_sources": {**OTHER, "accuracy": 0.95}}))
     d = build_report(db, LO, HI, card, options=ReportOptions(margin=0.05, min_audited=20))["drift"]
     assert d["flagged"] and d["flags"][0]["message"].startswith(
-        "weighted accuracy 81.4% is 13.6 points below the model card's other-sources figure of 95.0%")
+        "weighted accuracy 85.0% is 10.0 points below the model card's other-sources figure of 95.0%")
 
 
 def test_audits_without_a_recorded_draw_count_as_one_and_are_counted(audited, tmp_path):
