@@ -12,6 +12,7 @@ building: this measures the database that results, not the daemon's write path).
     sorter db stats                                  seconds, peak RSS of the command
     sorter report --since 24h --no-publish           seconds, peak RSS
     sorter audit sample --n 50 --since 24h           seconds, peak RSS
+    the watch daemon's writes (3,000 items)          writer-thread CPU per item, against an empty database
 
 and the file's bytes per row, split over the items table, each of its indexes and the rest (SQLite's
 `dbstat`). One table at the end, sizes side by side; the figures issue 18 sets targets for.
@@ -38,7 +39,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from sorter import store  # noqa: E402
 
-SORTER = Path(sys.executable).parent / "sorter"
 LABELS = ["freshapples", "freshbanana", "freshoranges", "rottenapples", "rottenbanana", "rottenoranges"]
 VERDICTS = [("fresh", 0.60), ("rotten", 0.25), ("uncertain", 0.12), ("unknown", 0.03)]
 PER_DAY = 576_000  # 10 items/s for 16 h
@@ -87,9 +87,9 @@ def _row(i: int, n: int, end: datetime, rng: random.Random, per_day: int, out: P
             "fruit-lite1-int8", MODEL_SHA, "watch", stamp, routed, "done", round(rng.uniform(-2, 9), 4))
 
 
-INSERT = ("INSERT INTO items (sha256, source_path, destination, label, confidence, verdict, scores, model_id, "
-          "model_sha256, source, received_at, routed_at, state, ood_score) "
-          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+INSERT_COLUMNS = ("sha256", "source_path", "destination", "label", "confidence", "verdict", "scores", "model_id",
+                  "model_sha256", "source", "received_at", "routed_at", "state", "ood_score")
+INSERT = f"INSERT INTO items ({', '.join(INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(INSERT_COLUMNS))})"
 
 
 def build(path: Path, n: int, out: Path, per_day: int = PER_DAY, seed: int = 0) -> float:
@@ -132,14 +132,14 @@ def bytes_per_row(path: Path) -> dict[str, float]:
     return out
 
 
-OLD_CLI = "import sys; from sorter.cli import app; sys.argv[0] = 'sorter'; app()"
+CLI = "import sys; from sorter.cli import app; sys.argv[0] = 'sorter'; app()"
 
 
 def timed(args: list[str], cwd: Path, code: Path | None = None) -> tuple[float, float]:
-    """Seconds and peak RSS (MB) of one `sorter ARGS` run (the child's own, from wait4); with `code`, the
-    sorter package of that checkout (PYTHONPATH) runs it."""
-    command = [sys.executable, "-c", OLD_CLI, *args] if code else [str(SORTER), *args]
-    env = {**os.environ, "PYTHONPATH": str(code)} if code else None
+    """Seconds and peak RSS (MB) of one `sorter ARGS` run (the child's own, from wait4), by this checkout's
+    sorter package or, with `code`, that checkout's (PYTHONPATH)."""
+    command = [sys.executable, "-c", CLI, *args]
+    env = {**os.environ, "PYTHONPATH": str(code or ROOT)}  # this checkout's code, whatever is installed
     started = time.perf_counter()
     proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -170,6 +170,33 @@ def operations(db: Path, work: Path, old: Path | None) -> dict[str, dict[str, li
 
 
 RUNS = 3
+WRITES = 3000  # items the writer benchmark writes, in batches as `sorter watch` makes them
+BATCH = 16
+
+
+def writer_cpu(path: Path, out: Path, seed: int = 1) -> float:
+    """Milliseconds of writer-thread CPU per item for `sorter watch`'s write path (`store.write_intents`
+    then `store.mark_done`, batches of BATCH, synchronous=FULL as the daemon runs) on this database: the
+    CPU, not the wall time, so the disk's fsync latency does not hide what the indexes cost."""
+    rng = random.Random(seed)
+    db = store.open_writer(path)
+    try:
+        spent = 0.0
+        for start in range(0, WRITES, BATCH):
+            now = datetime.now(UTC)
+            rows = []
+            for i in range(start, start + BATCH):
+                values = dict(zip(INSERT_COLUMNS, _row(i, 1, now, rng, PER_DAY, out), strict=True))
+                values.update(sha256=hashlib.sha256(rng.randbytes(16)).hexdigest(), state="intent", routed_at=None,
+                              scores=json.loads(values["scores"]))
+                rows.append(values)
+            began = time.thread_time()
+            ids = store.write_intents(db, rows)
+            store.mark_done(db, [{"id": i, "state": "done", "routed_at": store.now_iso()} for i in ids])
+            spent += time.thread_time() - began
+    finally:
+        db.close()
+    return spent / WRITES * 1000
 
 
 def main() -> None:
@@ -193,12 +220,13 @@ def main() -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), args.against], check=True,
                        capture_output=True)
     images = make_images(work / "sorted")
+    empty = writer_cpu(work / "empty.db", images)
     try:
         for n in sizes:
             db = work / f"items-{n}.db"
             db.unlink(missing_ok=True)
             built = build(db, n, images, args.per_day)
-            results[n] = (built, bytes_per_row(db), operations(db, work, old))
+            results[n] = (built, bytes_per_row(db), operations(db, work, old), writer_cpu(db, images))
             if not args.keep:
                 db.unlink()
     finally:
@@ -206,10 +234,10 @@ def main() -> None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], check=False)
         if not args.keep and args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    print_table(sizes, results, args.per_day)
+    print_table(sizes, results, args.per_day, empty)
 
 
-def print_table(sizes: list[int], results: dict, per_day: int) -> None:
+def print_table(sizes: list[int], results: dict, per_day: int, empty: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -228,6 +256,8 @@ def print_table(sizes: list[int], results: dict, per_day: int) -> None:
                                                    f"({min(s for s, _ in runs[n]):.2f}-"
                                                    f"{max(s for s, _ in runs[n]):.2f})" for n in sizes))
             table.add_row(f"{op}{tag}: peak RSS MB", *(f"{max(m for _, m in runs[n]):.0f}" for n in sizes))
+    table.add_row(f"writer CPU ms/item (empty database: {empty:.3f})", *(f"{results[n][3]:.3f} "
+                                                                      f"(×{results[n][3] / empty:.2f})" for n in sizes))
     table.add_row("build seconds (not a target)", *(f"{results[n][0]:.0f}" for n in sizes))
     Console(width=200).print(table)
 
