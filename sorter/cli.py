@@ -369,7 +369,8 @@ def db_prune(ctx: typer.Context, db: Path | None = DbOpt,
                                                         "and snapshots."),
              dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be deleted."),
              config: Path | None = ConfigOpt) -> None:
-    """Delete old finished rows (and camera events, snapshots) in small batches, then VACUUM."""
+    """Delete old finished rows (and camera events, snapshots) in small batches, then give the free pages back
+    to the disk in incremental-vacuum steps (a daemon writing alongside waits one batch at most)."""
     from datetime import timedelta
 
     from sorter.store import apply_retention, parse_age, prune
@@ -392,6 +393,27 @@ def db_prune(ctx: typer.Context, db: Path | None = DbOpt,
     verb = "would delete" if dry_run else "deleted"
     typer.echo(f"{verb} {result.matched if dry_run else result.deleted} rows"
                + (" and vacuumed" if result.vacuumed else ""))
+
+
+@db_app.command("vacuum")
+def db_vacuum(ctx: typer.Context, db: Path | None = DbOpt, config: Path | None = ConfigOpt) -> None:
+    """Rewrite the database file once (VACUUM), making it incremental: from then on retention returns free
+    pages to the disk in short steps while the daemon writes. Locks the database while it runs (minutes for
+    gigabytes): a database made by this version is incremental already."""
+    import time
+
+    from sorter.store import full_vacuum
+
+    try:
+        path = db or command_settings(ctx, config).db
+        if not Path(path).exists():
+            raise FileNotFoundError(f"database {path} not found")
+        began = time.monotonic()
+        before, after = full_vacuum(path)
+    except (ValueError, FileNotFoundError, sqlite3.Error) as exc:
+        fail(str(exc))
+    typer.echo(f"vacuumed {path}: {before / 1e6:.1f} MB → {after / 1e6:.1f} MB in {time.monotonic() - began:.1f} s; "
+               "retention now returns free pages incrementally")
 
 
 audit_app = typer.Typer(help="Record operator audits (ground truth) and draw samples to check.",

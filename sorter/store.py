@@ -12,6 +12,7 @@ import json
 import queue
 import re
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -213,6 +214,8 @@ def open_writer(path: Path | str) -> Database:
                            isolation_level=None)
     db = Database(conn)
     db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    if not db.table_names():  # only a new file can choose: an existing one changes mode by a full VACUUM
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
     db.enable_wal()
     db.execute("PRAGMA synchronous=FULL")  # two commits per batch: affordable, and power-loss safe
     backup_before_migrating(db, Path(path))
@@ -481,12 +484,17 @@ class PruneResult:
     vacuumed: bool
 
 
+PAUSE_S = 0.05  # between two retention transactions: a waiting writer's busy handler gets its turn
+VACUUM_STEP_PAGES = 512  # pages one incremental-vacuum transaction returns to the disk (2 MB at 4 KiB)
+
+
 def prune(path: Path | str, older_than: timedelta, dry_run: bool = False,
           batch_size: int = 1000, vacuum_ratio: float | None = None) -> PruneResult:
-    """Delete finished rows received before now - older_than in small transactions, then VACUUM.
+    """Delete finished rows received before now - older_than in small transactions, then return the free
+    pages to the disk (`vacuum_if_worthwhile`).
 
-    Small batches keep each write lock short so a running daemon is never starved;
-    unfinished (`intent`/`held`) rows are kept, recovery still needs them.
+    Small batches with a pause between keep each write lock short, so a running daemon is never starved:
+    its commits wait one batch at most. Unfinished (`intent`/`held`) rows are kept, recovery still needs them.
     """
     cutoff = (datetime.now(UTC) - older_than).isoformat(timespec="milliseconds")
     where = "received_at < ? AND state IN ('done', 'dry-run')"
@@ -510,6 +518,7 @@ def prune(path: Path | str, older_than: timedelta, dry_run: bool = False,
             if not ids:
                 break
             deleted += len(ids)
+            time.sleep(PAUSE_S)
         vacuumed = vacuum_if_worthwhile(db, vacuum_ratio)
     finally:
         db.close()
@@ -521,11 +530,34 @@ def freelist_ratio(db: Database) -> float:
     return db.execute("PRAGMA freelist_count").fetchone()[0] / pages if pages else 0.0
 
 
+def incremental(db: Database) -> bool:
+    """Whether the file returns free pages in steps (`auto_vacuum = INCREMENTAL`, every database this
+    version created) rather than by a full VACUUM, which rewrites the file under one lock."""
+    return db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+
+
 def vacuum_if_worthwhile(db: Database, ratio: float | None = None) -> bool:
-    """VACUUM rewrites the whole file: only when free pages exceed `ratio` (None = always)."""
+    """Return free pages to the disk when they exceed `ratio` of the file (None = always).
+
+    Incremental files: VACUUM_STEP_PAGES at a time, each step its own short transaction with a pause
+    after it, then a WAL checkpoint so the file itself shrinks; a writer alongside waits one step at most.
+    A file from before incremental vacuum gets one last full VACUUM that also switches it to incremental
+    (it locks the database while it rewrites it: `sorter db vacuum` does it at a time of your choosing)."""
     if ratio is not None and freelist_ratio(db) <= ratio:
         return False
-    db.execute("VACUUM")
+    if not incremental(db):
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        db.execute("VACUUM")
+        return True
+    free = db.execute("PRAGMA freelist_count").fetchone()[0]
+    while free:
+        # executescript steps the pragma to its end: execute() frees one page and stops (Python's sqlite3)
+        db.conn.executescript(f"PRAGMA incremental_vacuum({VACUUM_STEP_PAGES});")
+        time.sleep(PAUSE_S)
+        free, before = db.execute("PRAGMA freelist_count").fetchone()[0], free
+        if free >= before:  # nothing more it can give back (never seen: a guard against looping)
+            break
+    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
     return True
 
 
@@ -552,6 +584,7 @@ def prune_camera_events(path: Path | str, older_than: timedelta, dry_run: bool =
             if not cur.rowcount:
                 return deleted
             deleted += cur.rowcount
+            time.sleep(PAUSE_S)
     finally:
         db.close()
 
@@ -571,6 +604,21 @@ def prune_files(folder: Path | str, older_than: timedelta, pattern: str = "*/*.j
             if day.is_dir() and not any(day.iterdir()):
                 day.rmdir()
     return len(doomed)
+
+
+def full_vacuum(path: Path | str) -> tuple[int, int]:
+    """`sorter db vacuum`: rewrite the whole file (VACUUM) and make it incremental, so retention returns free
+    pages in short steps from then on. It locks the database while it runs: the file's size in bytes
+    before and after."""
+    before = Path(path).stat().st_size if Path(path).exists() else 0
+    db = open_writer(path)
+    try:
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        db.execute("VACUUM")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    finally:
+        db.close()
+    return before, Path(path).stat().st_size
 
 
 @dataclass
