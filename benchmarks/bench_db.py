@@ -13,6 +13,7 @@ building: this measures the database that results, not the daemon's write path).
     sorter report --since 24h --no-publish           seconds, peak RSS
     sorter audit sample --n 50 --since 24h           seconds, peak RSS
     the watch daemon's writes (3,000 items)          writer-thread CPU per item, against an empty database
+    --prune-days D: db prune of the oldest D days    seconds, the writer's longest commit gap, file size after
 
 and the file's bytes per row, split over the items table, each of its indexes and the rest (SQLite's
 `dbstat`). One table at the end, sizes side by side; the figures issue 18 sets targets for.
@@ -199,6 +200,45 @@ def writer_cpu(path: Path, out: Path, seed: int = 1) -> float:
     return spent / WRITES * 1000
 
 
+def prune_beside_writer(path: Path, days: float, per_day: int) -> dict[str, float]:
+    """`sorter db prune` of the oldest `days` of rows (store.apply_retention: batches, pauses, incremental
+    vacuum) while a thread writes as `sorter watch` does, one item every 2 ms through the store's functions:
+    seconds, rows deleted, the writer's longest and 99th-percentile gap between commits, file MB after."""
+    import threading
+
+    conn = sqlite3.connect(path)
+    first = conn.execute("SELECT MIN(received_at) FROM items").fetchone()[0]
+    conn.close()
+    age = datetime.now(UTC) - datetime.fromisoformat(first) - timedelta(days=days)
+    commits: list[float] = []
+    stop = threading.Event()
+
+    def daemon() -> None:
+        db = store.open_writer(path)
+        rng = random.Random(7)
+        while not stop.is_set():
+            values = dict(zip(INSERT_COLUMNS, _row(0, 1, datetime.now(UTC), rng, per_day, path.parent), strict=True))
+            values.update(sha256=hashlib.sha256(rng.randbytes(16)).hexdigest(), state="intent", routed_at=None)
+            ids = store.write_intents(db, [values])
+            store.mark_done(db, [{"id": ids[0], "state": "done", "routed_at": store.now_iso()}])
+            commits.append(time.monotonic())
+            time.sleep(0.002)
+        db.close()
+
+    writer = threading.Thread(target=daemon)
+    writer.start()
+    time.sleep(0.5)
+    began = time.monotonic()
+    result = store.apply_retention(path, age, timedelta(days=3650), timedelta(days=3650), None)
+    ended = time.monotonic()
+    stop.set()
+    writer.join()
+    during = [t for t in commits if began <= t <= ended]
+    gaps = sorted(b - a for a, b in zip([began, *during], [*during, ended], strict=True))
+    return {"seconds": ended - began, "deleted": result.items, "max_gap_ms": gaps[-1] * 1000,
+            "p99_gap_ms": gaps[int(len(gaps) * 0.99)] * 1000, "mb_after": path.stat().st_size / 1e6}
+
+
 def main() -> None:
     global RUNS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -207,6 +247,8 @@ def main() -> None:
     parser.add_argument("--per-day", type=int, default=PER_DAY, help="Items a day (the last 24 h hold this many).")
     parser.add_argument("--work", type=Path, default=None, help="Where the databases go (big: ~800 B a row).")
     parser.add_argument("--keep", action="store_true", help="Keep the databases.")
+    parser.add_argument("--prune-days", type=float, default=0,
+                        help="Also prune the oldest DAYS of each database while a writer commits alongside.")
     parser.add_argument("--against", metavar="REV", help="Also run this git revision's commands on each database "
                                                           "(a worktree): old beside new.")
     args = parser.parse_args()
@@ -226,7 +268,8 @@ def main() -> None:
             db = work / f"items-{n}.db"
             db.unlink(missing_ok=True)
             built = build(db, n, images, args.per_day)
-            results[n] = (built, bytes_per_row(db), operations(db, work, old), writer_cpu(db, images))
+            results[n] = (built, bytes_per_row(db), operations(db, work, old), writer_cpu(db, images),
+                          prune_beside_writer(db, args.prune_days, args.per_day) if args.prune_days else None)
             if not args.keep:
                 db.unlink()
     finally:
@@ -258,6 +301,12 @@ def print_table(sizes: list[int], results: dict, per_day: int, empty: float) -> 
             table.add_row(f"{op}{tag}: peak RSS MB", *(f"{max(m for _, m in runs[n]):.0f}" for n in sizes))
     table.add_row(f"writer CPU ms/item (empty database: {empty:.3f})", *(f"{results[n][3]:.3f} "
                                                                       f"(×{results[n][3] / empty:.2f})" for n in sizes))
+    if results[sizes[0]][4]:
+        table.add_row(f"prune oldest {results[sizes[0]][4]['deleted']:,} rows beside a writer: seconds",
+                      *(f"{results[n][4]['seconds']:.0f}" for n in sizes))
+        table.add_row("… writer's longest / p99 gap between commits, ms",
+                      *(f"{results[n][4]['max_gap_ms']:.0f} / {results[n][4]['p99_gap_ms']:.0f}" for n in sizes))
+        table.add_row("… file MB after", *(f"{results[n][4]['mb_after']:.0f}" for n in sizes))
     table.add_row("build seconds (not a target)", *(f"{results[n][0]:.0f}" for n in sizes))
     Console(width=200).print(table)
 
