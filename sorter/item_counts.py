@@ -3,9 +3,9 @@
 Why triggers: every writer (watch, camera, `audit`, a hand-typed UPDATE, retention) changes `items` in
 its own transaction, and an AFTER trigger updates the counters inside that same transaction, so the
 counters can never disagree with the rows, whoever wrote them. One counter row per (UTC hour, model,
-verdict, label, confidence bin, duplicate or not, error reason, state); `n` items have that key. A
-day holds a few hundred keys against 576,000 rows, so a report over any window reads the counters of
-its whole hours and only its two partial hours' rows (`window_groups`).
+verdict, label, confidence bin, duplicate or not, error reason, state, image kept or not); `n` items have
+that key. A day holds a few hundred keys against 576,000 rows, so a report over any window reads the
+counters of its whole hours and only its two partial hours' rows (`window_groups`).
 
 NULLs are stored as '' (text) and -1 (bin): a UNIQUE key treats NULLs as distinct, which would break the
 upsert; `Group` gives them back as None.

@@ -3,10 +3,10 @@
 Stratified by verdict × confidence band (uncertain and low-confidence items are drawn more, with
 `stratum_weight`), a simple random sample within each stratum, so an item's chance of being drawn is its
 stratum's drawn/available share (recorded in `audit_draws`, weighted 1/p by the report). Why in SQL: a
-day at 10 items/s is 576,000 rows, and loading them to pick fifty cost 460 MB; here one GROUP BY counts
-the strata, and one indexed pass returns only a few rows per stratum: those whose seeded pseudo-random
-rank falls under the stratum's threshold. The `quota` smallest ranks of a stratum are a uniform random
-subset of it; only the items drawn have their image looked for on disk.
+day at 10 items/s is 576,000 rows, and loading them to pick fifty cost 460 MB; here the per-hour counters
+(sorter.item_counts) give the strata's sizes, and one indexed pass returns only a few rows per stratum:
+those under a seeded coarse filter, with a seeded pseudo-random rank (`ranked_rows`). The `quota` smallest
+ranks of a stratum are a uniform random subset of it; only the items drawn have their image looked for.
 """
 
 from __future__ import annotations
@@ -240,7 +240,8 @@ def draw(conn: sqlite3.Connection, start: str, end: str, n: int, seed: int | Non
     limits = {k: min(1.0, (SPARE * q + EXTRA) / sizes[k]) for k, q in quota.items()}
     found: dict[str, list[dict]] = {k: [] for k in quota}
     for row in _ranked(conn, start, end, limits, seed):
-        found[row["k"]].append(row)
+        if row["k"] in found:  # always (the SQL's limit is -1 for every other stratum)
+            found[row["k"]].append(row)
     picked: list[dict] = []
     for key, q in quota.items():
         drawn = _take(sorted(found[key], key=lambda r: r["r"]), q, audited)
