@@ -518,11 +518,19 @@ def prune(path: Path | str, older_than: timedelta, dry_run: bool = False,
             if not ids:
                 break
             deleted += len(ids)
-            time.sleep(PAUSE_S)
+            _breathe(db)
         vacuumed = vacuum_if_worthwhile(db, vacuum_ratio)
     finally:
         db.close()
     return PruneResult(matched, deleted, vacuumed)
+
+
+def _breathe(db: Database) -> None:
+    """Between two retention transactions: copy what this one wrote from the WAL into the file (a passive
+    checkpoint never blocks a writer), so the daemon's next commit does not find a WAL past the
+    auto-checkpoint size and copy it inside its own commit; then pause, so its busy handler gets a turn."""
+    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    time.sleep(PAUSE_S)
 
 
 def freelist_ratio(db: Database) -> float:
@@ -553,7 +561,7 @@ def vacuum_if_worthwhile(db: Database, ratio: float | None = None) -> bool:
     while free:
         # executescript steps the pragma to its end: execute() frees one page and stops (Python's sqlite3)
         db.conn.executescript(f"PRAGMA incremental_vacuum({VACUUM_STEP_PAGES});")
-        time.sleep(PAUSE_S)
+        _breathe(db)
         free, before = db.execute("PRAGMA freelist_count").fetchone()[0], free
         if free >= before:  # nothing more it can give back (never seen: a guard against looping)
             break
