@@ -150,10 +150,12 @@ def window_groups(conn: sqlite3.Connection, lo: datetime, hi: datetime) -> list[
 
 
 def all_groups(conn: sqlite3.Connection) -> list[Group]:
-    """Every item in the database as groups (`db stats`): the counters, or the rows before m010."""
+    """Every item in the database as groups without their hour (`db stats`), summed in SQL: the counters,
+    or the rows before m010."""
     if not has_counters(conn):
         return list(_scanned(conn, "", "\uffff"))
-    return [_group(r) for r in conn.execute(f"SELECT {_COLUMNS}, n FROM {TABLE} WHERE n != 0")]
+    rest = ", ".join(KEY[1:])
+    return [_group(r) for r in conn.execute(f"SELECT '', {rest}, SUM(n) FROM {TABLE} GROUP BY {rest}")]
 
 
 def has_counters(conn: sqlite3.Connection) -> bool:
