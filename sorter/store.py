@@ -448,7 +448,10 @@ def stats(path: Path | str) -> dict[str, Any]:
     try:
         conn.execute("BEGIN")  # one snapshot: the counts agree with each other while the daemon writes
         groups = item_counts.all_groups(conn)
-        first, last = conn.execute("SELECT MIN(received_at), MAX(received_at) FROM items").fetchone()
+        # two subqueries: SQLite reads one end of the index for a lone MIN or MAX, but both in one
+        # SELECT walk the whole index (4 s at 20 M rows)
+        first, last = conn.execute("SELECT (SELECT MIN(received_at) FROM items), "
+                                   "(SELECT MAX(received_at) FROM items)").fetchone()
         errors = {str(r[0]): r[1] for r in conn.execute(
             "SELECT error, COUNT(*) AS n FROM items WHERE error IS NOT NULL GROUP BY error ORDER BY n DESC")}
         conn.execute("COMMIT")
@@ -497,7 +500,9 @@ def prune(path: Path | str, older_than: timedelta, dry_run: bool = False,
     its commits wait one batch at most. Unfinished (`intent`/`held`) rows are kept, recovery still needs them.
     """
     cutoff = (datetime.now(UTC) - older_than).isoformat(timespec="milliseconds")
-    where = "received_at < ? AND state IN ('done', 'dry-run')"
+    # `+state`: walk the received_at index from the oldest row. By the state index SQLite would read every
+    # finished row of the table to find that none is left (20 s under the write lock at 20 M rows).
+    where = "received_at < ? AND +state IN ('done', 'dry-run')"
     reader = open_reader(path)
     try:
         matched = reader.execute(f"SELECT COUNT(*) FROM items WHERE {where}", [cutoff]).fetchone()[0]
@@ -506,23 +511,35 @@ def prune(path: Path | str, older_than: timedelta, dry_run: bool = False,
     if dry_run or not matched:
         return PruneResult(matched, 0, False)
     db = open_writer(path)
-    deleted = 0
+    deleted, size = 0, max(1, int(batch_size))
     try:
         while True:
+            began = time.monotonic()
             with immediate(db):
-                ids = [r[0] for r in db.execute(f"SELECT id FROM items WHERE {where} LIMIT {int(batch_size)}",
-                                                [cutoff])]
+                ids = [r[0] for r in db.execute(f"SELECT id FROM items WHERE {where} LIMIT {size}", [cutoff])]
                 if ids:  # an item's deliveries go with it (sorter.delivery)
                     db.execute(f"DELETE FROM deliveries WHERE item_id IN ({_marks(ids)})", ids)
                     db.execute(f"DELETE FROM items WHERE id IN ({_marks(ids)})", ids)
             if not ids:
                 break
             deleted += len(ids)
+            size = next_batch(size, time.monotonic() - began, int(batch_size))
             _breathe(db)
         vacuumed = vacuum_if_worthwhile(db, vacuum_ratio)
     finally:
         db.close()
     return PruneResult(matched, deleted, vacuumed)
+
+
+BATCH_TARGET_S = 0.05  # how long one retention transaction should hold the write lock
+
+
+def next_batch(size: int, took: float, most: int) -> int:
+    """The next batch's size: halved when this one held the lock longer than BATCH_TARGET_S (a big table's
+    indexes make every delete dearer), grown back by a quarter when it was quick, never above `most`."""
+    if took > BATCH_TARGET_S:
+        return max(1, size // 2)
+    return min(most, size + max(1, size // 4)) if took < BATCH_TARGET_S / 2 else size
 
 
 def _breathe(db: Database) -> None:

@@ -171,3 +171,15 @@ def test_the_first_prune_of_an_older_database_switches_it_to_incremental(tmp_pat
     assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2 and conn.execute(
         "PRAGMA freelist_count").fetchone()[0] == 0
     conn.close()
+
+
+def test_prune_walks_the_received_at_index_and_sizes_its_batches_by_time(tmp_path):
+    """At 20 M rows the state index made prune's last, empty batch read every finished row under the write
+    lock (22 s, the daemon's commit timed out); and one batch of 1,000 deletes held the lock 130 ms."""
+    db = store.open_writer(tmp_path / "a.db")
+    plan = db.execute("EXPLAIN QUERY PLAN SELECT id FROM items WHERE received_at < ? AND +state IN "
+                      "('done', 'dry-run') LIMIT 10", ["2000"]).fetchall()
+    db.close()
+    assert "idx_items_received_at" in str(plan)
+    assert store.next_batch(1000, 0.13, 1000) == 500 and store.next_batch(500, 0.01, 1000) == 625
+    assert store.next_batch(900, 0.01, 1000) == 1000 and store.next_batch(700, 0.04, 1000) == 700
