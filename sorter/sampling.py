@@ -15,10 +15,10 @@ import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from sorter import item_counts, store
+from sorter.report import parse_time
 
 UNCERTAIN_WEIGHT = 3.0  # uncertain items are where the model needs people most
 CONFIDENCE_EDGES = (0.5, 0.8, 0.95)  # sampling strata within a verdict: lower confidence is drawn more
@@ -61,11 +61,6 @@ _EDGE_BINS = [round(edge * item_counts.BINS) for edge in CONFIDENCE_EDGES]  # ea
 def band_of_bin(bin_: int | None) -> int:
     """The band of a counter's confidence bin (no confidence counts as 0)."""
     return sum((bin_ or 0) >= edge for edge in _EDGE_BINS)
-
-
-def band(confidence: float | None) -> str:
-    """The confidence band an item is sampled in (`_band_index`: the counter bins' edges)."""
-    return band_name(_band_index(confidence))
 
 
 def stratum_weight(stratum: str) -> float:
@@ -114,7 +109,7 @@ def stratum_sizes(conn: sqlite3.Connection, start: str, end: str, audited: set[i
     """How many unaudited candidates each stratum holds in the window: from the per-hour counters (and the
     partial hours' rows, `item_counts.window_groups`), less the audited ones (counted by id)."""
     sizes: dict[str, int] = {}
-    for g in item_counts.window_groups(conn, _moment(start), _moment(end)):
+    for g in item_counts.window_groups(conn, parse_time(start), parse_time(end)):
         if _candidate(g):
             key = f"{g.verdict or 'none'}:{band_of_bin(g.bin)}"
             sizes[key] = sizes.get(key, 0) + g.n
@@ -124,11 +119,6 @@ def stratum_sizes(conn: sqlite3.Connection, start: str, end: str, audited: set[i
                                    f"AND {_CANDIDATE} GROUP BY k", [*sorted(audited), start, end]):
             sizes[key] = sizes.get(key, 0) - n
     return {k: n for k, n in sorted(sizes.items()) if n > 0}
-
-
-def _moment(text: str) -> datetime:
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _scrambled(seed: int) -> tuple[int, int]:
@@ -203,7 +193,7 @@ def _ranked(conn: sqlite3.Connection, start: str, end: str, limits: dict[str, fl
 
 
 def _band_index(confidence: float | None) -> int:
-    """The band of a confidence, as `_band_case` decides it."""
+    """The band of a confidence, as `_band_case` decides it (and `band_of_bin` for a counter's bin)."""
     scaled = float(confidence or 0.0) * item_counts.BINS
     return sum(scaled >= edge for edge in _EDGE_BINS)
 

@@ -561,6 +561,12 @@ def incremental(db: Database) -> bool:
     return db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
 
 
+def rewrite_incremental(db: Database) -> None:
+    """A full VACUUM that also makes the file incremental: SQLite changes the mode only while it rewrites."""
+    db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    db.execute("VACUUM")
+
+
 def vacuum_if_worthwhile(db: Database, ratio: float | None = None) -> bool:
     """Return free pages to the disk when they exceed `ratio` of the file (None = always).
 
@@ -571,8 +577,7 @@ def vacuum_if_worthwhile(db: Database, ratio: float | None = None) -> bool:
     if ratio is not None and freelist_ratio(db) <= ratio:
         return False
     if not incremental(db):
-        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-        db.execute("VACUUM")
+        rewrite_incremental(db)
         return True
     free = db.execute("PRAGMA freelist_count").fetchone()[0]
     while free:
@@ -638,8 +643,7 @@ def full_vacuum(path: Path | str) -> tuple[int, int]:
     before = Path(path).stat().st_size if Path(path).exists() else 0
     db = open_writer(path)
     try:
-        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-        db.execute("VACUUM")
+        rewrite_incremental(db)
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     finally:
         db.close()
