@@ -96,27 +96,28 @@ def _named(key: str) -> str:
     return f"{verdict}:{band_name(int(index))}"
 
 
-def audited_ids(conn: sqlite3.Connection, start: str, end: str) -> set[int]:
-    """The window's audited items, through the audits' item_id index over the window's id range: few rows,
-    where `id NOT IN (audits)` tested on every row of a day doubled the cost of a draw."""
-    ids = store.window_ids(conn, start, end)
+def audited_ids(conn: sqlite3.Connection, ids: tuple[int, int] | None) -> set[int]:
+    """The audited items among the window's id range (`store.window_ids`), through the audits' item_id
+    index: few rows, where `id NOT IN (audits)` tested on every row of a day doubled the cost of a draw."""
     if ids is None or not store.has_table(conn, "audits"):
         return set()
     return {r[0] for r in conn.execute("SELECT DISTINCT item_id FROM audits WHERE item_id BETWEEN ? AND ?", ids)}
 
 
-def stratum_sizes(conn: sqlite3.Connection, start: str, end: str, audited: set[int]) -> dict[str, int]:
+def stratum_sizes(conn: sqlite3.Connection, start: str, end: str, ids: tuple[int, int] | None,
+                  audited: set[int]) -> dict[str, int]:
     """How many unaudited candidates each stratum holds in the window: from the per-hour counters (and the
-    partial hours' rows, `item_counts.window_groups`), less the audited ones (counted by id)."""
+    partial hours' rows, `item_counts.window_groups`), less the audited ones (those in the window's id
+    range `ids`)."""
     sizes: dict[str, int] = {}
     for g in item_counts.window_groups(conn, parse_time(start), parse_time(end)):
         if _candidate(g):
             key = f"{g.verdict or 'none'}:{band_of_bin(g.bin)}"
             sizes[key] = sizes.get(key, 0) + g.n
-    if audited:
-        marks = ",".join("?" * len(audited))
-        for key, n in conn.execute(f"SELECT {_STRATUM_SQL} AS k, COUNT(*) FROM items WHERE id IN ({marks}) "
-                                   f"AND {_CANDIDATE} GROUP BY k", [*sorted(audited), start, end]):
+    if audited and ids is not None:  # by a subquery: a long window's audits outnumber SQLite's `?` limit
+        for key, n in conn.execute(f"SELECT {_STRATUM_SQL} AS k, COUNT(*) FROM items WHERE id IN (SELECT item_id "
+                                   f"FROM audits WHERE item_id BETWEEN ? AND ?) AND {_CANDIDATE} GROUP BY k",
+                                   [*ids, start, end]):
             sizes[key] = sizes.get(key, 0) - n
     return {k: n for k, n in sorted(sizes.items()) if n > 0}
 
@@ -222,8 +223,9 @@ def draw(conn: sqlite3.Connection, start: str, end: str, n: int, seed: int | Non
     and `p` (share × the item's `keep_p`). When drawn images had gone from disk, the available count is
     estimated from the share of images found among those looked at (drawn/available stays an honest p)."""
     seed = secrets.randbits(32) if seed is None else seed
-    audited = audited_ids(conn, start, end)
-    sizes = stratum_sizes(conn, start, end, audited)
+    ids = store.window_ids(conn, start, end)
+    audited = audited_ids(conn, ids)
+    sizes = stratum_sizes(conn, start, end, ids, audited)
     quota = {k: q for k, q in allocate(sizes, {k: stratum_weight(_named(k)) for k in sizes}, n).items() if q}
     if not quota:
         return [], sum(sizes.values())

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -259,3 +260,25 @@ def test_csv_import_never_opens_paths_it_names(seeded, tmp_path):
     assert not result.written and _audits(db) == []
     assert result.errors == [f"row {n}: unknown item '{name}' (no record with that file name)"
                              for n, name in enumerate(names, start=2)]
+
+
+def test_stratum_sizes_hold_for_more_audits_than_sql_variables(tmp_path):
+    """A long window's audits can outnumber SQLite's bound parameters (32,766 in many builds; 90 days at
+    0.5 % audited is 260,000): the audited items are subtracted through a subquery, not one `?` each."""
+    path = tmp_path / "big.db"
+    db = store.open_writer(path)
+    rows = [(f"{i:064x}", f"/out/{i}.jpg", "freshred", 0.97, "fresh", "watch", RECEIVED, "done") for i in range(1500)]
+    with store.immediate(db):
+        db.conn.executemany("INSERT INTO items (sha256, destination, label, confidence, verdict, source, received_at, "
+                            "state) VALUES (?,?,?,?,?,?,?,?)", rows)
+        db.conn.execute("INSERT INTO audits (item_id, sha256, true_label, auditor, audited_at) "
+                        "SELECT id, sha256, label, 'ana', 't' FROM items WHERE id <= 1200")
+    db.close()
+    conn = store.open_reader(path)
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)  # what many SQLite builds allow
+    window = ("2026-01-10T00:00:00.000+00:00", "2026-01-11T00:00:00.000+00:00")
+    ids = store.window_ids(conn, *window)
+    audited = sampling.audited_ids(conn, ids)
+    assert len(audited) == 1200
+    assert sampling.stratum_sizes(conn, *window, ids, audited) == {"fresh:3": 300}
+    conn.close()
