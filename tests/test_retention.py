@@ -177,8 +177,8 @@ def test_prune_walks_the_received_at_index_and_sizes_its_batches_by_time(tmp_pat
     """At 20 M rows the state index made prune's last, empty batch read every finished row under the write
     lock (22 s, the daemon's commit timed out); and one batch of 1,000 deletes held the lock 130 ms."""
     db = store.open_writer(tmp_path / "a.db")
-    plan = db.execute("EXPLAIN QUERY PLAN SELECT id FROM items WHERE received_at < ? AND +state IN "
-                      "('done', 'dry-run') LIMIT 10", ["2000"]).fetchall()
+    plan = db.execute(f"EXPLAIN QUERY PLAN SELECT id FROM items WHERE {store.PRUNE_WHERE} LIMIT 10",
+                      ["2000"]).fetchall()
     db.close()
     assert "idx_items_received_at" in str(plan)
     assert store.next_batch(1000, 0.13, 1000) == 500 and store.next_batch(500, 0.01, 1000) == 625
