@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -33,12 +34,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from sorter import store  # noqa: E402
+from sorter import item_layout, store  # noqa: E402
 
 LABELS = ["freshapples", "freshbanana", "freshoranges", "rottenapples", "rottenbanana", "rottenoranges"]
 VERDICTS = [("fresh", 0.60), ("rotten", 0.25), ("uncertain", 0.12), ("unknown", 0.03)]
@@ -93,17 +97,28 @@ INSERT_COLUMNS = ("sha256", "source_path", "destination", "label", "confidence",
 INSERT = f"INSERT INTO items ({', '.join(INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(INSERT_COLUMNS))})"
 
 
-def build(path: Path, n: int, out: Path, per_day: int = PER_DAY, seed: int = 0) -> float:
-    """A database of `n` items (0.5 % audited) made through the migrations; seconds it took."""
+def build(path: Path, n: int, out: Path, per_day: int = PER_DAY, seed: int = 0, code: Path | None = None) -> float:
+    """A database of `n` items (0.5 % audited) made through the migrations of this checkout or, with `code`,
+    that one's (an older schema); seconds it took. Compact rows (m011) go in through the store's encoder, the
+    old table by plain INSERTs."""
     started = time.perf_counter()
-    store.open_writer(path).close()  # the schema, exactly as a line has it
+    schema = "import sys; from sorter import store; store.open_writer(sys.argv[1]).close()"
+    subprocess.run([sys.executable, "-c", schema, str(path)], check=True, cwd=path.parent,  # not '' = this checkout
+                   env={**os.environ, "PYTHONPATH": str(code or ROOT)})
     rng = random.Random(seed)
     end = datetime.now(UTC)
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous=OFF")
+    compact = store.has_table(conn, item_layout.ROWS)
+    encoder = item_layout.Encoder(conn)
     for start in range(0, n, CHUNK):
         conn.execute("BEGIN")
-        conn.executemany(INSERT, (_row(i, n, end, rng, per_day, out) for i in range(start, min(n, start + CHUNK))))
+        rows = (_row(i, n, end, rng, per_day, out) for i in range(start, min(n, start + CHUNK)))
+        if compact:
+            stored = [encoder.encode(dict(zip(INSERT_COLUMNS, r, strict=True))) for r in rows]
+            conn.executemany(item_layout.insert_sql(tuple(stored[0])), [list(r.values()) for r in stored])
+        else:
+            conn.executemany(INSERT, rows)
         conn.execute("COMMIT")
     audited = rng.sample(range(1, n + 1), max(1, n // 200))
     conn.execute("BEGIN")
@@ -120,15 +135,16 @@ def bytes_per_row(path: Path) -> dict[str, float]:
     """The file's bytes per item: all of it, the items table, each of its indexes, everything else."""
     conn = sqlite3.connect(path)
     try:
-        n = conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        table = item_layout.ROWS if store.has_table(conn, item_layout.ROWS) else "items"
+        n = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
         pages = dict(conn.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name").fetchall())
         indexes = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' "
-                                              "AND tbl_name = 'items'")]
+                                              "AND tbl_name = ?", [table])]
     finally:
         conn.close()
-    out = {"file": path.stat().st_size / n, "items table": pages.get("items", 0) / n}
+    out = {"file": path.stat().st_size / n, "items table": pages.get(table, 0) / n}
     out.update({f"index {name}": pages.get(name, 0) / n for name in sorted(indexes)})
-    shown = {"items", *indexes}
+    shown = {table, *indexes}
     out["everything else"] = sum(v for k, v in pages.items() if k not in shown) / n
     return out
 
@@ -151,22 +167,28 @@ def timed(args: list[str], cwd: Path, code: Path | None = None) -> tuple[float, 
     return elapsed, usage.ru_maxrss / 1024
 
 
-def operations(db: Path, work: Path, old: Path | None) -> dict[str, dict[str, list[tuple[float, float]]]]:
-    """Each command's (seconds, MB) per run, this checkout's ("new") and, with `old`, that checkout's on the
-    same database, back to back and alternating which goes first."""
-    commands = {
+def _commands(db: Path, work: Path) -> dict[str, list[str]]:
+    return {
         "db stats": ["db", "stats", "--db", str(db), "--json"],
         "report --since 24h": ["report", "--db", str(db), "--since", "24h", "--out", str(work / "report"),
                                "--no-publish"],
         "audit sample --n 50 --since 24h": ["audit", "sample", "--db", str(db), "--n", "50", "--since", "24h",
                                             "--out", str(work / "sample")],
     }
+
+
+def operations(db: Path, work: Path, old: tuple[Path, Path] | None) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """Each command's (seconds, MB) per run, this checkout's ("new") on its database and, with `old` (that
+    checkout, its database of the same rows), that checkout's on its own, back to back, alternating which
+    goes first."""
+    sides = {"new": (_commands(db, work), None), **({"old": (_commands(old[1], work), old[0])} if old else {})}
     out: dict[str, dict[str, list[tuple[float, float]]]] = {}
-    for name, cmd in commands.items():
-        runs = out.setdefault(name, {"new": [], **({"old": []} if old else {})})
+    for name in sides["new"][0]:
+        runs = out.setdefault(name, {side: [] for side in sides})
         for i in range(RUNS):
-            for side in (["new", "old"] if i % 2 == 0 else ["old", "new"]) if old else ["new"]:
-                runs[side].append(timed(cmd, work, old if side == "old" else None))
+            for side in list(sides) if i % 2 == 0 else list(sides)[::-1]:
+                commands, code = sides[side]
+                runs[side].append(timed(commands[name], work, code))
     return out
 
 
@@ -207,7 +229,7 @@ def prune_beside_writer(path: Path, days: float, per_day: int) -> dict[str, floa
     import threading
 
     conn = sqlite3.connect(path)
-    first = conn.execute("SELECT MIN(received_at) FROM items").fetchone()[0]
+    first = conn.execute("SELECT received_at FROM items ORDER BY received_ms LIMIT 1").fetchone()[0]
     conn.close()
     age = datetime.now(UTC) - datetime.fromisoformat(first) - timedelta(days=days)
     commits: list[float] = []
@@ -239,6 +261,13 @@ def prune_beside_writer(path: Path, days: float, per_day: int) -> dict[str, floa
             "p99_gap_ms": gaps[int(len(gaps) * 0.99)] * 1000, "mb_after": path.stat().st_size / 1e6}
 
 
+def in_child(fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args) in a forked process: building a database or a writer's cache grows this process, and a
+    command forked from it would start with (and report as its peak) that memory."""
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
 def main() -> None:
     global RUNS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -262,16 +291,25 @@ def main() -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), args.against], check=True,
                        capture_output=True)
     images = make_images(work / "sorted")
-    empty = writer_cpu(work / "empty.db", images)
+    empty = in_child(writer_cpu, work / "empty.db", images)
     try:
         for n in sizes:
             db = work / f"items-{n}.db"
             db.unlink(missing_ok=True)
-            built = build(db, n, images, args.per_day)
-            results[n] = (built, bytes_per_row(db), operations(db, work, old), writer_cpu(db, images),
-                          prune_beside_writer(db, args.prune_days, args.per_day) if args.prune_days else None)
+            built = in_child(build, db, n, images, args.per_day)
+            before = None
+            if old is not None:
+                before = work / f"items-{n}-old.db"
+                before.unlink(missing_ok=True)
+                in_child(build, before, n, images, args.per_day, 0, old)
+            results[n] = (built, bytes_per_row(db), operations(db, work, (old, before) if before else None),
+                          in_child(writer_cpu, db, images),
+                          in_child(prune_beside_writer, db, args.prune_days, args.per_day) if args.prune_days else None,
+                          bytes_per_row(before)["file"] if before else None)
             if not args.keep:
-                db.unlink()
+                for path in (db, before):
+                    if path is not None:
+                        path.unlink()
     finally:
         if old is not None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], check=False)
@@ -307,6 +345,8 @@ def print_table(sizes: list[int], results: dict, per_day: int, empty: float) -> 
         table.add_row("… writer's longest / p99 gap between commits, ms",
                       *(f"{results[n][4]['max_gap_ms']:.0f} / {results[n][4]['p99_gap_ms']:.0f}" for n in sizes))
         table.add_row("… file MB after", *(f"{results[n][4]['mb_after']:.0f}" for n in sizes))
+    if results[sizes[0]][5]:
+        table.add_row("bytes/row: file (old)", *(f"{results[n][5]:.0f}" for n in sizes))
     table.add_row("build seconds (not a target)", *(f"{results[n][0]:.0f}" for n in sizes))
     Console(width=200).print(table)
 

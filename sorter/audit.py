@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from sorter import controls, sampling, store
+from sorter import controls, item_layout, sampling, store
 from sorter.card import sha256_file
 from sorter.imaging import is_image_name
 
@@ -81,19 +81,37 @@ def check_label(label: str, labels: list[str]) -> str | None:
 
 def item_by_sha(db: sqlite3.Connection, sha: str) -> tuple[int, str] | None:
     """The first real row for these bytes (duplicates and dry-runs point back to it)."""
-    row = db.execute("SELECT id, sha256 FROM items WHERE sha256 = ? ORDER BY duplicate_of IS NOT NULL, "
-                     "state = 'dry-run', id LIMIT 1", [sha.lower()]).fetchone()
+    rows = store.rows_by_sha(db, [sha.lower()], "id, sha256, state = 'dry-run'")
+    row = min(rows, key=lambda r: (r[2], r[0]), default=None)
     return (row[0], row[1]) if row else None
+
+
+def _like(text: str) -> str:
+    """`text` as a LIKE pattern that matches only itself (ASCII case aside, as LIKE is)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _named_rows(db: sqlite3.Connection, name: str) -> list[tuple[int, str]]:
+    """(id, sha256) of first rows whose source or destination is `name` or ends in '/' + `name`. With compact
+    rows the file names are compared as stored (no path is built for rows whose name differs), then the
+    few that share the name are checked whole; an old table is searched as it was."""
+    suffix = f"%/{_like(name)}"
+    if not store.has_table(db, item_layout.ROWS):
+        return db.execute("SELECT id, sha256 FROM items WHERE duplicate_of IS NULL AND sha256 IS NOT NULL AND "
+                          "(source_path = ? OR destination = ? OR source_path LIKE ? ESCAPE '\\' "
+                          "OR destination LIKE ? ESCAPE '\\') ORDER BY id", [name, name, suffix, suffix]).fetchall()
+    base = _like(name.rsplit("/", 1)[-1])
+    return db.execute(f"SELECT i.id, i.sha256 FROM {item_layout.ROWS} r CROSS JOIN items i ON i.id = r.id "
+                      "WHERE (r.src_name LIKE ? ESCAPE '\\' OR r.dst_name LIKE ? ESCAPE '\\') "
+                      "AND r.duplicate_of IS NULL AND r.sha IS NOT NULL AND (i.source_path = ? OR i.destination = ? "
+                      "OR i.source_path LIKE ? ESCAPE '\\' OR i.destination LIKE ? ESCAPE '\\') ORDER BY i.id",
+                      [base, base, name, name, suffix, suffix]).fetchall()
 
 
 def item_by_name(db: sqlite3.Connection, name: str) -> tuple[int, str] | str:
     """Match a full path or a bare file name against where items came from and went; error text
     when nothing or several different contents match."""
-    escaped = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    suffix = f"%/{escaped}"
-    rows = db.execute("SELECT id, sha256 FROM items WHERE duplicate_of IS NULL AND sha256 IS NOT NULL AND "
-                      "(source_path = ? OR destination = ? OR source_path LIKE ? ESCAPE '\\' "
-                      "OR destination LIKE ? ESCAPE '\\') ORDER BY id", [name, name, suffix, suffix]).fetchall()
+    rows = _named_rows(db, name)
     shas = {r[1] for r in rows}
     if not shas:
         return f"unknown item '{name}' (no record with that file name)"

@@ -319,9 +319,9 @@ def _record_snapshot(db: Database, item_id: int, path: str, sha: str) -> None:
     """The snapshot's path and content hash on its row (writer thread). Bytes another first row already
     has (a looping video file's second pass) keep the row without a hash: the first one is the audit's."""
     try:
-        db.table("items").update(item_id, {"destination": path, "sha256": sha})
+        store.update_item(db, item_id, {"destination": path, "sha256": sha})
     except sqlite3.IntegrityError:
-        db.table("items").update(item_id, {"destination": path})
+        store.update_item(db, item_id, {"destination": path})
 
 
 def serve(device: str, classifier: Classifier, rules: VerdictRules, settings: Settings, db: Path,

@@ -84,7 +84,7 @@ def choose(conn: sqlite3.Connection, photos: list[ControlPhoto], n: int,
     """n photos spread evenly over the labels, never one whose bytes are an item (its answer would be an
     audit), photos no earlier sample used first (an auditor should not learn the controls)."""
     shas = sorted({p.sha256 for p in photos})
-    items = {r[0] for r in conn.execute(f"SELECT DISTINCT sha256 FROM items WHERE sha256 IN ({_marks(shas)})", shas)}
+    items = {r[0] for r in store.rows_by_sha(conn, shas, "sha256")}
     used = set() if not store.has_table(conn, "audit_controls") else {
         r[0] for r in conn.execute(f"SELECT DISTINCT sha256 FROM audit_controls WHERE sha256 IN ({_marks(shas)})",
                                    shas)}

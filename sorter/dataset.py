@@ -107,7 +107,8 @@ def _audited(conn: sqlite3.Connection, cutoff: str) -> tuple[dict[str, _Candidat
     if not store.has_table(conn, "audits"):
         return {}, {}
     rows = conn.execute(
-        "SELECT i.*, a.true_label AS a_label, a.auditor AS a_auditor, a.audited_at AS a_at FROM audits a "
+        f"SELECT {', '.join('i.' + c for c in store.ITEM_COLUMNS)}, a.true_label AS a_label, "
+        "a.auditor AS a_auditor, a.audited_at AS a_at FROM audits a "
         "JOIN items i ON i.id = a.item_id WHERE i.received_at >= ? "
         "ORDER BY a.audited_at DESC, a.id DESC", [cutoff])
     by_sha: dict[str, _Candidate] = {}
@@ -130,10 +131,10 @@ def _unaudited_confident(conn: sqlite3.Connection, cutoff: str, floor: float) ->
                "(SELECT sha256 FROM audits WHERE sha256 IS NOT NULL))") if store.has_table(conn, "audits") else ""
     verdicts = ",".join("?" * len(PSEUDO_VERDICTS))
     rows = conn.execute(
-        f"SELECT * FROM items WHERE received_at >= ? AND duplicate_of IS NULL AND state = 'done' "
+        f"SELECT {store.COLUMNS_SQL} FROM items WHERE received_ms >= ? AND duplicate_of IS NULL AND state = 'done' "
         "AND destination IS NOT NULL "
         f"AND error IS NULL AND label IS NOT NULL AND confidence >= ? AND verdict IN ({verdicts}) {audited} "
-        "ORDER BY id", [cutoff, floor, *PSEUDO_VERDICTS])
+        "ORDER BY id", [store.ms_of_text(cutoff) if cutoff else -(1 << 62), floor, *PSEUDO_VERDICTS])
     return [_Candidate(dict(r), r["label"], "", "", True) for r in rows]
 
 

@@ -20,6 +20,8 @@ from typing import Any, NamedTuple
 
 from sqlite_utils import Database
 
+from sorter import item_layout
+
 TABLE = "item_counts"
 KEY = ("hour", "model_id", "model_sha256", "verdict", "label", "bin", "dup", "reason", "state", "kept")
 BINS = 20  # confidence bins of 0.05: the report's ten of 0.1 are pairs, and the audit strata's edges fall on them
@@ -76,6 +78,34 @@ def install(db: Database) -> None:
                f"GROUP BY {', '.join(str(i + 1) for i in range(len(KEY)))}")
 
 
+# the stored columns (sorter.item_layout) a counter's key is made from
+_STORED_WATCHED = ("received", "model", "verdict", "label", "confidence", "duplicate_of", "error", "state", "dst_name")
+
+
+def _count_view_row(ref: str, step: int) -> str:
+    """The trigger statements that count the items-view row with id `ref`.id in (+1) or out (-1)."""
+    key = ", ".join(_key_sql("v"))
+    sql = (f"INSERT INTO {TABLE} ({_COLUMNS}, n) SELECT {key}, {step} FROM items v WHERE v.id = {ref}.id "
+           f"ON CONFLICT ({_COLUMNS}) DO UPDATE SET n = n + {step};")
+    if step < 0:
+        sql += f" DELETE FROM {TABLE} WHERE ({_COLUMNS}) = (SELECT {key} FROM items v WHERE v.id = {ref}.id) AND n = 0;"
+    return sql
+
+
+def install_on_rows(conn: sqlite3.Connection) -> None:
+    """Migration m011: the same counters kept from the compact rows (sorter.item_layout). The key is read from
+    the items view, the row as every reader sees it, so the counters agree with the rows by construction:
+    counted in after an insert or a change, out before a delete or a change."""
+    rows, watched = item_layout.ROWS, ", ".join(_STORED_WATCHED)
+    changed = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in _STORED_WATCHED)
+    conn.execute(f"CREATE TRIGGER {TABLE}_rows_insert AFTER INSERT ON {rows} BEGIN {_count_view_row('NEW', 1)} END")
+    conn.execute(f"CREATE TRIGGER {TABLE}_rows_delete BEFORE DELETE ON {rows} BEGIN {_count_view_row('OLD', -1)} END")
+    conn.execute(f"CREATE TRIGGER {TABLE}_rows_before_update BEFORE UPDATE OF {watched} ON {rows} WHEN {changed} "
+                 f"BEGIN {_count_view_row('OLD', -1)} END")
+    conn.execute(f"CREATE TRIGGER {TABLE}_rows_after_update AFTER UPDATE OF {watched} ON {rows} WHEN {changed} "
+                 f"BEGIN {_count_view_row('NEW', 1)} END")
+
+
 class Group(NamedTuple):
     """`n` items of one key (None where the row has NULL)."""
 
@@ -117,22 +147,18 @@ def whole_hours(lo: datetime, hi: datetime) -> tuple[datetime, datetime] | None:
     return (first, last) if first < last else None
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
-
-
 def _counted(conn: sqlite3.Connection, first: datetime, last: datetime) -> Iterator[Group]:
     rows = conn.execute(f"SELECT {_COLUMNS}, n FROM {TABLE} WHERE hour >= ? AND hour < ? AND n != 0",
                         [hour_text(first), hour_text(last)])
     return (_group(r) for r in rows)
 
 
-def _scanned(conn: sqlite3.Connection, start: str, end: str) -> Iterator[Group]:
-    """The same groups from the rows themselves (a partial hour): one indexed range, grouped in SQL."""
+def _scanned(conn: sqlite3.Connection, start: int, end: int) -> Iterator[Group]:
+    """The same groups from the rows themselves (a partial hour, in ms): one indexed range, grouped in SQL."""
     if start >= end:
         return iter(())
     rows = conn.execute(f"SELECT {', '.join(_key_sql('items'))}, COUNT(*) FROM items "
-                        "WHERE received_at >= ? AND received_at < ? "
+                        "WHERE received_ms >= ? AND received_ms < ? "
                         f"GROUP BY {', '.join(str(i + 1) for i in range(len(KEY)))}", [start, end])
     return (_group(tuple(r)) for r in rows)
 
@@ -141,19 +167,20 @@ def window_groups(conn: sqlite3.Connection, lo: datetime, hi: datetime) -> list[
     """Every item received in [lo, hi) as groups: the counters of the window's whole hours, the rows of
     its partial first and last hours. Without the counters (a read-only reader on a database from before
     m010), the rows of the whole window, grouped in SQL all the same."""
-    start, end = _iso(lo), _iso(hi)
+    start, end = item_layout.ms_of(lo), item_layout.ms_of(hi)
     hours = whole_hours(lo, hi) if has_counters(conn) else None
     if hours is None:
         return list(_scanned(conn, start, end))
     first, last = hours
-    return [*_scanned(conn, start, _iso(first)), *_counted(conn, first, last), *_scanned(conn, _iso(last), end)]
+    return [*_scanned(conn, start, item_layout.ms_of(first)), *_counted(conn, first, last),
+            *_scanned(conn, item_layout.ms_of(last), end)]
 
 
 def all_groups(conn: sqlite3.Connection) -> list[Group]:
     """Every item in the database as groups without their hour (`db stats`), summed in SQL: the counters,
     or the rows before m010."""
     if not has_counters(conn):
-        return list(_scanned(conn, "", "\uffff"))
+        return list(_scanned(conn, -(1 << 62), 1 << 62))
     rest = ", ".join(KEY[1:])
     return [_group(r) for r in conn.execute(f"SELECT '', {rest}, SUM(n) FROM {TABLE} GROUP BY {rest}")]
 

@@ -81,7 +81,7 @@ def _band_case(values: list[str]) -> str:
 
 
 _STRATUM_SQL = f"coalesce(verdict, 'none') || ':' || ({_band_case([str(i) for i in range(len(_EDGE_BINS) + 1)])})"
-_CANDIDATE = ("received_at >= ? AND received_at < ? AND duplicate_of IS NULL AND label IS NOT NULL "
+_CANDIDATE = ("received_ms >= ? AND received_ms < ? AND duplicate_of IS NULL AND label IS NOT NULL "
               "AND (error IS NULL OR error = '') AND destination IS NOT NULL")  # classified, first, an image
 
 
@@ -117,7 +117,7 @@ def stratum_sizes(conn: sqlite3.Connection, start: str, end: str, ids: tuple[int
     if audited and ids is not None:  # by a subquery: a long window's audits outnumber SQLite's `?` limit
         for key, n in conn.execute(f"SELECT {_STRATUM_SQL} AS k, COUNT(*) FROM items WHERE id IN (SELECT item_id "
                                    f"FROM audits WHERE item_id BETWEEN ? AND ?) AND {_CANDIDATE} GROUP BY k",
-                                   [*ids, start, end]):
+                                   [*ids, store.ms_of_text(start), store.ms_of_text(end)]):
             sizes[key] = sizes.get(key, 0) - n
     return {k: n for k, n in sorted(sizes.items()) if n > 0}
 
@@ -175,7 +175,7 @@ def _ranked(conn: sqlite3.Connection, start: str, end: str, limits: dict[str, fl
     read one at a time). The limit is looked up with a CASE on the verdict, then one on the band: building
     the stratum's name for every row of a day would cost more than the rest of the draw."""
     verdicts = sorted({key.rsplit(":", 1)[0] for key in limits})
-    params: list = [start, end]
+    params: list = [store.ms_of_text(start), store.ms_of_text(end)]
     cases = []
     for verdict in verdicts:
         bands = [limits.get(f"{verdict}:{i}", -1.0) for i in range(len(_EDGE_BINS) + 1)]

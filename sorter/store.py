@@ -7,12 +7,11 @@ lets read-only readers (`sorter db`, reports) run alongside without "database is
 
 from __future__ import annotations
 
-import functools
-import json
 import queue
 import re
 import sqlite3
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -24,7 +23,7 @@ from typing import Any, TypeVar
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from sorter import item_counts, threads
+from sorter import item_counts, item_layout, threads
 from sorter.states import CameraEvent, DeliveryState, ItemState, sql_in
 from sorter.verdict import Verdict
 
@@ -39,6 +38,7 @@ _M001_COLUMNS = {  # the items table as m001 made it: a migration's schema never
     "state": str,
 }
 ITEM_COLUMNS = {**_M001_COLUMNS, "ood_score": float, "keep_p": float}  # after every migration
+SEARCH_COLUMNS = {"received_ms": int, "sha_key": bytes}  # the view's stored forms, for indexed filters (m011)
 # An item's `state` is a sorter.states.ItemState; m009 makes SQLite refuse any other word.
 
 
@@ -161,6 +161,22 @@ def m010_item_counts(db: Database) -> None:
     db.execute("CREATE INDEX items_error ON items(error) WHERE error IS NOT NULL")
 
 
+@migrations()
+def m011_compact_items(db: Database) -> None:
+    """Items become compact rows under a view that reads as the table did (sorter.item_layout): ~230 bytes a
+    row with its indexes instead of ~815. The old table is renamed `items_v1` (other tables' references to
+    `items` kept: legacy_alter_table), and its rows move over in batches after the migration
+    (`convert_legacy`), each batch its own short transaction; until then the view shows both."""
+    db.execute("PRAGMA legacy_alter_table=ON")
+    try:
+        db.execute(f"ALTER TABLE items RENAME TO {item_layout.LEGACY}")
+    finally:
+        db.execute("PRAGMA legacy_alter_table=OFF")
+    item_layout.create(db.conn)
+    item_layout.create_view(db.conn, with_legacy=True)
+    item_counts.install_on_rows(db.conn)
+
+
 def add_checks(db: Database, table: str, checks: dict[str, str]) -> None:
     """SQLite's documented table rebuild (sqlite.org/lang_altertable.html, "other kinds of table schema
     changes"): a new table with the old definition plus the named CHECKs, rows copied with their ids, the
@@ -191,8 +207,31 @@ def record_camera_event(db: Database, device: str, event: CameraEvent | str, det
 
 
 def insert_item(db: Database, row: dict) -> int:
-    """Insert one finished row (camera items are never `intent`: nothing to move or recover)."""
-    return _pk(db.table("items").insert(row).last_pk)
+    """Insert one finished row (camera items are never `intent`: nothing to move or recover); its id."""
+    stored = encoder(db).encode(row)
+    return _pk(db.conn.execute(item_layout.insert_sql(tuple(stored)), list(stored.values())).lastrowid)
+
+
+def insert_items(db: Database, rows: list[dict]) -> list[int]:
+    """Insert finished rows in one transaction; their ids in order."""
+    with immediate(db):
+        return [insert_item(db, row) for row in rows]
+
+
+def update_item(db: Database, item_id: int, changes: dict) -> None:
+    """Change some of an item's columns (logical names, as the view shows them)."""
+    _update(db, item_id, changes)
+
+
+_ENCODERS: weakref.WeakKeyDictionary[Database, item_layout.Encoder] = weakref.WeakKeyDictionary()
+
+
+def encoder(db: Database) -> item_layout.Encoder:
+    """The connection's row encoder (it remembers directory and model ids: one per writer connection)."""
+    found = _ENCODERS.get(db)
+    if found is None:
+        found = _ENCODERS[db] = item_layout.Encoder(db.conn)
+    return found
 
 
 def _pk(value: Any) -> int:
@@ -218,9 +257,42 @@ def open_writer(path: Path | str) -> Database:
         db.execute("PRAGMA auto_vacuum=INCREMENTAL")
     db.enable_wal()
     db.execute("PRAGMA synchronous=FULL")  # two commits per batch: affordable, and power-loss safe
+    db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+    item_layout.register(conn)
     backup_before_migrating(db, Path(path))
     migrations.apply(db)
+    convert_legacy(db)
     return db
+
+
+CACHE_KIB = 65_536  # the writer's page cache: the content-hash index's inner pages stay in memory at 50 M rows
+LEGACY_BATCH = 5000  # old rows one conversion transaction moves (tens of ms)
+
+
+def convert_legacy(db: Database, batch: int | None = None) -> int:
+    """Move a pre-m011 database's rows (`items_v1`) into the compact table, newest first, `batch` rows to a
+    short transaction, with a pause between, so a reader alongside is never locked out and a crash resumes
+    where it stopped. The old row is deleted before its copy goes in, so the counters (counted out by the old
+    table's trigger, in by the new one's) never see it twice. When the last batch has moved, the old table
+    goes and the view becomes the compact table's alone. The number of rows moved."""
+    if not has_table(db.conn, item_layout.LEGACY):
+        return 0
+    encoder, moved, batch = item_layout.Encoder(db.conn), 0, batch or LEGACY_BATCH
+    columns = ", ".join(ITEM_COLUMNS)
+    while True:
+        with immediate(db):
+            rows = [dict(zip(ITEM_COLUMNS, r, strict=True)) for r in db.execute(
+                f"SELECT {columns} FROM {item_layout.LEGACY} ORDER BY id DESC LIMIT {int(batch)}")]
+            if not rows:
+                db.execute(f"DROP TABLE {item_layout.LEGACY}")
+                db.execute("DROP VIEW items")
+                item_layout.create_view(db.conn, with_legacy=False)
+                return moved
+            db.execute(f"DELETE FROM {item_layout.LEGACY} WHERE id >= ?", [rows[-1]["id"]])
+            stored = [encoder.encode(row) for row in rows]
+            db.conn.executemany(item_layout.insert_sql(tuple(stored[0])), [list(r.values()) for r in stored])
+        moved += len(rows)
+        _breathe(db)
 
 
 def backup_before_migrating(db: Database, path: Path) -> Path | None:
@@ -249,7 +321,19 @@ def open_reader(path: Path | str) -> sqlite3.Connection:
     conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.row_factory = sqlite3.Row
+    item_layout.register(conn)
+    _compat_view(conn)
     return conn
+
+
+def _compat_view(conn: sqlite3.Connection) -> None:
+    """A database from before m011, read by a reader (which cannot migrate it): a TEMP view over its items
+    table adds the columns the queries search by, computed (every reader's query works, without the
+    compact layout's indexes). Temp objects live in the connection's own memory, not in the file."""
+    table = conn.execute("SELECT type FROM main.sqlite_master WHERE name = 'items'").fetchone()
+    if table is not None and table[0] == "table":
+        conn.execute("CREATE TEMP VIEW items AS SELECT *, CAST(round((julianday(received_at) - 2440587.5) "
+                     "* 86400000) AS INTEGER) AS received_ms, sorter_sha(sha256) AS sha_key FROM main.items")
 
 
 class Writer:
@@ -300,21 +384,21 @@ def immediate(db: Database) -> Iterator[Database]:
     and then writes fails at once with "database is locked" when another process committed meanwhile
     (its snapshot is stale: the busy timeout does not apply); this one waits its turn instead."""
     if db.conn.in_transaction:
-        with db.atomic():  # nested: a savepoint inside the outer write transaction
-            yield db
+        try:
+            with db.atomic():  # nested: a savepoint inside the outer write transaction
+                yield db
+        except BaseException:
+            encoder(db).forget_ids()
+            raise
         return
     db.execute("BEGIN IMMEDIATE")
     try:
         yield db
     except BaseException:
         db.execute("ROLLBACK")
+        encoder(db).forget_ids()  # a directory or model added in it is gone again
         raise
     db.execute("COMMIT")
-
-
-def _encoded(value: Any) -> Any:
-    """dict/list columns (scores) as JSON text, as sqlite-utils stores them."""
-    return json.dumps(value) if isinstance(value, dict | list) else value
 
 
 def _marks(values: list) -> str:
@@ -322,14 +406,29 @@ def _marks(values: list) -> str:
     return ",".join("?" * len(values))
 
 
+COLUMNS_SQL = ", ".join(ITEM_COLUMNS)  # the view's logical columns, for SELECTs whose rows go back to writers
+FIRST = "duplicate_of IS NULL AND state != 'dry-run'"  # a content's first row: the partial unique index's WHERE
+
+
 def first_rows(db: Database, shas: list[str]) -> dict[str, dict]:
     """The first (non-duplicate, real) row for each content hash that has one: one indexed query."""
-    wanted = sorted(set(shas))
+    wanted = sorted({item_layout.sha_key(s) for s in shas}, key=repr)
     if not wanted:
         return {}
-    rows = db.query(f"SELECT * FROM items WHERE sha256 IN ({_marks(wanted)}) AND duplicate_of IS NULL "
-                    "AND state != 'dry-run'", wanted)
+    rows = db.query(f"SELECT {COLUMNS_SQL} FROM items WHERE sha_key IN ({_marks(wanted)}) AND {FIRST}", wanted)
     return {row["sha256"]: row for row in rows}
+
+
+def rows_by_sha(conn: sqlite3.Connection, shas: list[str], columns: str = "id, sha256") -> list[sqlite3.Row | tuple]:
+    """Every content's first row and dry-run rows with these hashes, by the two indexes that hold hashes
+    (a duplicate is found through its first row: `duplicate_of`)."""
+    keys = [item_layout.sha_key(s) for s in sorted(set(shas))]
+    if not keys:
+        return []
+    marks = _marks(keys)
+    return list(conn.execute(f"SELECT {columns} FROM items WHERE sha_key IN ({marks}) AND {FIRST} UNION ALL "
+                             f"SELECT {columns} FROM items WHERE sha_key IN ({marks}) AND state = 'dry-run'",
+                             [*keys, *keys]))
 
 
 def held_rows(db: Database, paths: list[str]) -> dict[str, dict]:
@@ -339,25 +438,28 @@ def held_rows(db: Database, paths: list[str]) -> dict[str, dict]:
     wanted = sorted(set(paths))
     if not wanted:
         return {}
-    rows = db.query(f"SELECT * FROM items WHERE state = 'held' AND source_path IN ({_marks(wanted)}) ORDER BY id",
-                    wanted)
+    rows = db.query(f"SELECT {COLUMNS_SQL} FROM items WHERE {OPEN} AND state = 'held' "
+                    f"AND source_path IN ({_marks(wanted)}) ORDER BY id", wanted)
     return {row["source_path"]: row for row in rows}
 
 
-@functools.cache
-def _update_sql(columns: tuple[str, ...]) -> str:
-    return f"UPDATE items SET {', '.join(f'[{c}] = ?' for c in columns)} WHERE id = ?"
+_MODEL_COLUMNS = ("model_id", "model_sha256", "scores")  # stored together (item_layout.Encoder)
 
 
-@functools.cache
-def _insert_sql(columns: tuple[str, ...]) -> str:
-    return f"INSERT INTO items ({', '.join(f'[{c}]' for c in columns)}) VALUES ({', '.join('?' * len(columns))})"
+def _stored(db: Database, item_id: int, changes: dict) -> dict[str, Any]:
+    """The stored columns for changes to item `item_id` (the model's columns it does not change are read)."""
+    changes = {c: v for c, v in changes.items() if c != "id"}
+    current = None
+    if any(c in changes for c in _MODEL_COLUMNS) and not all(c in changes for c in _MODEL_COLUMNS):
+        found = db.execute(f"SELECT {', '.join(_MODEL_COLUMNS)} FROM items WHERE id = ?", [item_id]).fetchone()
+        current = dict(zip(_MODEL_COLUMNS, found, strict=True)) if found else None
+    return encoder(db).encode(changes, current)
 
 
 def _update(db: Database, item_id: int, changes: dict) -> None:
-    columns = tuple(c for c in changes if c != "id")
-    if columns:
-        db.conn.execute(_update_sql(columns), [_encoded(changes[c]) for c in columns] + [item_id])
+    stored = _stored(db, item_id, changes)
+    if stored:
+        db.conn.execute(item_layout.update_sql(tuple(stored)), [*stored.values(), item_id])
 
 
 def write_intents(db: Database, rows: list[dict], firsts: dict[str, dict] | None = None) -> list[int]:
@@ -380,7 +482,8 @@ def write_intents(db: Database, rows: list[dict], firsts: dict[str, dict] | None
                 ids.append(row["id"])
                 continue
             row = {**row, "duplicate_of": first_ids.get(row["sha256"]) if row.get("sha256") else None}
-            cursor = db.conn.execute(_insert_sql(tuple(row)), [_encoded(v) for v in row.values()])
+            stored = encoder(db).encode(row)
+            cursor = db.conn.execute(item_layout.insert_sql(tuple(stored)), list(stored.values()))
             new_id = int(cursor.lastrowid or 0)  # always set after an INSERT
             ids.append(new_id)
             if row.get("sha256") and row["duplicate_of"] is None and row.get("state") != ItemState.DRY_RUN:
@@ -392,15 +495,15 @@ def mark_done(db: Database, updates: list[dict]) -> None:
     """Record the outcome of a batch's moves in one transaction (`id` plus changed columns); rows
     that change the same columns go in one executemany. An update `{"id": …, "forget": True}` deletes
     an intent that never came true (its file changed before the move: `forget`)."""
-    groups: dict[tuple[str, ...], list[list]] = {}
     doomed = [u["id"] for u in updates if u.get("forget")]
-    for update in updates:
-        columns = tuple(c for c in update if c != "id")
-        if columns and not update.get("forget"):
-            groups.setdefault(columns, []).append([_encoded(update[c]) for c in columns] + [update["id"]])
     with immediate(db):
+        groups: dict[tuple[str, ...], list[list]] = {}
+        for update in updates:
+            stored = {} if update.get("forget") else _stored(db, update["id"], update)
+            if stored:
+                groups.setdefault(tuple(stored), []).append([*stored.values(), update["id"]])
         for columns, params in groups.items():
-            db.conn.executemany(_update_sql(columns), params)
+            db.conn.executemany(item_layout.update_sql(columns), params)
         forget(db, doomed)
 
 
@@ -425,17 +528,25 @@ def window_ids(conn: sqlite3.Connection, start: str, end: str) -> tuple[int, int
     """The smallest and largest id received in [start, end), from the received_at index alone (it holds the
     rowid): readers use it to find a window's audits through their item_id index instead of walking the
     window's rows. None for an empty window."""
-    lo, hi = conn.execute("SELECT MIN(id), MAX(id) FROM items WHERE received_at >= ? AND received_at < ?",
-                          [start, end]).fetchone()
+    lo, hi = conn.execute("SELECT MIN(id), MAX(id) FROM items WHERE received_ms >= ? AND received_ms < ?",
+                          [ms_of_text(start), ms_of_text(end)]).fetchone()
     return None if lo is None else (int(lo), int(hi))
 
 
+def ms_of_text(moment: str) -> int:
+    """A window edge given as ISO text, as the stored `received` milliseconds."""
+    return item_layout.ms_of(datetime.fromisoformat(moment))
+
+
+OPEN = "state IN ('intent', 'held')"  # the unfinished rows' partial index's WHERE (a query names it to use it)
+
+
 def unfinished(db: Database) -> list[dict]:
-    return list(db.query("SELECT * FROM items WHERE state = 'intent' ORDER BY id"))
+    return list(db.query(f"SELECT {COLUMNS_SQL} FROM items WHERE {OPEN} AND state = 'intent' ORDER BY id"))
 
 
 def held(db: Database) -> list[dict]:
-    return list(db.query("SELECT * FROM items WHERE state = 'held' ORDER BY id"))
+    return list(db.query(f"SELECT {COLUMNS_SQL} FROM items WHERE {OPEN} AND state = 'held' ORDER BY id"))
 
 
 # ---- readers: stats and prune ----
@@ -450,8 +561,8 @@ def stats(path: Path | str) -> dict[str, Any]:
         groups = item_counts.all_groups(conn)
         # two subqueries: SQLite reads one end of the index for a lone MIN or MAX, but both in one
         # SELECT walk the whole index (4 s at 20 M rows)
-        first, last = conn.execute("SELECT (SELECT MIN(received_at) FROM items), "
-                                   "(SELECT MAX(received_at) FROM items)").fetchone()
+        first, last = conn.execute("SELECT (SELECT received_at FROM items ORDER BY received_ms LIMIT 1), "
+                                   "(SELECT received_at FROM items ORDER BY received_ms DESC LIMIT 1)").fetchone()
         errors = {str(r[0]): r[1] for r in conn.execute(
             "SELECT error, COUNT(*) AS n FROM items WHERE error IS NOT NULL GROUP BY error ORDER BY n DESC")}
         conn.execute("COMMIT")
@@ -490,7 +601,7 @@ class PruneResult:
 # The rows retention deletes. `+state`: walk the received_at index from the oldest row. By the state index
 # SQLite would read every finished row of the table to find that none is left (22 s under the write lock at
 # 20 M rows).
-PRUNE_WHERE = "received_at < ? AND +state IN ('done', 'dry-run')"
+PRUNE_WHERE = "received_ms < ? AND +state IN ('done', 'dry-run')"
 PAUSE_S = 0.05  # between two retention transactions: a waiting writer's busy handler gets its turn
 VACUUM_STEP_PAGES = 512  # pages one incremental-vacuum transaction returns to the disk (2 MB at 4 KiB)
 
@@ -503,7 +614,7 @@ def prune(path: Path | str, older_than: timedelta, dry_run: bool = False,
     Small batches with a pause between keep each write lock short, so a running daemon is never starved:
     its commits wait one batch at most. Unfinished (`intent`/`held`) rows are kept, recovery still needs them.
     """
-    cutoff = (datetime.now(UTC) - older_than).isoformat(timespec="milliseconds")
+    cutoff = item_layout.ms_of(datetime.now(UTC) - older_than)
     where = PRUNE_WHERE
     reader = open_reader(path)
     try:
@@ -521,7 +632,7 @@ def prune(path: Path | str, older_than: timedelta, dry_run: bool = False,
                 ids = [r[0] for r in db.execute(f"SELECT id FROM items WHERE {where} LIMIT {size}", [cutoff])]
                 if ids:  # an item's deliveries go with it (sorter.delivery)
                     db.execute(f"DELETE FROM deliveries WHERE item_id IN ({_marks(ids)})", ids)
-                    db.execute(f"DELETE FROM items WHERE id IN ({_marks(ids)})", ids)
+                    db.execute(f"DELETE FROM {item_layout.ROWS} WHERE id IN ({_marks(ids)})", ids)
             if not ids:
                 break
             deleted += len(ids)

@@ -44,7 +44,7 @@ def write_audited_db(path: Path) -> Path:
     db = store.open_writer(path)
     rows = [(pred, true) for pred, true, n in AUDITED for _ in range(n)]
     for i, (pred, true) in enumerate(rows, start=1):
-        db.table("items").insert({"id": i, "sha256": f"{i:064x}", "source_path": f"/in/item{i}.jpg", "label": pred,
+        store.insert_item(db, {"id": i, "sha256": f"{i:064x}", "source_path": f"/in/item{i}.jpg", "label": pred,
                                   "confidence": 0.9, "verdict": "rotten" if pred == "rottenblue" else "fresh",
                                   "model_id": "colour", "source": "watch", "received_at": t(DAY, i % 24),
                                   "state": "done"})

@@ -47,17 +47,17 @@ def build_db(tmp: Path) -> Path:
     db = store.open_writer(path)
     for i, (label, verdict, conf, hour, _) in ITEMS.items():
         img = write_colour_jpeg(tmp / "sorted" / f"item{i}.jpg", COLOUR[label], seed=i)
-        db["items"].insert({"id": i, "sha256": f"{i:064x}", "source_path": f"/in/item{i}.jpg",
+        store.insert_item(db, {"id": i, "sha256": f"{i:064x}", "source_path": f"/in/item{i}.jpg",
                             "destination": str(img), "label": label, "confidence": conf, "verdict": verdict,
                             "model_id": "colour", "source": "watch", "received_at": t(DAY, hour, i),
                             "state": "done"})
     errors = {11: "wrong-extension: .txt", 12: "wrong-extension: .gif", 13: "too-large: 9,999 bytes"}
     for i, error in errors.items():
-        db["items"].insert({"id": i, "sha256": f"{i:064x}", "source_path": f"/in/e{i}", "error": error,
+        store.insert_item(db, {"id": i, "sha256": f"{i:064x}", "source_path": f"/in/e{i}", "error": error,
                             "source": "watch", "received_at": t(DAY, 5), "state": "done"})
-    db["items"].insert({"id": 14, "sha256": f"{1:064x}", "label": "freshred", "confidence": 0.9, "verdict": "fresh",
+    store.insert_item(db, {"id": 14, "sha256": f"{1:064x}", "label": "freshred", "confidence": 0.9, "verdict": "fresh",
                         "duplicate_of": 1, "source": "watch", "received_at": t(DAY, 6), "state": "done"})
-    db["items"].insert({"id": 15, "sha256": f"{15:064x}", "label": "freshred", "confidence": 0.9, "verdict": "fresh",
+    store.insert_item(db, {"id": 15, "sha256": f"{15:064x}", "label": "freshred", "confidence": 0.9, "verdict": "fresh",
                         "source": "watch", "received_at": t("2026-01-09", 12), "state": "done"})
     audits = [(i, row[4], "ann", t("2026-01-11", 9)) for i, row in ITEMS.items() if row[4]]
     audits += [(2, "freshred", "bob", t("2026-01-11", 8)),  # older: ann's later freshgreen wins

@@ -35,7 +35,7 @@ def _items(tmp: Path, specs: list[tuple[str, str, float]]) -> tuple[Path, list[d
         sha = hashlib.sha256(img.read_bytes()).hexdigest()
         row = {"sha256": sha, "source_path": f"/in/img{i:03d}.jpg", "destination": str(img), "label": label,
                "confidence": conf, "verdict": verdict, "source": "watch", "received_at": RECEIVED, "state": "done"}
-        row["id"] = db["items"].insert(row).last_pk
+        row["id"] = store.insert_item(db, row)
         made.append(row)
     db.close()
     return path, made

@@ -40,7 +40,7 @@ def _line(tmp: Path, per_label: int = 6) -> Path:
     received = (NOW - timedelta(hours=1)).isoformat(timespec="milliseconds")
     for i, label in enumerate(LABELS * per_label, start=1):
         img = write_colour_jpeg(tmp / "sorted" / label / f"img{i:03d}.jpg", COLOUR[label], seed=i)
-        db["items"].insert({"sha256": _sha(img), "source_path": f"/in/img{i:03d}.jpg", "destination": str(img),
+        store.insert_item(db, {"sha256": _sha(img), "source_path": f"/in/img{i:03d}.jpg", "destination": str(img),
                             "label": label, "confidence": 0.9,
                             "verdict": "rotten" if label == "rottenblue" else "fresh",
                             "source": "watch", "received_at": received, "state": "done",

@@ -104,7 +104,7 @@ def test_a_report_of_an_empty_window_says_so(tmp_path):
 
 def test_a_report_with_items_but_no_audits_says_no_audited_items(tmp_path):
     db = store.open_writer(tmp_path / "s.db")
-    db["items"].insert_all([{"source": "watch", "state": "done", "received_at": store.now_iso(), "sha256": s,
+    store.insert_items(db, [{"source": "watch", "state": "done", "received_at": store.now_iso(), "sha256": s,
                              "source_path": f"/in/{s}.jpg", "label": lbl, "verdict": v}
                             for s, lbl, v in (("a", "freshred", "fresh"), ("b", "rottenblue", "rotten"))])
     db.close()

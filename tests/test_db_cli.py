@@ -17,7 +17,7 @@ def _seed(path):
     db = store.open_writer(path)
     old = (datetime.now(UTC) - timedelta(days=120)).isoformat(timespec="milliseconds")
     base = {"source": "watch", "state": "done", "received_at": store.now_iso()}
-    db["items"].insert_all([
+    store.insert_items(db, [
         {**base, "sha256": "a", "source_path": "/in/a.jpg", "label": "freshred", "verdict": "fresh"},
         {**base, "sha256": "b", "source_path": "/in/b.jpg", "label": "rottenblue", "verdict": "rotten"},
         {**base, "sha256": "c", "source_path": "/in/c.jpg", "error": "empty: zero-byte file"},

@@ -424,11 +424,12 @@ def test_outputs_accept_unknown_in_their_verdicts_and_refuse_a_typo():
 # ---- the store and the fleet ----
 
 def test_an_old_database_gains_the_ood_score_column_and_keeps_its_rows(tmp_path):
+    from sqlite_utils import Database
+
     path = tmp_path / "old.db"
-    db = store.open_writer(path)
-    db.execute("ALTER TABLE items DROP COLUMN ood_score")  # as a database from before m004 is
-    db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm004_items_ood_score'")
-    db["items"].insert({"sha256": "a" * 64, "source_path": "/in/a.jpg", "source": "watch", "state": "done",
+    db = Database(sqlite3.connect(str(path), isolation_level=None))
+    store.migrations.apply(db, stop_before="m004_items_ood_score")  # as a database from before m004 is
+    db.table("items").insert({"sha256": "a" * 64, "source_path": "/in/a.jpg", "source": "watch", "state": "done",
                         "received_at": store.now_iso(), "label": "freshred", "verdict": "fresh"})
     db.close()
     db = store.open_writer(path)
@@ -444,7 +445,7 @@ def test_fleet_merge_counts_unknown_and_rates_among_the_produce(tmp_path):
     soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()  # rows written this millisecond are inside
     for line, verdicts in (("a", ["fresh", "rotten", "unknown", "unknown"]), ("b", ["fresh", "uncertain"])):
         db = store.open_writer(tmp_path / f"{line}.db")
-        db["items"].insert_all([{"sha256": f"{line}{i}", "source_path": f"/in/{i}.jpg", "source": "watch",
+        store.insert_items(db, [{"sha256": f"{line}{i}", "source_path": f"/in/{i}.jpg", "source": "watch",
                                  "state": "done", "received_at": store.now_iso(), "label": "freshred",
                                  "confidence": 0.9, "verdict": v} for i, v in enumerate(verdicts)])
         db.close()

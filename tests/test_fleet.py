@@ -97,7 +97,7 @@ def line_db(folder: Path, rows: list[tuple]) -> Path:
     path = folder / "r.db"
     db = store.open_writer(path)
     for i, (label, verdict, conf, hour, truth) in enumerate(rows, 1):
-        db["items"].insert({"id": i, "sha256": f"{i:064x}", "source_path": f"/in/{i}.jpg", "label": label,
+        store.insert_item(db, {"id": i, "sha256": f"{i:064x}", "source_path": f"/in/{i}.jpg", "label": label,
                             "confidence": conf, "verdict": verdict, "model_id": "colour", "source": "watch",
                             "received_at": t(DAY, hour, i), "state": "done"})
         db["audits"].insert({"item_id": i, "sha256": f"{i:064x}", "true_label": truth, "auditor": "ann",

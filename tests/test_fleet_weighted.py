@@ -50,7 +50,7 @@ def line_db(path: Path, audits: list[tuple[str, str, float]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     db = store.open_writer(path)
     for i, (label, truth, share) in enumerate(audits, start=1):
-        db["items"].insert({"id": i, "sha256": f"{i:064x}", "source_path": f"/in/{i}.jpg", "label": label,
+        store.insert_item(db, {"id": i, "sha256": f"{i:064x}", "source_path": f"/in/{i}.jpg", "label": label,
                             "confidence": 0.9, "verdict": "rotten" if label == "rottenblue" else "fresh",
                             "model_id": "colour", "source": "watch", "received_at": t(DAY, i), "state": "done"})
         db["audit_draws"].insert({"item_id": i, "sample": "s1", "stratum": "x", "share": share, "p": share,

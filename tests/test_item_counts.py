@@ -89,7 +89,15 @@ def test_m010_counts_the_rows_of_a_database_made_before_it(tmp_path):
     db = Database(sqlite3.connect(str(path), isolation_level=None))
     store.migrations.apply(db, stop_before="m010_item_counts")
     rng = random.Random(9)
-    ids = store.write_intents(db, [_row(rng, i) for i in range(300)])
+    firsts: dict[str, int] = {}
+    ids = []
+    for i in range(300):  # as the old version wrote them: a content's later rows point at its first
+        row = _row(rng, i)
+        real = row["sha256"] is not None and row["state"] != ItemState.DRY_RUN
+        row["duplicate_of"] = firsts.get(row["sha256"]) if real else None
+        ids.append(int(db.table("items").insert(row).last_pk or 0))
+        if real and row["duplicate_of"] is None:
+            firsts[row["sha256"]] = ids[-1]
     db.conn.close()
     writer = store.open_writer(path)  # migrates: m010 counts what is there
     assert (tmp_path / "old.db.bak-m010_item_counts").is_file()

@@ -49,7 +49,7 @@ def write_population(tmp: Path) -> tuple[Path, dict[str, str]]:
             rows.append({"sha256": sha, "source_path": f"/in/img{n:04d}.jpg", "destination": str(img), "label": label,
                          "confidence": conf, "verdict": verdict, "model_id": "colour", "model_sha256": "a" * 64,
                          "source": "watch", "received_at": t(DAY, n % 24, n % 60), "state": "done"})
-    db["items"].insert_all(rows)
+    store.insert_items(db, rows)
     db.close()
     return path, truth
 
@@ -191,7 +191,7 @@ def write_two_versions(path: Path) -> Path:
             hour = (13 + k) if version == "b" and day == "2026-01-10" else k
             rotten = k % 4 == 3
             label = "rottenblue" if rotten else "freshred"
-            db["items"].insert({"id": n, "sha256": f"{n:064x}", "source_path": f"/in/{n}.jpg", "label": label,
+            store.insert_item(db, {"id": n, "sha256": f"{n:064x}", "source_path": f"/in/{n}.jpg", "label": label,
                                 "confidence": 0.9, "verdict": "rotten" if rotten else "fresh", "model_id": "colour",
                                 "model_sha256": version * 64, "source": "watch", "received_at": t(day, hour),
                                 "state": "done"})

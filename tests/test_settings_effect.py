@@ -93,7 +93,7 @@ def test_watch_fires_the_configured_command_output_per_routed_item(tmp_path):
 
 def test_db_stats_opens_the_config_db_not_the_working_folder_one(tmp_path, monkeypatch):
     db = store.open_writer(tmp_path / "line.db")
-    db["items"].insert_all([{"source": "watch", "state": "done", "received_at": store.now_iso(), "sha256": s,
+    store.insert_items(db, [{"source": "watch", "state": "done", "received_at": store.now_iso(), "sha256": s,
                              "source_path": f"/in/{s}.jpg", "label": "freshred", "verdict": "fresh"}
                             for s in "abc"])
     db.close()
@@ -259,7 +259,7 @@ def test_report_and_retention_keys_reach_report_json_and_prune(tmp_path):
 
     old = (datetime.now(UTC) - timedelta(days=10)).isoformat(timespec="milliseconds")
     db = store.open_writer(tmp_path / "s.db")
-    db["items"].insert_all([{"source": "watch", "state": "done", "received_at": when, "sha256": s,
+    store.insert_items(db, [{"source": "watch", "state": "done", "received_at": when, "sha256": s,
                              "source_path": f"/in/{s}.jpg", "label": "freshred", "verdict": "fresh"}
                             for s, when in (("a", store.now_iso()), ("b", old))])
     db.close()

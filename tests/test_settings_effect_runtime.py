@@ -344,9 +344,9 @@ def test_report_max_thumbnails_caps_the_gallery(tmp_path, report_db):
 def _old_items(path: Path, n: int, payload: int = 0) -> Path:
     db = store.open_writer(path)
     old = (datetime.now(UTC) - timedelta(days=100)).isoformat(timespec="milliseconds")
-    db["items"].insert_all([{"source": "watch", "state": "done", "received_at": old, "sha256": f"{i:064x}",
+    store.insert_items(db, [{"source": "watch", "state": "done", "received_at": old, "sha256": f"{i:064x}",
                              "source_path": f"/in/{i}.jpg" + "x" * payload} for i in range(n)])
-    db["items"].insert({"source": "watch", "state": "done", "received_at": store.now_iso(), "sha256": "f" * 64,
+    store.insert_item(db, {"source": "watch", "state": "done", "received_at": store.now_iso(), "sha256": "f" * 64,
                         "source_path": "/in/kept.jpg"})
     db.close()
     return path
