@@ -399,7 +399,8 @@ def db_prune(ctx: typer.Context, db: Path | None = DbOpt,
 def db_vacuum(ctx: typer.Context, db: Path | None = DbOpt, config: Path | None = ConfigOpt) -> None:
     """Rewrite the database file once (VACUUM), making it incremental: from then on retention returns free
     pages to the disk in short steps while the daemon writes. Locks the database while it runs (minutes for
-    gigabytes): a database made by this version is incremental already."""
+    gigabytes): a database made by this version is incremental already. A database from before the compact
+    layout (m011) finishes its conversion first (the daemon does it a step at a time otherwise)."""
     import time
 
     from sorter.store import full_vacuum

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sorter import store
+from sorter import item_layout, store
 from sorter.card import sha256_file
 
 MANIFEST = "MANIFEST.tsv"
@@ -130,11 +130,12 @@ def _unaudited_confident(conn: sqlite3.Connection, cutoff: str, floor: float) ->
     audited = ("AND id NOT IN (SELECT item_id FROM audits) AND (sha256 IS NULL OR sha256 NOT IN "
                "(SELECT sha256 FROM audits WHERE sha256 IS NOT NULL))") if store.has_table(conn, "audits") else ""
     verdicts = ",".join("?" * len(PSEUDO_VERDICTS))
+    window, params = item_layout.in_window(conn, store.ms_of_text(cutoff) if cutoff else -(1 << 62), 1 << 62)
     rows = conn.execute(
-        f"SELECT {store.COLUMNS_SQL} FROM items WHERE received_ms >= ? AND duplicate_of IS NULL AND state = 'done' "
+        f"SELECT {store.COLUMNS_SQL} FROM items WHERE {window} AND duplicate_of IS NULL AND state = 'done' "
         "AND destination IS NOT NULL "
         f"AND error IS NULL AND label IS NOT NULL AND confidence >= ? AND verdict IN ({verdicts}) {audited} "
-        "ORDER BY id", [store.ms_of_text(cutoff) if cutoff else -(1 << 62), floor, *PSEUDO_VERDICTS])
+        "ORDER BY id", [*params, floor, *PSEUDO_VERDICTS])
     return [_Candidate(dict(r), r["label"], "", "", True) for r in rows]
 
 

@@ -157,9 +157,9 @@ def _scanned(conn: sqlite3.Connection, start: int, end: int) -> Iterator[Group]:
     """The same groups from the rows themselves (a partial hour, in ms): one indexed range, grouped in SQL."""
     if start >= end:
         return iter(())
-    rows = conn.execute(f"SELECT {', '.join(_key_sql('items'))}, COUNT(*) FROM items "
-                        "WHERE received_ms >= ? AND received_ms < ? "
-                        f"GROUP BY {', '.join(str(i + 1) for i in range(len(KEY)))}", [start, end])
+    window, params = item_layout.in_window(conn, start, end)
+    rows = conn.execute(f"SELECT {', '.join(_key_sql('items'))}, COUNT(*) FROM items WHERE {window} "
+                        f"GROUP BY {', '.join(str(i + 1) for i in range(len(KEY)))}", params)
     return (_group(tuple(r)) for r in rows)
 
 

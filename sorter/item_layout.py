@@ -220,7 +220,7 @@ def view_sql(with_legacy: bool) -> str:
     return sql
 
 
-def _trigger_sql() -> list[str]:
+def _trigger_sql(with_legacy: bool) -> list[str]:
     """INSTEAD OF triggers: writes to the view land in item_rows. Plain columns and paths are SQL alone (a
     hand-typed `UPDATE items SET state = …` works in any SQLite); hashes, times, scores and the model need the
     functions `register` adds (another tool's connection gets 'no such function' and changes nothing)."""
@@ -243,6 +243,15 @@ def _trigger_sql() -> list[str]:
     model_id = f"(SELECT id FROM {MODELS} WHERE (model_id, model_sha256, labels) = ({model_key}))"
     scores = "sorter_scores(NEW.scores)"
     plain = ", ".join(PLAIN[1:])
+
+    def old(*columns: str) -> str:
+        """While old rows wait to be converted, a write to one of them lands in the old table."""
+        if not with_legacy:
+            return ""
+        if not columns:
+            return f" DELETE FROM {LEGACY} WHERE id = OLD.id;"
+        return f" UPDATE {LEGACY} SET {', '.join(f'{c} = NEW.{c}' for c in columns)} WHERE id = OLD.id;"
+
     return [
         f"CREATE TRIGGER items_insert INSTEAD OF INSERT ON items BEGIN "
         f"{add_dirs('NEW.source_path', 'NEW.destination')} {add_model} "
@@ -250,19 +259,22 @@ def _trigger_sql() -> list[str]:
         f"VALUES (NEW.id, sorter_sha(NEW.sha256), {dir_id('NEW.source_path')}, {name_of('NEW.source_path')}, "
         f"{dir_id('NEW.destination')}, {name_of('NEW.destination')}, {', '.join(f'NEW.{c}' for c in PLAIN[1:])}, "
         f"{scores}, {model_id}, sorter_ms(NEW.received_at), sorter_ms(NEW.routed_at)); END",
-        f"CREATE TRIGGER items_delete INSTEAD OF DELETE ON items BEGIN DELETE FROM {ROWS} WHERE id = OLD.id; END",
+        f"CREATE TRIGGER items_delete INSTEAD OF DELETE ON items BEGIN DELETE FROM {ROWS} WHERE id = OLD.id;"
+        f"{old()} END",
         f"CREATE TRIGGER items_update_plain INSTEAD OF UPDATE OF {plain} ON items BEGIN UPDATE {ROWS} SET "
-        f"{', '.join(f'{c} = NEW.{c}' for c in PLAIN[1:])} WHERE id = OLD.id; END",
+        f"{', '.join(f'{c} = NEW.{c}' for c in PLAIN[1:])} WHERE id = OLD.id;{old(*PLAIN[1:])} END",
         f"CREATE TRIGGER items_update_paths INSTEAD OF UPDATE OF source_path, destination ON items BEGIN "
         f"{add_dirs('NEW.source_path', 'NEW.destination')} UPDATE {ROWS} SET src_dir = {dir_id('NEW.source_path')}, "
         f"src_name = {name_of('NEW.source_path')}, dst_dir = {dir_id('NEW.destination')}, "
-        f"dst_name = {name_of('NEW.destination')} WHERE id = OLD.id; END",
+        f"dst_name = {name_of('NEW.destination')} WHERE id = OLD.id;{old('source_path', 'destination')} END",
         f"CREATE TRIGGER items_update_times INSTEAD OF UPDATE OF received_at, routed_at ON items BEGIN UPDATE {ROWS} "
-        "SET received = sorter_ms(NEW.received_at), routed = sorter_ms(NEW.routed_at) WHERE id = OLD.id; END",
+        "SET received = sorter_ms(NEW.received_at), routed = sorter_ms(NEW.routed_at) WHERE id = OLD.id;"
+        f"{old('received_at', 'routed_at')} END",
         f"CREATE TRIGGER items_update_sha INSTEAD OF UPDATE OF sha256 ON items BEGIN UPDATE {ROWS} "
-        "SET sha = sorter_sha(NEW.sha256) WHERE id = OLD.id; END",
+        f"SET sha = sorter_sha(NEW.sha256) WHERE id = OLD.id;{old('sha256')} END",
         f"CREATE TRIGGER items_update_model INSTEAD OF UPDATE OF model_id, model_sha256, scores ON items BEGIN "
-        f"{add_model} UPDATE {ROWS} SET scores = {scores}, model = {model_id} WHERE id = OLD.id; END",
+        f"{add_model} UPDATE {ROWS} SET scores = {scores}, model = {model_id} WHERE id = OLD.id;"
+        f"{old('model_id', 'model_sha256', 'scores')} END",
     ]
 
 
@@ -272,8 +284,9 @@ def create(conn: sqlite3.Connection) -> None:
     conn.execute(f"CREATE TABLE {MODELS} (id INTEGER PRIMARY KEY, model_id TEXT NOT NULL, model_sha256 TEXT NOT NULL, "
                  "labels TEXT NOT NULL, UNIQUE (model_id, model_sha256, labels))")
     conn.execute(
-        f"CREATE TABLE {ROWS} (id INTEGER PRIMARY KEY, sha BLOB, src_dir INTEGER, src_name TEXT, dst_dir INTEGER, "
-        "dst_name TEXT, label TEXT, confidence REAL, verdict TEXT, scores BLOB, model INTEGER, source TEXT NOT NULL, "
+        f"CREATE TABLE {ROWS} (id INTEGER PRIMARY KEY AUTOINCREMENT, sha BLOB, src_dir INTEGER, src_name TEXT, "
+        "dst_dir INTEGER, dst_name TEXT, label TEXT, confidence REAL, verdict TEXT, scores BLOB, model INTEGER, "
+        "source TEXT NOT NULL, "
         "received INTEGER NOT NULL, routed INTEGER, duplicate_of INTEGER, error TEXT, state TEXT NOT NULL, "
         f"ood_score REAL, keep_p REAL, CONSTRAINT items_state CHECK ({sql_in('state', ItemState)}), "
         f"CONSTRAINT items_verdict CHECK ({sql_in('verdict', Verdict, nullable=True)}))")
@@ -289,7 +302,7 @@ def create(conn: sqlite3.Connection) -> None:
 def create_view(conn: sqlite3.Connection, with_legacy: bool) -> None:
     """The items view and its write triggers (a view's triggers go with it when it is dropped)."""
     conn.execute(view_sql(with_legacy))
-    for sql in _trigger_sql():
+    for sql in _trigger_sql(with_legacy):
         conn.execute(sql)
 
 
@@ -299,6 +312,32 @@ def register(conn: sqlite3.Connection) -> None:
     conn.create_function("sorter_ms", 1, time_key, deterministic=True)
     conn.create_function("sorter_scores", 1, lambda text: scores_key(text)[0], deterministic=True)
     conn.create_function("sorter_labels", 1, lambda text: scores_key(text)[1] or None, deterministic=True)
+
+
+def legacy(conn: sqlite3.Connection) -> bool:
+    """Whether an old database's rows are still waiting to be converted (`items_v1`, part of the view)."""
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [LEGACY]).fetchone()
+    return found is not None
+
+
+def _iso_bound(ms: int) -> str:
+    try:
+        return iso_of_ms(ms)
+    except (OverflowError, OSError, ValueError):
+        return "" if ms < 0 else "\uffff"
+
+
+def in_window(conn: sqlite3.Connection, lo_ms: int, hi_ms: int, alias: str = "") -> tuple[str, list[Any]]:
+    """SQL and parameters for `received in [lo_ms, hi_ms)` that every part of the view can search by index:
+    the compact rows by `received_ms`; while old rows wait to be converted, they by their received_at index
+    too (the text condition is added only then: computing the text for every compact row would cost)."""
+    at = f"{alias}." if alias else ""
+    sql = f"{at}received_ms >= ? AND {at}received_ms < ?"
+    params: list[Any] = [lo_ms, hi_ms]
+    if legacy(conn):
+        sql += f" AND {at}received_at >= ? AND {at}received_at < ?"
+        params += [_iso_bound(lo_ms), _iso_bound(hi_ms)]
+    return sql, params
 
 
 @functools.cache

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from sorter import item_counts, store
+from sorter import item_counts, item_layout, store
 from sorter.card import ModelCard
 from sorter.item_counts import Group
 from sorter.item_layout import ms_of
@@ -202,24 +202,27 @@ def version_spans(conn: sqlite3.Connection, groups: list[Group], lo: datetime, h
     for g in groups:
         hours.setdefault((g.model_id, g.model_sha256), []).append(g.hour)
     start, end = ms_of(lo), ms_of(hi)
-    sql = ("SELECT received_at FROM items WHERE received_ms >= ? AND received_ms < ? AND model_id IS ? "
-           "AND model_sha256 IS ? AND duplicate_of IS NULL AND label IS NOT NULL AND verdict IS NOT NULL "
-           "ORDER BY received_ms {} LIMIT 1")
+    sql = ("SELECT received_at FROM items WHERE {} AND model_id IS ? AND model_sha256 IS ? AND duplicate_of IS NULL "
+           "AND label IS NOT NULL AND verdict IS NOT NULL ORDER BY received_ms {} LIMIT 1")
 
-    def within(hour: str) -> list[int]:
+    def first(order: str, bounds: tuple[int, int], version: tuple) -> str:
+        window, params = item_layout.in_window(conn, bounds[0], bounds[1])
+        found = conn.execute(sql.format(window, order), [*params, *version]).fetchone()
+        return found[0] if found else ""
+
+    def within(hour: str) -> tuple[int, int]:
         """The window's part of that hour; all the window when a row's time is not ISO (hand-typed)."""
         try:
             begin = datetime.fromisoformat(hour + ":00+00:00")
         except ValueError:
-            return [start, end]
-        return [max(start, ms_of(begin)), min(end, ms_of(begin + timedelta(hours=1)))]
+            return start, end
+        return max(start, ms_of(begin)), min(end, ms_of(begin + timedelta(hours=1)))
 
     out = {}
     for version, seen in hours.items():
-        first, last = ((conn.execute(sql.format(order), [*within(hour), *version]).fetchone() or
-                        conn.execute(sql.format(order), [start, end, *version]).fetchone() or [None])[0]
-                       for order, hour in (("ASC", min(seen)), ("DESC", max(seen))))
-        out[version] = (first, last)
+        first_at, last_at = (first(order, within(hour), version) or first(order, (start, end), version)
+                             for order, hour in (("ASC", min(seen)), ("DESC", max(seen))))
+        out[version] = (first_at, last_at)
     return out
 
 
@@ -488,12 +491,13 @@ def _audited(conn: sqlite3.Connection, start: str, end: str) -> list[dict]:
     if not store.has_table(conn, "audits") or ids is None:
         return []
     keep = "i.keep_p" if _has_column(conn, "items", "keep_p") else "NULL AS keep_p"
+    window, params = item_layout.in_window(conn, store.ms_of_text(start), store.ms_of_text(end), "i")
     sql = ("SELECT i.id, i.sha256, i.label, i.confidence, i.verdict, i.destination, i.model_id, i.model_sha256, "
            f"i.received_at, {keep}, a.true_label, a.auditor FROM audits a CROSS JOIN items i ON i.id = a.item_id "
-           "WHERE a.item_id BETWEEN ? AND ? AND i.received_ms >= ? AND i.received_ms < ? "
+           f"WHERE a.item_id BETWEEN ? AND ? AND {window} "
            "AND i.label IS NOT NULL AND i.duplicate_of IS NULL AND a.id = (SELECT b.id FROM audits b "
            "WHERE b.item_id = i.id ORDER BY b.audited_at DESC, b.id DESC LIMIT 1) ORDER BY i.id")
-    rows = [dict(r) for r in conn.execute(sql, [*ids, store.ms_of_text(start), store.ms_of_text(end)])]
+    rows = [dict(r) for r in conn.execute(sql, [*ids, *params])]
     shares: dict[int, list[float]] = {}
     if store.has_table(conn, "audit_draws") and rows:
         for item_id, share in conn.execute("SELECT d.item_id, d.share FROM audit_draws d WHERE d.item_id IN "

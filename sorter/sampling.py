@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sorter import item_counts, store
+from sorter import item_counts, item_layout, store
 from sorter.report import parse_time
 
 UNCERTAIN_WEIGHT = 3.0  # uncertain items are where the model needs people most
@@ -81,8 +81,14 @@ def _band_case(values: list[str]) -> str:
 
 
 _STRATUM_SQL = f"coalesce(verdict, 'none') || ':' || ({_band_case([str(i) for i in range(len(_EDGE_BINS) + 1)])})"
-_CANDIDATE = ("received_ms >= ? AND received_ms < ? AND duplicate_of IS NULL AND label IS NOT NULL "
-              "AND (error IS NULL OR error = '') AND destination IS NOT NULL")  # classified, first, an image
+_CANDIDATE = ("duplicate_of IS NULL AND label IS NOT NULL AND (error IS NULL OR error = '') "
+              "AND destination IS NOT NULL")  # classified, first, an image
+
+
+def _candidates(conn: sqlite3.Connection, start: str, end: str) -> tuple[str, list]:
+    """SQL and parameters for the window's candidates: received in [start, end), `_CANDIDATE`."""
+    window, params = item_layout.in_window(conn, store.ms_of_text(start), store.ms_of_text(end))
+    return f"{window} AND {_CANDIDATE}", params
 
 
 def _candidate(g: item_counts.Group) -> bool:
@@ -115,9 +121,10 @@ def stratum_sizes(conn: sqlite3.Connection, start: str, end: str, ids: tuple[int
             key = f"{g.verdict or 'none'}:{band_of_bin(g.bin)}"
             sizes[key] = sizes.get(key, 0) + g.n
     if audited and ids is not None:  # by a subquery: a long window's audits outnumber SQLite's `?` limit
+        where, params = _candidates(conn, start, end)
         for key, n in conn.execute(f"SELECT {_STRATUM_SQL} AS k, COUNT(*) FROM items WHERE id IN (SELECT item_id "
-                                   f"FROM audits WHERE item_id BETWEEN ? AND ?) AND {_CANDIDATE} GROUP BY k",
-                                   [*ids, store.ms_of_text(start), store.ms_of_text(end)]):
+                                   f"FROM audits WHERE item_id BETWEEN ? AND ?) AND {where} GROUP BY k",
+                                   [*ids, *params]):
             sizes[key] = sizes.get(key, 0) - n
     return {k: n for k, n in sorted(sizes.items()) if n > 0}
 
@@ -175,13 +182,13 @@ def _ranked(conn: sqlite3.Connection, start: str, end: str, limits: dict[str, fl
     read one at a time). The limit is looked up with a CASE on the verdict, then one on the band: building
     the stratum's name for every row of a day would cost more than the rest of the draw."""
     verdicts = sorted({key.rsplit(":", 1)[0] for key in limits})
-    params: list = [store.ms_of_text(start), store.ms_of_text(end)]
+    where, params = _candidates(conn, start, end)
     cases = []
     for verdict in verdicts:
         bands = [limits.get(f"{verdict}:{i}", -1.0) for i in range(len(_EDGE_BINS) + 1)]
         cases.append(f"WHEN ? THEN ({_band_case(['?'] * len(bands))})")
         params += [verdict, *(int(share * _RANKS) if share >= 0 else -1 for share in bands)]
-    rows = ranked_rows(seed, _CANDIDATE, f"CASE coalesce(verdict, 'none') {' '.join(cases)} ELSE -1 END")
+    rows = ranked_rows(seed, where, f"CASE coalesce(verdict, 'none') {' '.join(cases)} ELSE -1 END")
     sql = ("SELECT i.id, i.sha256, i.source_path, i.destination, i.label, i.confidence, i.verdict, "
            f"COALESCE(i.keep_p, 1.0) AS keep_p, d.r FROM ({rows}) d CROSS JOIN items i ON i.id = d.id"
            f"{' ORDER BY d.r' if ordered else ''}")

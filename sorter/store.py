@@ -7,6 +7,8 @@ lets read-only readers (`sorter db`, reports) run alongside without "database is
 
 from __future__ import annotations
 
+import json
+import logging
 import queue
 import re
 import sqlite3
@@ -28,6 +30,9 @@ from sorter.states import CameraEvent, DeliveryState, ItemState, sql_in
 from sorter.verdict import Verdict
 
 BUSY_TIMEOUT_MS = 10_000
+IDLE_S = 0.2  # the writer converts old rows (m011) after this long without a job,
+STEP_EVERY_S = 0.25  # and at most this often between jobs
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 migrations = Migrations("sorter")
 
@@ -163,10 +168,12 @@ def m010_item_counts(db: Database) -> None:
 
 @migrations()
 def m011_compact_items(db: Database) -> None:
-    """Items become compact rows under a view that reads as the table did (sorter.item_layout): ~230 bytes a
+    """Items become compact rows under a view that reads as the table did (sorter.item_layout): ~237 bytes a
     row with its indexes instead of ~815. The old table is renamed `items_v1` (other tables' references to
-    `items` kept: legacy_alter_table), and its rows move over in batches after the migration
-    (`convert_legacy`), each batch its own short transaction; until then the view shows both."""
+    `items` kept: legacy_alter_table) and stays part of the view; its rows move over later, a short batch at
+    a time while the writer is idle (`convert_step`), so the daemon starts at once. Here, in the migration,
+    only what the daemon may still change moves: the unfinished rows (recovery updates them). New ids
+    continue after the old ones (AUTOINCREMENT from the old largest id), so no new row takes an old id."""
     db.execute("PRAGMA legacy_alter_table=ON")
     try:
         db.execute(f"ALTER TABLE items RENAME TO {item_layout.LEGACY}")
@@ -175,6 +182,9 @@ def m011_compact_items(db: Database) -> None:
     item_layout.create(db.conn)
     item_layout.create_view(db.conn, with_legacy=True)
     item_counts.install_on_rows(db.conn)
+    db.execute(f"INSERT INTO sqlite_sequence (name, seq) SELECT '{item_layout.ROWS}', MAX(id) "
+               f"FROM {item_layout.LEGACY} HAVING MAX(id) IS NOT NULL")
+    _move_legacy(db, item_layout.Encoder(db.conn), "WHERE state IN ('intent', 'held')")
 
 
 def add_checks(db: Database, table: str, checks: dict[str, str]) -> None:
@@ -261,37 +271,56 @@ def open_writer(path: Path | str) -> Database:
     item_layout.register(conn)
     backup_before_migrating(db, Path(path))
     migrations.apply(db)
-    convert_legacy(db)
     return db
 
 
 CACHE_KIB = 65_536  # the writer's page cache: the content-hash index's inner pages stay in memory at 50 M rows
-LEGACY_BATCH = 5000  # old rows one conversion transaction moves (tens of ms)
+LEGACY_BATCH = 5000  # the most old rows one conversion transaction moves (sized to BATCH_TARGET_S below that)
+
+
+def _move_legacy(db: Database, encoder: item_layout.Encoder, where: str, params: list | None = None) -> list[int]:
+    """Move the old rows `where` picks into the compact table (inside the caller's transaction); their ids.
+    Each old row is deleted before its copy goes in, so the counters (counted out by the old table's
+    trigger, in by the new one's, which reads the view) never see it twice."""
+    rows = [dict(zip(ITEM_COLUMNS, r, strict=True)) for r in db.execute(
+        f"SELECT {COLUMNS_SQL} FROM {item_layout.LEGACY} {where}", params or [])]
+    if rows:
+        ids = [r["id"] for r in rows]
+        for chunk in range(0, len(ids), 500):
+            part = ids[chunk:chunk + 500]
+            db.execute(f"DELETE FROM {item_layout.LEGACY} WHERE id IN ({_marks(part)})", part)
+        stored = [encoder.encode(row) for row in rows]
+        db.conn.executemany(item_layout.insert_sql(tuple(stored[0])), [list(r.values()) for r in stored])
+    return [r["id"] for r in rows]
+
+
+def convert_step(db: Database, batch: int | None = None) -> int:
+    """One short transaction of the conversion m011 began: the newest `batch` old rows move into the compact
+    table (so the recent days, which reports read, are compact first). When none is left, the old table
+    goes and the view becomes the compact table's alone. The rows moved; 0 when the conversion is done (or
+    there was none). The writer thread calls it when it has nothing else to do; a crash loses nothing (each
+    step is one transaction) and the next start goes on where it stopped."""
+    if not item_layout.legacy(db.conn):
+        return 0
+    with immediate(db):
+        moved = _move_legacy(db, encoder(db), f"ORDER BY id DESC LIMIT {int(batch or LEGACY_BATCH)}")
+        if not moved:
+            db.execute(f"DROP TABLE {item_layout.LEGACY}")
+            db.execute("DROP VIEW items")
+            item_layout.create_view(db.conn, with_legacy=False)
+    return len(moved)
 
 
 def convert_legacy(db: Database, batch: int | None = None) -> int:
-    """Move a pre-m011 database's rows (`items_v1`) into the compact table, newest first, `batch` rows to a
-    short transaction, with a pause between, so a reader alongside is never locked out and a crash resumes
-    where it stopped. The old row is deleted before its copy goes in, so the counters (counted out by the old
-    table's trigger, in by the new one's) never see it twice. When the last batch has moved, the old table
-    goes and the view becomes the compact table's alone. The number of rows moved."""
-    if not has_table(db.conn, item_layout.LEGACY):
-        return 0
-    encoder, moved, batch = item_layout.Encoder(db.conn), 0, batch or LEGACY_BATCH
-    columns = ", ".join(ITEM_COLUMNS)
+    """The whole conversion now, step after step with a pause between (`sorter db vacuum`, tests): rows moved."""
+    total, size = 0, int(batch or LEGACY_BATCH)
     while True:
-        with immediate(db):
-            rows = [dict(zip(ITEM_COLUMNS, r, strict=True)) for r in db.execute(
-                f"SELECT {columns} FROM {item_layout.LEGACY} ORDER BY id DESC LIMIT {int(batch)}")]
-            if not rows:
-                db.execute(f"DROP TABLE {item_layout.LEGACY}")
-                db.execute("DROP VIEW items")
-                item_layout.create_view(db.conn, with_legacy=False)
-                return moved
-            db.execute(f"DELETE FROM {item_layout.LEGACY} WHERE id >= ?", [rows[-1]["id"]])
-            stored = [encoder.encode(row) for row in rows]
-            db.conn.executemany(item_layout.insert_sql(tuple(stored[0])), [list(r.values()) for r in stored])
-        moved += len(rows)
+        began = time.monotonic()
+        moved = convert_step(db, size)
+        if not moved:
+            return total
+        total += moved
+        size = next_batch(size, time.monotonic() - began, int(batch or LEGACY_BATCH))
         _breathe(db)
 
 
@@ -354,13 +383,41 @@ class Writer:
             ready.set_exception(exc)
             return
         ready.set_result(None)
-        while (job := self._jobs.get()) is not None:
+        converting, size, stepped = item_layout.legacy(db.conn), 1000, time.monotonic()
+        if converting:
+            log.info("%s: the old items table moves to the compact layout while this runs (m011)", self.path)
+        while True:
+            try:
+                job, idle = (self._jobs.get(timeout=IDLE_S) if converting else self._jobs.get()), False
+            except queue.Empty:
+                job, idle = None, True
+            if converting and (idle or time.monotonic() - stepped >= STEP_EVERY_S):
+                # one short step of an old database's conversion (m011): when idle, or between two jobs at
+                # most every STEP_EVERY_S, so a busy line converts too and its writes wait one step at most
+                size, converting = self._convert(db, size)
+                stepped = time.monotonic()
+            if idle:
+                continue
+            if job is None:
+                break
             fn, fut = job
             try:
                 fut.set_result(fn(db))
             except BaseException as exc:
                 fut.set_exception(exc)
         db.close()
+
+    @staticmethod
+    def _convert(db: Database, size: int) -> tuple[int, bool]:
+        """One conversion step, sized so it holds the write lock about BATCH_TARGET_S; (next size, more to do).
+        A failure is logged and the conversion waits for the next start; the daemon's own work goes on."""
+        began = time.monotonic()
+        try:
+            moved = convert_step(db, size)
+        except sqlite3.Error as exc:
+            log.warning("converting the old items table stopped: %s (it goes on at the next start)", exc)
+            return size, False
+        return next_batch(size, time.monotonic() - began, LEGACY_BATCH), moved > 0
 
     def submit(self, fn: Callable[[Database], T]) -> Future:
         fut: Future = Future()
@@ -415,7 +472,11 @@ def first_rows(db: Database, shas: list[str]) -> dict[str, dict]:
     wanted = sorted({item_layout.sha_key(s) for s in shas}, key=repr)
     if not wanted:
         return {}
-    rows = db.query(f"SELECT {COLUMNS_SQL} FROM items WHERE sha_key IN ({_marks(wanted)}) AND {FIRST}", wanted)
+    rows = list(db.query(f"SELECT {COLUMNS_SQL} FROM items WHERE sha_key IN ({_marks(wanted)}) AND {FIRST}", wanted))
+    if item_layout.legacy(db.conn):  # an old row not converted yet is searched by its own hash index
+        texts = sorted({s for s in shas if s})
+        rows += db.query(f"SELECT {COLUMNS_SQL} FROM {item_layout.LEGACY} WHERE sha256 IN ({_marks(texts)}) "
+                         f"AND {FIRST}", texts)
     return {row["sha256"]: row for row in rows}
 
 
@@ -426,9 +487,13 @@ def rows_by_sha(conn: sqlite3.Connection, shas: list[str], columns: str = "id, s
     if not keys:
         return []
     marks = _marks(keys)
-    return list(conn.execute(f"SELECT {columns} FROM items WHERE sha_key IN ({marks}) AND {FIRST} UNION ALL "
+    rows = list(conn.execute(f"SELECT {columns} FROM items WHERE sha_key IN ({marks}) AND {FIRST} UNION ALL "
                              f"SELECT {columns} FROM items WHERE sha_key IN ({marks}) AND state = 'dry-run'",
                              [*keys, *keys]))
+    if item_layout.legacy(conn):  # an old row not converted yet is searched by its own hash index
+        texts = sorted(set(shas))
+        rows += conn.execute(f"SELECT {columns} FROM {item_layout.LEGACY} WHERE sha256 IN ({_marks(texts)})", texts)
+    return rows
 
 
 def held_rows(db: Database, paths: list[str]) -> dict[str, dict]:
@@ -458,8 +523,17 @@ def _stored(db: Database, item_id: int, changes: dict) -> dict[str, Any]:
 
 def _update(db: Database, item_id: int, changes: dict) -> None:
     stored = _stored(db, item_id, changes)
-    if stored:
-        db.conn.execute(item_layout.update_sql(tuple(stored)), [*stored.values(), item_id])
+    if stored and not db.conn.execute(item_layout.update_sql(tuple(stored)), [*stored.values(), item_id]).rowcount:
+        _update_legacy(db, item_id, changes)
+
+
+def _update_legacy(db: Database, item_id: int, changes: dict) -> None:
+    """An update of a row still in the old table (m011's conversion not done): there, as it was stored."""
+    columns = [c for c in changes if c != "id"]
+    if columns and item_layout.legacy(db.conn):
+        values = [json.dumps(changes[c]) if isinstance(changes[c], dict) else changes[c] for c in columns]
+        db.execute(f"UPDATE {item_layout.LEGACY} SET {', '.join(f'[{c}] = ?' for c in columns)} WHERE id = ?",
+                   [*values, item_id])
 
 
 def write_intents(db: Database, rows: list[dict], firsts: dict[str, dict] | None = None) -> list[int]:
@@ -504,7 +578,21 @@ def mark_done(db: Database, updates: list[dict]) -> None:
                 groups.setdefault(tuple(stored), []).append([*stored.values(), update["id"]])
         for columns, params in groups.items():
             db.conn.executemany(item_layout.update_sql(columns), params)
+        if item_layout.legacy(db.conn):  # an old row the conversion has not reached
+            have = _existing(db, [u["id"] for u in updates if not u.get("forget")])
+            for update in updates:
+                if not update.get("forget") and update["id"] not in have:
+                    _update_legacy(db, update["id"], update)
         forget(db, doomed)
+
+
+def _existing(db: Database, ids: list[int]) -> set[int]:
+    """Which of these ids the compact table holds."""
+    found: set[int] = set()
+    for chunk in range(0, len(ids), 500):
+        part = ids[chunk:chunk + 500]
+        found |= {r[0] for r in db.execute(f"SELECT id FROM {item_layout.ROWS} WHERE id IN ({_marks(part)})", part)}
+    return found
 
 
 def forget(db: Database, ids: list[int]) -> None:
@@ -528,8 +616,8 @@ def window_ids(conn: sqlite3.Connection, start: str, end: str) -> tuple[int, int
     """The smallest and largest id received in [start, end), from the received_at index alone (it holds the
     rowid): readers use it to find a window's audits through their item_id index instead of walking the
     window's rows. None for an empty window."""
-    lo, hi = conn.execute("SELECT MIN(id), MAX(id) FROM items WHERE received_ms >= ? AND received_ms < ?",
-                          [ms_of_text(start), ms_of_text(end)]).fetchone()
+    window, params = item_layout.in_window(conn, ms_of_text(start), ms_of_text(end))
+    lo, hi = conn.execute(f"SELECT MIN(id), MAX(id) FROM items WHERE {window}", params).fetchone()
     return None if lo is None else (int(lo), int(hi))
 
 
@@ -561,8 +649,7 @@ def stats(path: Path | str) -> dict[str, Any]:
         groups = item_counts.all_groups(conn)
         # two subqueries: SQLite reads one end of the index for a lone MIN or MAX, but both in one
         # SELECT walk the whole index (4 s at 20 M rows)
-        first, last = conn.execute("SELECT (SELECT received_at FROM items ORDER BY received_ms LIMIT 1), "
-                                   "(SELECT received_at FROM items ORDER BY received_ms DESC LIMIT 1)").fetchone()
+        first, last = _time_range(conn)
         errors = {str(r[0]): r[1] for r in conn.execute(
             "SELECT error, COUNT(*) AS n FROM items WHERE error IS NOT NULL GROUP BY error ORDER BY n DESC")}
         conn.execute("COMMIT")
@@ -577,6 +664,23 @@ def stats(path: Path | str) -> dict[str, Any]:
         "by_error": errors,
         "by_state": item_counts.tally((g.state, g.n) for g in groups),
     }
+
+
+def _time_range(conn: sqlite3.Connection) -> tuple[str | None, str | None]:
+    """The first and last received_at, each from one end of an index (an old table not yet converted: its
+    own index too, compared as the text it holds)."""
+    first, last = conn.execute("SELECT (SELECT received_at FROM items ORDER BY received_ms LIMIT 1), "
+                               "(SELECT received_at FROM items ORDER BY received_ms DESC LIMIT 1)").fetchone() \
+        if not item_layout.legacy(conn) else conn.execute(
+            f"SELECT (SELECT received_at FROM items WHERE id IN (SELECT id FROM {item_layout.ROWS} "
+            "ORDER BY received LIMIT 1)), (SELECT received_at FROM items WHERE id IN (SELECT id FROM "
+            f"{item_layout.ROWS} ORDER BY received DESC LIMIT 1))").fetchone()
+    if item_layout.legacy(conn):
+        old_first, old_last = conn.execute(f"SELECT (SELECT MIN(received_at) FROM {item_layout.LEGACY}), "
+                                           f"(SELECT MAX(received_at) FROM {item_layout.LEGACY})").fetchone()
+        first = min((t for t in (first, old_first) if t is not None), default=None)
+        last = max((t for t in (last, old_last) if t is not None), default=None)
+    return first, last
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -602,6 +706,14 @@ class PruneResult:
 # SQLite would read every finished row of the table to find that none is left (22 s under the write lock at
 # 20 M rows).
 PRUNE_WHERE = "received_ms < ? AND +state IN ('done', 'dry-run')"
+def _prune_where(conn: sqlite3.Connection, cutoff: int) -> tuple[str, list]:
+    """PRUNE_WHERE and its parameters; while an old table waits to be converted, its rows are found by their
+    own received_at index too."""
+    if not item_layout.legacy(conn):
+        return PRUNE_WHERE, [cutoff]
+    return PRUNE_WHERE + " AND received_at < ?", [cutoff, item_layout.iso_of_ms(cutoff)]
+
+
 PAUSE_S = 0.05  # between two retention transactions: a waiting writer's busy handler gets its turn
 VACUUM_STEP_PAGES = 512  # pages one incremental-vacuum transaction returns to the disk (2 MB at 4 KiB)
 
@@ -615,10 +727,10 @@ def prune(path: Path | str, older_than: timedelta, dry_run: bool = False,
     its commits wait one batch at most. Unfinished (`intent`/`held`) rows are kept, recovery still needs them.
     """
     cutoff = item_layout.ms_of(datetime.now(UTC) - older_than)
-    where = PRUNE_WHERE
     reader = open_reader(path)
     try:
-        matched = reader.execute(f"SELECT COUNT(*) FROM items WHERE {where}", [cutoff]).fetchone()[0]
+        where, params = _prune_where(reader, cutoff)
+        matched = reader.execute(f"SELECT COUNT(*) FROM items WHERE {where}", params).fetchone()[0]
     finally:
         reader.close()
     if dry_run or not matched:
@@ -629,10 +741,12 @@ def prune(path: Path | str, older_than: timedelta, dry_run: bool = False,
         while True:
             began = time.monotonic()
             with immediate(db):
-                ids = [r[0] for r in db.execute(f"SELECT id FROM items WHERE {where} LIMIT {size}", [cutoff])]
+                where, params = _prune_where(db.conn, cutoff)
+                ids = [r[0] for r in db.execute(f"SELECT id FROM items WHERE {where} LIMIT {size}", params)]
                 if ids:  # an item's deliveries go with it (sorter.delivery)
                     db.execute(f"DELETE FROM deliveries WHERE item_id IN ({_marks(ids)})", ids)
-                    db.execute(f"DELETE FROM {item_layout.ROWS} WHERE id IN ({_marks(ids)})", ids)
+                    for table in (item_layout.ROWS, *([item_layout.LEGACY] if item_layout.legacy(db.conn) else [])):
+                        db.execute(f"DELETE FROM {table} WHERE id IN ({_marks(ids)})", ids)
             if not ids:
                 break
             deleted += len(ids)
@@ -756,6 +870,7 @@ def full_vacuum(path: Path | str) -> tuple[int, int]:
     before = Path(path).stat().st_size if Path(path).exists() else 0
     db = open_writer(path)
     try:
+        convert_legacy(db)  # an old database's rows waiting for the compact layout (m011) go first
         rewrite_incremental(db)
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     finally:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import random
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -162,47 +163,84 @@ def test_an_old_database_is_converted_in_place_keeping_every_row_audit_delivery_
     before = _legacy(path, _rows(300, seed=5))
     old = sqlite3.connect(path)
     counters, audits = _counters(old), old.execute("SELECT * FROM audits ORDER BY id").fetchall()
+    top = old.execute("SELECT MAX(id) FROM items").fetchone()[0]
     old.close()
-    db = store.open_writer(path)
+    db = store.open_writer(path)  # migrates at once: the rows wait in items_v1, part of the view
     assert (tmp_path / "old.db.bak-m011_compact_items").is_file()
-    assert not store.has_table(db.conn, item_layout.LEGACY)
+    assert item_layout.legacy(db.conn) and _read(db.conn) == before and _counters(db.conn) == counters
+    opened = {r["id"] for r in before if r["state"] in ("intent", "held")}
+    assert {r[0] for r in db.execute("SELECT id FROM item_rows")} == opened  # what recovery updates moved first
+    assert store.convert_legacy(db, batch=64) == len(before) - len(opened)
+    assert not item_layout.legacy(db.conn)
     assert _read(db.conn) == before
     assert _counters(db.conn) == counters
     assert db.execute("SELECT * FROM audits ORDER BY id").fetchall() == audits
     assert db.execute("SELECT item_id, state FROM deliveries").fetchall() == [(5, "pending")]
-    # the view is the compact table's alone now, and keeps counting what is written next
+    # the view is the compact table's alone now, and new ids continue after the old ones
     assert "items_v1" not in db.execute("SELECT sql FROM sqlite_master WHERE name = 'items'").fetchone()[0]
-    store.insert_item(db, {"source": "watch", "received_at": store.now_iso(), "state": "done", "label": "x",
-                           "verdict": "fresh", "confidence": 0.9})
+    new = store.insert_item(db, {"source": "watch", "received_at": store.now_iso(), "state": "done", "label": "x",
+                                 "verdict": "fresh", "confidence": 0.9})
+    assert new == top + 1
     assert sum(r[-1] for r in _counters(db.conn)) == len(before) + 1
+
+
+def test_the_daemon_writes_while_the_old_rows_convert(tmp_path):
+    """The writer converts in its idle moments; meanwhile a new copy of old bytes is still a duplicate, an
+    update of an old row is kept, retention deletes old rows, and nothing is lost or counted twice."""
+    path = tmp_path / "old.db"
+    before = _legacy(path, _rows(3000, seed=8))
+    old_first = next(r for r in before if r["sha256"] and r["duplicate_of"] is None and r["state"] == "done")
+    writer = store.Writer(path)
+    assert writer.call(lambda db: item_layout.legacy(db.conn))  # the daemon started before the conversion ended
+    ids = writer.call(lambda db: store.write_intents(db, [
+        {"sha256": old_first["sha256"], "source": "watch", "received_at": store.now_iso(), "state": "intent"},
+        {"sha256": "ef" * 32, "source": "watch", "received_at": store.now_iso(), "state": "intent"}]))
+    writer.call(lambda db: store.update_item(db, 3, {"error": "hand-checked"}))
+    for _ in range(200):
+        if not writer.call(lambda db: item_layout.legacy(db.conn)):
+            break
+        time.sleep(0.05)
+    rows = writer.call(lambda db: _read(db.conn))
+    writer.close()
+    assert not item_layout.legacy(store.open_reader(path))
+    assert rows[-2]["duplicate_of"] == old_first["id"] and rows[-1]["duplicate_of"] is None
+    assert ids == [before[-1]["id"] + 1, before[-1]["id"] + 2]
+    expected = [dict(r) for r in before]
+    expected[2]["error"] = "hand-checked"
+    assert rows[:-2] == expected
+    conn = store.open_reader(path)
+    assert sum(item_counts.tally((str(g.state), g.n) for g in item_counts.all_groups(conn)).values()) == len(rows)
+    conn.close()
 
 
 def test_the_conversion_goes_in_batches_and_resumes_after_a_crash(tmp_path, monkeypatch):
     path = tmp_path / "old.db"
-    before = _legacy(path, _rows(120, seed=6))
+    finished = [r | {"state": "done"} if r["state"] in ("intent", "held") else r for r in _rows(120, seed=6)]
+    before = _legacy(path, finished)
+    db = store.open_writer(path)
     calls = {"n": 0}
     encode = item_layout.Encoder.encode
 
     def failing(self, row, current=None):
         calls["n"] += 1
-        if calls["n"] > 25:  # the third batch of 10 dies half-way: its transaction rolls back
+        if calls["n"] > 25:  # the third step of 10 dies half-way: its transaction rolls back
             raise OSError("power cut")
         return encode(self, row, current)
 
     monkeypatch.setattr(item_layout.Encoder, "encode", failing)
-    monkeypatch.setattr(store, "LEGACY_BATCH", 10)
     with pytest.raises(OSError):
-        store.open_writer(path)
+        store.convert_legacy(db, batch=10)
+    db.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT COUNT(*) FROM item_rows").fetchone()[0] == 20  # two whole batches, newest first
+    assert conn.execute("SELECT COUNT(*) FROM item_rows").fetchone()[0] == 20  # two whole steps, newest first
     assert conn.execute("SELECT MIN(id) FROM item_rows").fetchone()[0] == 101
     assert conn.execute("SELECT COUNT(*) FROM items_v1").fetchone()[0] == 100
-    item_layout.register(conn)
-    assert _read(conn) == before  # meanwhile the view shows both tables
     conn.close()
     monkeypatch.setattr(item_layout.Encoder, "encode", encode)
     db = store.open_writer(path)
-    assert _read(db.conn) == before and not store.has_table(db.conn, item_layout.LEGACY)
+    assert _read(db.conn) == before  # meanwhile the view shows both tables
+    store.convert_legacy(db)
+    assert _read(db.conn) == before and not item_layout.legacy(db.conn)
 
 
 def test_a_reader_reads_a_database_from_before_m011(tmp_path):
@@ -241,6 +279,8 @@ def test_a_row_costs_at_most_250_bytes_with_its_indexes(tmp_path):
     store.write_intents(db, rows)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     pages = dict(db.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name").fetchall())
-    per_row = sum(v for k, v in pages.items() if k.startswith(item_layout.ROWS)) / len(rows)
+    held = ("items", "idx_items", item_layout.ROWS, item_layout.DIRS, item_layout.MODELS)  # the old layout's too
+    per_row = sum(v for k, v in pages.items() if k.startswith(held)) / len(rows)
+    assert per_row > 150  # the rows were counted
     assert per_row <= 250, pages
     assert pages.get(item_layout.DIRS, 0) + pages.get(item_layout.MODELS, 0) < 20_000

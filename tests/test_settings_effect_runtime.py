@@ -383,7 +383,7 @@ def test_retention_batch_size_is_rows_per_delete_transaction(tmp_path, monkeypat
 def test_retention_vacuum_freelist_ratio_decides_the_vacuum(tmp_path):
     after = {}
     for i, extra in enumerate(("vacuum_freelist_ratio = 0.99\n", "")):
-        db = _old_items(tmp_path / f"v{i}.db", 400, payload=200)
+        db = _old_items(tmp_path / f"v{i}.db", 2000, payload=1000)  # rows outweigh the empty schema
         cfg = tmp_path / "prune.toml"
         cfg.write_text(f'db = "{db}"\n[retention]\n{extra}')
         result = runner.invoke(app, ["db", "prune", "--config", str(cfg)])
