@@ -185,6 +185,18 @@ def m011_compact_items(db: Database) -> None:
     db.execute(f"INSERT INTO sqlite_sequence (name, seq) SELECT '{item_layout.ROWS}', MAX(id) "
                f"FROM {item_layout.LEGACY} HAVING MAX(id) IS NOT NULL")
     _move_legacy(db, item_layout.Encoder(db.conn), "WHERE state IN ('intent', 'held')")
+    _finish_if_converted(db)  # a new database (or one with nothing but unfinished rows) is done at once
+
+
+def _finish_if_converted(db: Database) -> bool:
+    """When the old table is empty: drop it, and make the view the compact table's alone (a view that still
+    unions an empty table costs every query a scan). Whether the conversion is done."""
+    if db.execute(f"SELECT 1 FROM {item_layout.LEGACY} LIMIT 1").fetchone() is not None:
+        return False
+    db.execute(f"DROP TABLE {item_layout.LEGACY}")
+    db.execute("DROP VIEW items")
+    item_layout.create_view(db.conn, with_legacy=False)
+    return True
 
 
 def add_checks(db: Database, table: str, checks: dict[str, str]) -> None:
@@ -304,10 +316,7 @@ def convert_step(db: Database, batch: int | None = None) -> int:
         return 0
     with immediate(db):
         moved = _move_legacy(db, encoder(db), f"ORDER BY id DESC LIMIT {int(batch or LEGACY_BATCH)}")
-        if not moved:
-            db.execute(f"DROP TABLE {item_layout.LEGACY}")
-            db.execute("DROP VIEW items")
-            item_layout.create_view(db.conn, with_legacy=False)
+        _finish_if_converted(db)
     return len(moved)
 
 
