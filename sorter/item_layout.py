@@ -88,23 +88,28 @@ def scores_key(scores: Mapping[str, float] | str | None) -> tuple[bytes | str | 
     SQLite's json functions spell it), else the JSON text as given."""
     if scores is None:
         return None, ""
-    text = scores if isinstance(scores, str) else json.dumps(dict(scores))
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        return text, ""
+    if isinstance(scores, str):
+        try:
+            parsed = json.loads(scores)
+        except ValueError:
+            return scores, ""
+    else:
+        parsed = dict(scores)  # a dict is packed as it is: JSON only if it has no compact form (once a row)
+
+    def as_text() -> tuple[str, str]:
+        return (scores if isinstance(scores, str) else json.dumps(parsed)), ""
+
     if not isinstance(parsed, dict) or not parsed:
-        return text, ""
-    labels = json.dumps(list(parsed), separators=(",", ":"))
+        return as_text()
     packed = bytearray()
     for value in parsed.values():
         if isinstance(value, bool) or not isinstance(value, int | float):
-            return text, ""
+            return as_text()
         micro = round(value * SCALE)
         if not 0 <= micro < 1 << (8 * WIDTH) or micro / SCALE != value:
-            return text, ""
+            return as_text()
         packed += micro.to_bytes(WIDTH, "big")
-    return bytes(packed), labels
+    return bytes(packed), json.dumps(list(parsed), separators=(",", ":"))
 
 
 def split_path(path: str | None) -> tuple[str | None, str | None]:
